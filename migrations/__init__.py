@@ -1,0 +1,1 @@
+"""Alembic environment for Studio's database (installed as ``studio.migrations``)."""

@@ -1,0 +1,187 @@
+"""CLI: ``studio clip-gen train-vqgan|train-transformer|package`` and ``studio models import clip-gen``.
+
+Thin wrappers: options are parsed here, torch is imported inside each command, and every
+expected failure (bad file, bad dataset, parts that do not fit) is one line via ClickException.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+#: Named VQGAN shapes. ``tiny``: 64px, f8 (an 8x8 grid), 512 codes: the bundled default's size.
+VQ_PRESETS = {
+    "tiny": dict(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(8,), resolution=64,
+                 z_channels=64, embed_dim=64, n_embed=512),
+    "f16": dict(),  # taming's ImageNet f16 (256px, 16x16 grid)
+}
+
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def _fail(exc: Exception) -> click.ClickException:
+    return click.ClickException(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+
+
+def _dataset(name: str, size: int):
+    try:
+        from studio.ml.datasets import open_dataset
+    except ImportError as exc:
+        raise click.ClickException(f"datasets are not available: {exc}") from None
+    try:
+        return open_dataset(name, size=size)
+    except (ValueError, OSError, TypeError) as exc:
+        raise _fail(exc) from None
+
+
+def _echo(record: dict) -> None:
+    click.echo(json.dumps(record))
+
+
+@click.group(name="clip-gen")
+def clip_gen_group() -> None:
+    """CLIP-GEN: train its VQGAN and transformer on images alone, package models."""
+
+
+@clip_gen_group.command(name="train-vqgan")
+@click.option("--dataset", default="shapes", show_default=True, help="shapes, or folder:PATH")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run directory.")
+@click.option("--preset", type=click.Choice(sorted(VQ_PRESETS)), default="tiny", show_default=True)
+@click.option("--n-embed", type=click.IntRange(2), help="Codebook size (overrides the preset).")
+@click.option("--steps", type=click.IntRange(1), default=2000, show_default=True)
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), help="Stop after this much wall time.")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True)
+@click.option("--disc-start", type=click.IntRange(0), default=1000, show_default=True, help="Step that switches the GAN loss on.")
+@click.option("--perceptual", default="none", show_default=True, help="none, clip (needs --clip) or lpips:FILE.")
+@click.option("--clip", "clip_file", type=_FILE, help="CLIP weights for --perceptual clip.")
+@click.option("--clip-arch", help="open_clip architecture of --clip (not needed for Studio's bundled CLIP file).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
+def train_vqgan_command(dataset, out_dir, preset, n_embed, steps, minutes, batch_size, lr, disc_start, perceptual,
+                        clip_file, clip_arch, seed, resume) -> None:
+    """Train the VQGAN (stage 1): L1 + perceptual + codebook + PatchGAN after --disc-start."""
+    from .checkpoints import WeightsError
+    from .losses import LPIPS, ClipPerceptual
+    from .model_dir import read_clip
+    from .train import VQTrainConfig, train_vqgan
+    from .vqgan import VQConfig
+
+    try:
+        vq = VQConfig.from_dict({**VQConfig().to_dict(), **VQ_PRESETS[preset], **({"n_embed": n_embed} if n_embed else {})})
+        distance = None
+        if perceptual == "clip":
+            if clip_file is None:
+                raise click.UsageError("--perceptual clip needs --clip FILE")
+            distance = ClipPerceptual(read_clip(clip_file, clip_arch)[0])
+        elif perceptual.startswith("lpips:"):
+            distance = LPIPS.from_file(Path(perceptual[len("lpips:"):]))
+        elif perceptual != "none":
+            raise click.UsageError(f"--perceptual must be none, clip or lpips:FILE, got {perceptual!r}")
+        cfg = VQTrainConfig(steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, disc_start=disc_start, seed=seed)
+        summary = train_vqgan(_dataset(dataset, vq.resolution), out_dir, vq, cfg, perceptual=distance, resume=resume, echo=_echo)
+    except (WeightsError, ValueError, OSError) as exc:
+        raise _fail(exc) from None
+    click.echo(json.dumps(summary, indent=2, default=str))
+
+
+@clip_gen_group.command(name="train-transformer")
+@click.option("--dataset", default="shapes", show_default=True, help="shapes, or folder:PATH")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run directory.")
+@click.option("--vqgan", "vqgan_file", type=_FILE, required=True, help="A trained VQGAN (vqgan.safetensors or a checkpoint).")
+@click.option("--vqgan-config", type=_FILE, help="taming yaml for a taming checkpoint.")
+@click.option("--clip", "clip_file", type=_FILE, required=True, help="The CLIP that conditions the transformer.")
+@click.option("--clip-arch", help="open_clip architecture of --clip (not needed for Studio's bundled CLIP file).")
+@click.option("--width", type=click.IntRange(8), default=256, show_default=True)
+@click.option("--layers", type=click.IntRange(1), default=6, show_default=True)
+@click.option("--heads", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=5000, show_default=True)
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True))
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-4, show_default=True)
+@click.option("--cond-noise", type=click.FloatRange(0), default=0.1, show_default=True, help="LAFITE noise on the image embedding.")
+@click.option("--clip-loss-weight", type=click.FloatRange(0), default=0.0, show_default=True, help="The paper's image-level CLIP loss.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True)
+def train_transformer_command(dataset, out_dir, vqgan_file, vqgan_config, clip_file, clip_arch, width, layers, heads,
+                              dropout, steps, minutes, batch_size, lr, cond_noise, clip_loss_weight, seed, resume) -> None:
+    """Train the transformer (stage 2) on images: CLIP image embeddings condition the tokens."""
+    from .checkpoints import WeightsError
+    from .clip_embed import embed_dim
+    from .gpt import GPTConfig
+    from .model_dir import read_vqgan, read_clip
+    from .train import GPTTrainConfig, train_transformer
+    from .vqgan import VQModel
+
+    try:
+        state, vq = read_vqgan(vqgan_file, vqgan_config)
+        vqgan = VQModel(vq)
+        vqgan.load_state_dict(state)
+        clip_model, clip_spec = read_clip(clip_file, clip_arch)
+        gpt = GPTConfig(n_codes=vq.n_embed, grid=vq.grid, width=width, n_layers=layers, n_heads=heads,
+                        clip_dim=embed_dim(clip_model), dropout=dropout)
+        cfg = GPTTrainConfig(steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, cond_noise=cond_noise,
+                             clip_loss_weight=clip_loss_weight, seed=seed)
+        summary = train_transformer(_dataset(dataset, vq.resolution), out_dir, vqgan, clip_model, gpt, cfg,
+                                    clip_info={**clip_spec, "source": str(clip_file)}, resume=resume, echo=_echo)
+    except (WeightsError, ValueError, OSError) as exc:
+        raise _fail(exc) from None
+    click.echo(json.dumps(summary, indent=2, default=str))
+
+
+def _assemble(dest: Path, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force) -> dict:
+    from .checkpoints import WeightsError
+    from .model_dir import assemble
+
+    try:
+        return assemble(dest, vqgan=vqgan, transformer=transformer, clip=clip_file, vqgan_config=vqgan_config,
+                        clip_arch=clip_arch, heads=heads, overwrite=force,
+                        source={"vqgan": str(vqgan), "transformer": str(transformer), "clip": str(clip_file)})
+    except (WeightsError, ValueError, OSError) as exc:
+        raise _fail(exc) from None
+
+
+_PARTS = [
+    click.option("--vqgan", type=_FILE, required=True, help="VQGAN: taming .ckpt, clip-gen .pt or vqgan.safetensors."),
+    click.option("--vqgan-config", type=_FILE, help="taming yaml (default: taming's f16 network)."),
+    click.option("--transformer", type=_FILE, required=True, help="clip-gen GPT .pt or transformer.safetensors."),
+    click.option("--clip", "clip_file", type=_FILE, required=True, help="CLIP weights (open_clip file or Studio's bundled CLIP)."),
+    click.option("--clip-arch", help="open_clip architecture of --clip, e.g. ViT-B-32."),
+    click.option("--heads", type=click.IntRange(1), help="Attention heads of a clip-gen GPT (default width/64)."),
+    click.option("--force", is_flag=True, help="Replace an existing model of that name."),
+]
+
+
+def _with_parts(func):
+    for option in reversed(_PARTS):
+        func = option(func)
+    return func
+
+
+@click.command(name="clip-gen")
+@click.argument("name")
+@_with_parts
+def import_command(name, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force) -> None:
+    """Import a CLIP-GEN model from local files as model id clip-gen/NAME."""
+    from .plugin import imported_root
+
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise click.ClickException(f"model name {name!r}: use letters, digits, '-', '_' or '.'")
+    root = imported_root()
+    if root is None:
+        raise click.ClickException("cannot read Studio's settings (see `studio config`)")
+    summary = _assemble(root / name, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force)
+    click.echo(f"imported clip-gen/{name} ({summary['resolution']}px, {summary['grid']}x{summary['grid']} tokens) "
+               f"weights sha256 {summary['weights_sha256'][:16]}")
+
+
+@clip_gen_group.command(name="package")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@_with_parts
+def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force) -> None:
+    """Write a model folder (as bundled in studio_clip_gen/weights) from trained parts."""
+    summary = _assemble(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force)
+    click.echo(json.dumps(summary, indent=2))

@@ -1,0 +1,208 @@
+"""The CLIP-GEN generator: prompt -> CLIP text embedding -> tokens -> VQGAN decoder -> image.
+
+Each request samples ``candidates`` token grids, scores every decoded candidate by the cosine of
+its CLIP image embedding with the condition, and returns the best one (or, with ``keep`` > 1, a
+row of the best ``keep``). Candidate 0 uses the request's seed and candidate ``j`` a seed derived
+from it (:func:`candidate_seed`); every candidate's seed and score goes into ``Result.extra``, and
+any candidate is re-made with ``--seed S --param candidates=1``.
+
+With the ``image`` parameter the condition is the CLIP image embedding of that file instead of the
+prompt's text embedding (the embedding the transformer was trained on).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+from studio.generators import GenerationError, ProgressCallback, Request, Result
+
+#: Rows sampled together; every row has its own generator, so this only trades memory for speed.
+CHUNK = 32
+
+
+def candidate_seed(seed: int, index: int) -> int:
+    """Seed of candidate ``index`` of a request with ``seed``: the seed itself for candidate 0."""
+    if index == 0:
+        return seed
+    digest = hashlib.sha256(f"clip-gen candidate {seed} {index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def plugin_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("studio-clip-gen")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class ClipGenGenerator:
+    """Loads a model folder (see ``model_dir``) once; generates batches of requests."""
+
+    def __init__(self, model_id: str, root: Path) -> None:
+        self.model_id, self.root = model_id, Path(root)
+        self.device = "cpu"
+        self.vqgan = self.gpt = self.clip = None
+        self._description: dict[str, Any] = {}
+
+    # ---- protocol ----------------------------------------------------------------------------
+
+    def load(self, device: str) -> None:
+        import torch
+
+        from . import model_dir
+        from .checkpoints import WeightsError, check_state_dict, load_vqgan, read_safetensors
+        from .clip_embed import embed_dim
+        from .gpt import GPT, GPTConfig
+        from .train import check_compatible
+
+        try:
+            manifest = model_dir.read_manifest(self.root)
+            vqgan = load_vqgan(self.root / manifest["vqgan"])
+            state, meta = read_safetensors(self.root / manifest["transformer"])
+            gpt = GPT(GPTConfig.from_dict(meta["gpt"]))
+            with torch.device("meta"):
+                expected = GPT(gpt.config).state_dict()
+            check_state_dict(expected, state, f"{self.root / manifest['transformer']}")
+            gpt.load_state_dict(state, strict=True)
+            clip = model_dir.load_clip(self.root, manifest["clip"], device)
+            check_compatible(gpt.config, vqgan.config, embed_dim(clip))
+        except (OSError, KeyError, ValueError, WeightsError) as exc:
+            raise GenerationError(f"model {self.model_id!r} cannot be loaded from {self.root}: {exc}") from None
+        self.device = device
+        self.vqgan = vqgan.to(device).eval().requires_grad_(False)
+        self.gpt = gpt.to(device).eval().requires_grad_(False)
+        self.clip = clip
+        self._description = {
+            "model": self.model_id,
+            "plugin": "clip-gen",
+            "plugin_version": plugin_version(),
+            "weights_sha256": model_dir.weights_sha256(self.root, manifest),
+            "resolution": vqgan.config.resolution,
+            "grid": vqgan.config.grid,
+            "codes": vqgan.config.n_embed,
+            "clip": manifest["clip"].get("arch", manifest["clip"]["kind"]),
+            "dtype": "float32",
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self._description) or {"model": self.model_id, "plugin": "clip-gen", "plugin_version": plugin_version(),
+                                           "weights_sha256": None, "dtype": "float32"}
+
+    def generate(self, requests: list[Request], progress: ProgressCallback) -> list[Result]:
+        import torch
+
+        if self.gpt is None:
+            raise GenerationError(f"model {self.model_id!r} was not loaded")
+        plan = [self._plan(r) for r in requests]
+        rows = [(i, j) for i, p in enumerate(plan) for j in range(p["candidates"])]
+        chunks = _chunks(rows, plan)
+        total = sum(self.gpt.config.block_size + 1 for _ in chunks)
+        done = 0
+        images: dict[tuple[int, int], torch.Tensor] = {}
+        scores: dict[tuple[int, int], float] = {}
+        for chunk in chunks:
+            done = self._run_chunk(chunk, plan, images, scores, progress, done, total)
+        return [self._result(i, p, images, scores) for i, p in enumerate(plan)]
+
+    # ---- steps -------------------------------------------------------------------------------
+
+    def _plan(self, request: Request) -> dict[str, Any]:
+        params = request.params
+        candidates = int(params.get("candidates", 1))
+        image_path = str(params.get("image") or "")
+        return {
+            "seed": request.seed,
+            "prompt": request.prompt,
+            "image": image_path,
+            "candidates": candidates,
+            "keep": max(1, min(int(params.get("keep", 1)), candidates)),
+            "sampling": (float(params.get("temperature", 1.0)), int(params.get("top_k", 0)), float(params.get("top_p", 1.0))),
+            "cond": self._condition(request.prompt, image_path),
+        }
+
+    def _condition(self, prompt: str, image_path: str):
+        from .clip_embed import encode_images, encode_text
+
+        if not image_path:
+            return encode_text(self.clip, [prompt])[0]
+        import torch
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(Path(image_path).expanduser()) as im:
+                rgb = im.convert("RGB")
+        except (OSError, UnidentifiedImageError) as exc:
+            raise GenerationError(f"cannot read the conditioning image {image_path!r}: {exc}") from None
+        size = self.vqgan.config.resolution
+        side = min(rgb.size)
+        left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
+        rgb = rgb.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+        x = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)
+        with torch.no_grad():
+            return encode_images(self.clip, (x.float() / 127.5 - 1).unsqueeze(0).to(self.device))[0]
+
+    def _run_chunk(self, chunk, plan, images, scores, progress, done: int, total: int) -> int:
+        import torch
+
+        from .clip_embed import encode_images
+        from .gpt import sample
+
+        temperature, top_k, top_p = plan[chunk[0][0]]["sampling"]
+        cond = torch.stack([plan[i]["cond"] for i, _ in chunk]).to(self.device)
+        gens = [torch.Generator().manual_seed(candidate_seed(plan[i]["seed"], j)) for i, j in chunk]
+        offset = done
+
+        def step(d: int, _t: int) -> None:
+            progress(offset + d, total)
+
+        tokens = sample(self.gpt, cond, gens, temperature=temperature, top_k=top_k, top_p=top_p, progress=step)
+        with torch.no_grad():
+            decoded = self.vqgan.decode_indices(tokens).float()
+            if not torch.isfinite(decoded).all():
+                raise GenerationError(f"model {self.model_id!r} produced NaN/inf pixels (broken weights?)")
+            decoded = decoded.clamp(-1, 1)
+            flat = decoded.flatten(1).std(dim=1) < 1e-3
+            if flat.any():
+                raise GenerationError(f"model {self.model_id!r} produced a flat image (collapsed output)")
+            sims = (encode_images(self.clip, decoded) * cond).sum(dim=-1)
+        for row, key in enumerate(chunk):
+            images[key] = decoded[row].cpu()
+            scores[key] = float(sims[row])
+        progress(offset + self.gpt.config.block_size + 1, total)
+        return offset + self.gpt.config.block_size + 1
+
+    def _result(self, i: int, p: dict, images, scores) -> Result:
+        import torch
+
+        from .imaging import grid, to_pil
+
+        ranked = sorted(range(p["candidates"]), key=lambda j: (-scores[(i, j)], j))
+        kept = ranked[: p["keep"]]
+        if len(kept) == 1:
+            image = to_pil(images[(i, kept[0])])
+        else:
+            image = grid([torch.stack([images[(i, j)] for j in kept])], pad=0)
+        extra = {
+            "candidates": [{"index": j, "seed": candidate_seed(p["seed"], j), "clip_score": round(scores[(i, j)], 6)}
+                           for j in range(p["candidates"])],
+            "kept": [{"index": j, "seed": candidate_seed(p["seed"], j)} for j in kept],
+            "condition": "image" if p["image"] else "text",
+        }
+        return Result(image=image, extra=extra)
+
+
+def _chunks(rows: list[tuple[int, int]], plan: list[dict]) -> list[list[tuple[int, int]]]:
+    """Rows grouped by sampling settings (a batch samples with one setting), at most ``CHUNK`` each."""
+    groups: dict[tuple, list] = {}
+    for row in rows:
+        groups.setdefault(plan[row[0]]["sampling"], []).append(row)
+    out = []
+    for group in groups.values():
+        n = math.ceil(len(group) / CHUNK)
+        out += [group[k * CHUNK : (k + 1) * CHUNK] for k in range(n)]
+    return out

@@ -1,0 +1,198 @@
+"""A CLIP-GEN model on disk: one folder, three safetensors files and ``model.json``.
+
+::
+
+    model.json               {"format": "studio-clip-gen-1", "vqgan": ..., "transformer": ..., "clip": {...}}
+    vqgan.safetensors        taming-layout VQGAN, config in the file's metadata
+    transformer.safetensors  the GPT, config (and the CLIP it was trained with) in its metadata
+    clip.safetensors         the CLIP whose embeddings condition the GPT
+
+The bundled default model (``studio_clip_gen/weights``) and every model imported with
+``studio models import clip-gen NAME`` (``<models_dir>/clip-gen/NAME``) have this layout.
+:func:`assemble` builds one from any supported source files (taming or clip-gen checkpoints,
+open_clip weights, Studio's own training outputs), converting everything to safetensors once,
+so loading a model never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+FORMAT = "studio-clip-gen-1"
+MODEL_JSON = "model.json"
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """``model.json`` of a model folder; ``FileNotFoundError`` when the folder holds none."""
+    data = json.loads((root / MODEL_JSON).read_text())
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{root}: unknown model format {data.get('format')!r}")
+    return data
+
+
+def weights_sha256(root: Path, manifest: dict[str, Any]) -> str:
+    """One digest for the model: sha256 over the sha256 of each weights file, in a fixed order."""
+    outer = hashlib.sha256()
+    for name in (manifest["vqgan"], manifest["transformer"], manifest["clip"]["file"]):
+        inner = hashlib.sha256()
+        with (root / name).open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                inner.update(chunk)
+        outer.update(inner.hexdigest().encode())
+    return outer.hexdigest()
+
+
+def load_clip(root: Path, spec: dict[str, Any], device: str = "cpu"):
+    """The frozen CLIP named by ``model.json``'s ``clip`` entry."""
+    import torch
+
+    from studio.ml import clip_load
+
+    path = root / spec["file"]
+    if spec.get("kind") == "bundled":
+        return clip_load.load_bundled_clip(path, device=device, dtype=torch.float32)
+    _register_small_clips()
+    return clip_load.load_clip(spec["arch"], path, device=device, dtype=torch.float32)
+
+
+def _register_small_clips() -> None:
+    """Make Studio's small CLIP architectures (``studio-tiny-64``...) known to open_clip by name."""
+    try:
+        from studio.ml.clip_configs import register_configs
+    except ImportError:
+        return
+    register_configs()
+
+
+def _is_bundled_clip(path: Path) -> bool:
+    if path.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == "studio-clip-bundled-1"
+    except Exception:  # noqa: BLE001 - not ours; the open_clip reader reports the real problem
+        return False
+
+
+def read_clip(path: Path, arch: str | None):
+    """A CLIP from a Studio bundled file or an open_clip weights file (``arch`` needed), and its spec."""
+    from .checkpoints import WeightsError
+
+    if _is_bundled_clip(path):
+        from studio.ml.clip_configs import load_bundled_clip
+
+        return load_bundled_clip(path).requires_grad_(False), {"kind": "bundled", "file": "clip.safetensors"}
+    if not arch:
+        raise WeightsError(f"{path}: give the CLIP architecture (--clip-arch, e.g. ViT-B-32)")
+    from studio.ml.clip_load import load_clip as load_open_clip
+
+    _register_small_clips()
+    return load_open_clip(arch, path), {"kind": "open_clip", "arch": arch, "file": "clip.safetensors"}
+
+
+def read_vqgan(path: Path, config_yaml: Path | None):
+    from .checkpoints import WeightsError, extract_state_dict, load_vqgan_state, read_checkpoint
+    from .vqgan import F16_1024, VQConfig
+
+    cfg = None
+    if config_yaml is not None:
+        import yaml
+
+        try:
+            cfg = VQConfig.from_taming_yaml(yaml.safe_load(config_yaml.read_text()))
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise WeightsError(f"{config_yaml}: {str(exc).splitlines()[0]}") from None
+    elif path.suffix != ".safetensors":
+        # No yaml: taming's ImageNet f16 network, with the codebook size and width of the file.
+        state = extract_state_dict(read_checkpoint(path), path)
+        codes = state.get("quantize.embedding.weight", state.get("quantizer.embedding.weight"))
+        if codes is None:
+            raise WeightsError(f"{path}: not a VQGAN checkpoint (no codebook)")
+        cfg = VQConfig.from_dict({**F16_1024.to_dict(), "n_embed": codes.shape[0], "embed_dim": codes.shape[1]})
+    return load_vqgan_state(path, cfg)
+
+
+def read_transformer(path: Path, heads: int | None):
+    from .checkpoints import WeightsError, check_state_dict, extract_state_dict, read_checkpoint, read_safetensors
+    from .gpt import GPT, GPTConfig, clipgen_to_ours
+
+    import torch
+
+    meta: dict[str, Any] = {}
+    if path.suffix == ".safetensors":
+        state, meta = read_safetensors(path)
+    else:
+        state = extract_state_dict(read_checkpoint(path), path)
+    if "gpt" in meta:
+        cfg = GPTConfig.from_dict(meta["gpt"])
+    else:
+        try:
+            state, cfg = clipgen_to_ours(state, n_heads=heads)
+        except ValueError as exc:
+            raise WeightsError(f"{path}: {exc}") from None
+    with torch.device("meta"):
+        expected = GPT(cfg).state_dict()
+    check_state_dict(expected, state, f"{path}: does not fit the transformer config")
+    return state, cfg, meta
+
+
+def assemble(
+    dest: Path,
+    *,
+    vqgan: Path,
+    transformer: Path,
+    clip: Path,
+    vqgan_config: Path | None = None,
+    clip_arch: str | None = None,
+    heads: int | None = None,
+    source: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Check that the three parts fit together and write them as a model folder at ``dest``.
+
+    Raises ``WeightsError`` (one line) for any unusable input. The folder appears atomically:
+    it is built under a temporary name and renamed at the end.
+    """
+    from .checkpoints import WeightsError, write_safetensors
+    from .clip_embed import embed_dim
+    from .train import check_compatible
+
+    if dest.exists() and not overwrite:
+        raise WeightsError(f"{dest} already exists")
+    vq_state, vq_cfg = read_vqgan(vqgan, vqgan_config)
+    gpt_state, gpt_cfg, gpt_meta = read_transformer(transformer, heads)
+    clip_model, clip_spec = read_clip(clip, clip_arch)
+    try:
+        check_compatible(gpt_cfg, vq_cfg, embed_dim(clip_model))
+    except ValueError as exc:
+        raise WeightsError(f"the parts do not fit together: {exc}") from None
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        write_safetensors(tmp / "vqgan.safetensors", vq_state, {"vqgan": vq_cfg.to_dict(), "source": str(vqgan)})
+        write_safetensors(tmp / "transformer.safetensors", gpt_state,
+                          {**gpt_meta, "gpt": gpt_cfg.to_dict(), "clip": clip_spec, "source": str(transformer)})
+        if clip_spec["kind"] == "bundled":
+            shutil.copyfile(clip, tmp / "clip.safetensors")
+        else:
+            write_safetensors(tmp / "clip.safetensors", clip_model.state_dict(), {"arch": clip_arch, "source": str(clip)})
+        manifest = {"format": FORMAT, "vqgan": "vqgan.safetensors", "transformer": "transformer.safetensors",
+                    "clip": clip_spec, "resolution": vq_cfg.resolution, "grid": vq_cfg.grid,
+                    "source": source or {}}
+        (tmp / MODEL_JSON).write_text(json.dumps(manifest, indent=2) + "\n")
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return {**manifest, "path": str(dest), "weights_sha256": weights_sha256(dest, manifest)}

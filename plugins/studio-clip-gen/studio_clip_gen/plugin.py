@@ -1,0 +1,91 @@
+"""Studio hooks of the CLIP-GEN plugin (entry point ``clip-gen``). Imports nothing heavy.
+
+Models: ``clip-gen`` (the bundled default, from ``studio_clip_gen/weights``) and one
+``clip-gen/NAME`` per folder imported under ``<models_dir>/clip-gen/NAME``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from studio.generators import GenerationError, ModelSpec, Param
+from studio.hookspecs import hookimpl
+
+BUNDLED_DIR = Path(__file__).parent / "weights"
+MODEL_JSON = "model.json"
+
+PARAMS = (
+    Param("temperature", "float", 1.0, min=0.05, max=5.0, help="softmax temperature of token sampling"),
+    Param("top_k", "int", 0, min=0, max=65536, help="sample among the k most likely codes (0: all)"),
+    Param("top_p", "float", 1.0, min=0.01, max=1.0, help="nucleus sampling mass (1: off)"),
+    Param("candidates", "int", 1, min=1, max=64, help="images sampled per request and re-ranked by CLIP"),
+    Param("keep", "int", 1, min=1, max=16, help="best candidates shown (more than 1: a row of them)"),
+    Param("image", "str", "", help="condition on this image's CLIP embedding instead of the prompt"),
+)
+
+
+def imported_root() -> Path | None:
+    from studio.config import ConfigError, load_settings
+
+    try:
+        return load_settings().models_dir / "clip-gen"
+    except ConfigError:
+        return None
+
+
+def _factory(model_id: str, root: Path):
+    def build():
+        if not (root / MODEL_JSON).is_file():
+            if root == BUNDLED_DIR:
+                raise GenerationError(
+                    "the bundled clip-gen weights are not installed (reinstall studio-clip-gen, or import a model: "
+                    "studio models import clip-gen NAME ...)"
+                )
+            raise GenerationError(f"model {model_id!r}: {root / MODEL_JSON} is missing")
+        from studio_clip_gen.generator import ClipGenGenerator
+
+        return ClipGenGenerator(model_id, root)
+
+    return build
+
+
+@hookimpl
+def register_models(register):
+    bundled = (BUNDLED_DIR / MODEL_JSON).is_file()
+    register(
+        ModelSpec(
+            id="clip-gen",
+            plugin="clip-gen",
+            factory=_factory("clip-gen", BUNDLED_DIR),
+            params=PARAMS,
+            weights="bundled (studio_clip_gen/weights)" if bundled else "bundled weights not installed",
+            description="CLIP-GEN: VQGAN tokens sampled by a transformer conditioned on CLIP (trained on images only)",
+            max_batch=16,
+        )
+    )
+    root = imported_root()
+    if root is None or not root.is_dir():
+        return
+    for folder in sorted(p for p in root.iterdir() if (p / MODEL_JSON).is_file()):
+        register(
+            ModelSpec(
+                id=f"clip-gen/{folder.name}",
+                plugin="clip-gen",
+                factory=_factory(f"clip-gen/{folder.name}", folder),
+                params=PARAMS,
+                weights=f"imported ({folder})",
+                description=f"CLIP-GEN model imported as {folder.name}",
+                max_batch=16,
+            )
+        )
+
+
+@hookimpl
+def register_commands(cli):
+    from studio_clip_gen.commands import clip_gen_group, import_command
+
+    cli.add_command(clip_gen_group)
+    models = cli.get_command(None, "models")
+    importers = models.get_command(None, "import") if models is not None and hasattr(models, "get_command") else None
+    if importers is not None:
+        importers.add_command(import_command)

@@ -1,0 +1,91 @@
+"""The generator: seeds, batch invariance, re-ranking records, conditioning on images, failures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from studio.generators import GenerationError, JobCanceled, Request
+from studio_clip_gen.generator import ClipGenGenerator, candidate_seed
+
+PARAMS = {"temperature": 1.0, "top_k": 8, "top_p": 0.95, "candidates": 1, "keep": 1, "image": ""}
+
+
+@pytest.fixture(scope="module")
+def generator(model_folder):
+    gen = ClipGenGenerator("clip-gen/tiny", model_folder)
+    gen.load("cpu")
+    return gen
+
+
+def _run(generator, requests, calls=None):
+    return generator.generate(requests, lambda d, t: calls.append((d, t)) if calls is not None else None)
+
+
+def test_describe(generator):
+    info = generator.describe()
+    assert info["model"] == "clip-gen/tiny" and info["resolution"] == 16 and len(info["weights_sha256"]) == 64
+    assert info["dtype"] == "float32"
+
+
+def test_same_seed_same_pixels_batched_or_not_and_progress(generator):
+    requests = [Request("a red square", 5, PARAMS, 0), Request("a blue circle", 6, PARAMS, 1)]
+    calls = []
+    batch = _run(generator, requests, calls)
+    assert [r.image.size for r in batch] == [(16, 16)] * 2
+    alone = _run(generator, [requests[1]])
+    assert alone[0].image.tobytes() == batch[1].image.tobytes()
+    assert _run(generator, [requests[0]])[0].image.tobytes() == batch[0].image.tobytes()
+    assert calls[-1][0] == calls[-1][1] and [d for d, _ in calls] == sorted(d for d, _ in calls)
+    assert len(calls) >= 64  # one call per token step
+
+
+def test_candidates_are_reranked_recorded_and_regenerable(generator):
+    params = {**PARAMS, "candidates": 3, "keep": 3}
+    (result,) = _run(generator, [Request("a green square", 11, params)])
+    cands = result.extra["candidates"]
+    assert [c["seed"] for c in cands] == [candidate_seed(11, j) for j in range(3)] and cands[0]["seed"] == 11
+    kept = result.extra["kept"]
+    scores = {c["index"]: c["clip_score"] for c in cands}
+    assert [scores[k["index"]] for k in kept] == sorted(scores.values(), reverse=True)
+    assert result.image.size == (48, 16)  # a row of the 3 kept candidates
+    # any candidate is re-made alone from its recorded seed
+    second = kept[1]
+    (alone,) = _run(generator, [Request("a green square", second["seed"], PARAMS)])
+    tile = result.image.crop((16, 0, 32, 16))
+    assert alone.image.tobytes() == tile.tobytes()
+
+
+def test_progress_cancels(generator):
+    def progress(done, total):
+        if done >= 3:
+            raise JobCanceled()
+
+    with pytest.raises(JobCanceled):
+        generator.generate([Request("a red square", 1, PARAMS)], progress)
+
+
+def test_image_conditioning(generator, tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "cond.png"
+    Image.new("RGB", (40, 30), (220, 40, 40)).save(path)
+    (result,) = _run(generator, [Request("ignored", 2, {**PARAMS, "image": str(path)})])
+    assert result.extra["condition"] == "image"
+    with pytest.raises(GenerationError, match="cannot read the conditioning image"):
+        _run(generator, [Request("x", 2, {**PARAMS, "image": str(tmp_path / "missing.png")})])
+
+
+def test_nan_weights_fail_the_job(model_folder):
+    gen = ClipGenGenerator("clip-gen/tiny", model_folder)
+    gen.load("cpu")
+    with torch.no_grad():
+        gen.vqgan.post_quant_conv.weight.fill_(float("nan"))
+    with pytest.raises(GenerationError, match="NaN"):
+        _run(gen, [Request("a red square", 1, PARAMS)])
+
+
+def test_unloadable_folder_is_a_generation_error(tmp_path):
+    (tmp_path / "model.json").write_text('{"format": "studio-clip-gen-1", "vqgan": "missing.safetensors"}')
+    with pytest.raises(GenerationError, match="cannot be loaded"):
+        ClipGenGenerator("clip-gen/broken", tmp_path).load("cpu")

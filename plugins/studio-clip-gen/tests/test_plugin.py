@@ -1,0 +1,74 @@
+"""The plugin through Studio itself: hooks, the import command and a job, via the real entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from studio.generators import GenerationError
+from studio_clip_gen import plugin
+
+STUDIO = [sys.executable, "-m", "studio"]
+
+
+def _registered(monkeypatch, bundled_dir=None):
+    if bundled_dir is not None:
+        monkeypatch.setattr(plugin, "BUNDLED_DIR", bundled_dir)
+    specs = []
+    plugin.register_models(specs.append)
+    return {s.id: s for s in specs}
+
+
+def test_bundled_model_is_registered_even_without_weights(monkeypatch, tmp_path):
+    specs = _registered(monkeypatch, tmp_path / "weights")
+    spec = specs["clip-gen"]
+    assert spec.weights == "bundled weights not installed"
+    assert {p.name for p in spec.params} == {"temperature", "top_k", "top_p", "candidates", "keep", "image"}
+    with pytest.raises(GenerationError, match="bundled clip-gen weights are not installed"):
+        spec.factory()
+
+
+def test_imported_models_are_registered(monkeypatch, studio_home, model_folder):
+    import shutil
+
+    shutil.copytree(model_folder, studio_home / "models" / "clip-gen" / "mine")
+    (studio_home / "models" / "clip-gen" / "empty").mkdir()
+    specs = _registered(monkeypatch)
+    assert "clip-gen/mine" in specs and "clip-gen/empty" not in specs
+    generator = specs["clip-gen/mine"].factory()
+    generator.load("cpu")
+    assert generator.describe()["model"] == "clip-gen/mine"
+
+
+def _studio(*args, home: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "STUDIO_HOME": str(home), "STUDIO_LOAD_PLUGINS": "clip-gen", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*STUDIO, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_import_command_and_a_job_end_to_end(studio_home, parts, tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_text("not a checkpoint")
+    common = ["--transformer", str(parts / "transformer.safetensors"), "--clip", str(parts / "clip.safetensors"),
+              "--clip-arch", "studio-tiny-64"]
+    failed = _studio("models", "import", "clip-gen", "tiny", "--vqgan", str(bad), *common, home=studio_home)
+    assert failed.returncode != 0
+    assert "bad.ckpt" in failed.stderr and "Traceback" not in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1
+
+    done = _studio("models", "import", "clip-gen", "tiny", "--vqgan", str(parts / "vqgan.safetensors"), *common,
+                   home=studio_home)
+    assert done.returncode == 0, done.stderr
+    assert "imported clip-gen/tiny" in done.stdout
+    assert (studio_home / "models" / "clip-gen" / "tiny" / "model.json").is_file()
+
+    job = _studio("submit", "a red square", "-m", "clip-gen/tiny", "-s", "3", "-n", "2", "-p", "candidates=2",
+                  "--json", home=studio_home)
+    assert job.returncode == 0, job.stderr
+    info = json.loads(job.stdout)
+    assert info["status"] == "succeeded", info
+    assert len(list((studio_home / "images").rglob("*.png"))) == 2

@@ -1,0 +1,90 @@
+"""A few steps of each stage on tiny configs reduce the loss; runs resume and write their files."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from studio_clip_gen.checkpoints import read_safetensors
+from studio_clip_gen.gpt import GPTConfig
+from studio_clip_gen.losses import ClipPerceptual, NLayerDiscriminator, LPIPS
+from studio_clip_gen.train import (GPTTrainConfig, VQTrainConfig, kmeans, perturb, train_transformer, train_vqgan)
+from studio_clip_gen.vqgan import VQModel
+
+
+def _log(path):
+    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_vqgan_training_reduces_loss_logs_codebook_and_resumes(tmp_path, squares, tiny_vq_config, tiny_clip):
+    cfg = VQTrainConfig(steps=40, batch_size=8, lr=1e-3, disc_start=20, disc_layers=2, disc_ndf=16, kmeans_batches=2,
+                        restart_every=10, log_every=10, sample_every=20, checkpoint_every=20)
+    summary = train_vqgan(squares, tmp_path, tiny_vq_config, cfg, perceptual=ClipPerceptual(tiny_clip))
+    log = _log(tmp_path)
+    assert [r["step"] for r in log] == [10, 20, 30, 40]
+    assert log[-1]["l1"] < log[0]["l1"]
+    assert log[-1]["psnr"] > log[0]["psnr"]
+    assert log[0]["d_weight"] == 0 and log[-1]["d_weight"] > 0  # the GAN switched on at disc_start
+    assert all(0 < r["usage"] <= 1 and r["perplexity"] >= 1 for r in log)
+    assert (tmp_path / "samples" / "vqgan_0000020.png").is_file()
+    tensors, meta = read_safetensors(summary["weights"])
+    assert meta["vqgan"] == tiny_vq_config.to_dict() and meta["steps"] == 40
+
+    resumed = train_vqgan(squares, tmp_path, tiny_vq_config, VQTrainConfig(**{**cfg.__dict__, "steps": 50}),
+                          perceptual=ClipPerceptual(tiny_clip), resume=True)
+    assert resumed["steps"] == 50
+    assert [r["step"] for r in _log(tmp_path)][-1] == 50
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_transformer_training_reduces_loss_and_measures_the_gap(tmp_path, squares, tiny_vq_config, tiny_clip):
+    torch.manual_seed(0)
+    vqgan = VQModel(tiny_vq_config).eval()
+    gpt = GPTConfig(n_codes=16, grid=8, width=32, n_layers=2, n_heads=2, clip_dim=16)
+    cfg = GPTTrainConfig(steps=30, batch_size=8, lr=3e-3, warmup=3, log_every=10, sample_every=30, checkpoint_every=30)
+    summary = train_transformer(squares, tmp_path, vqgan, tiny_clip, gpt, cfg, clip_info={"arch": "test"})
+    log = _log(tmp_path)
+    assert log[-1]["ce"] < log[0]["ce"]
+    assert -1 <= log[-1]["cos_image_text"] <= 1 and log[-1]["cos_image_noisy_image"] < 1
+    assert (tmp_path / "samples" / "transformer_0000030.png").is_file()
+    _, meta = read_safetensors(summary["weights"])
+    assert meta["gpt"] == gpt.to_dict() and meta["clip"] == {"arch": "test"}
+
+    resumed = train_transformer(squares, tmp_path, vqgan, tiny_clip, gpt, GPTTrainConfig(**{**cfg.__dict__, "steps": 32}),
+                                resume=True)
+    assert resumed["steps"] == 32
+
+
+def test_clip_embedding_loss_trains_through_the_decoder(tmp_path, squares, tiny_vq_config, tiny_clip):
+    vqgan = VQModel(tiny_vq_config).eval()
+    gpt = GPTConfig(n_codes=16, grid=8, width=32, n_layers=1, n_heads=2, clip_dim=16)
+    cfg = GPTTrainConfig(steps=4, batch_size=4, lr=1e-3, warmup=1, log_every=2, clip_loss_weight=1.0,
+                         sample_every=100, checkpoint_every=100)
+    train_transformer(squares, tmp_path, vqgan, tiny_clip, gpt, cfg)
+    log = _log(tmp_path)
+    assert all(0 < r["clip_loss"] < 2 for r in log)
+    assert all(p.grad is None for p in vqgan.parameters())  # frozen
+
+
+def test_lafite_noise_and_kmeans():
+    e = torch.nn.functional.normalize(torch.randn(64, 16), dim=-1)
+    noisy = perturb(e, 0.3, torch.Generator().manual_seed(0))
+    assert torch.allclose(noisy.norm(dim=-1), torch.ones(64))
+    cos = (noisy * e).sum(-1)
+    assert (cos < 1).all() and (cos > 0.9).all()
+    assert torch.allclose(perturb(e, 0.0), e)
+    points = torch.cat([torch.randn(50, 2) * 0.1 + c for c in (torch.tensor([5.0, 0]), torch.tensor([-5.0, 0]))])
+    centres = kmeans(points, 2, generator=torch.Generator().manual_seed(0))
+    assert sorted(round(float(c)) for c in centres[:, 0]) == [-5, 5]
+
+
+def test_loss_modules_match_taming_layouts(manifest):
+    rows = manifest("vqgan_loss_keys.txt")
+    lpips = {k.removeprefix("loss.perceptual_loss."): s for k, s, _ in rows if k.startswith("loss.perceptual_loss.")}
+    with torch.device("meta"):
+        assert {k: list(v.shape) for k, v in LPIPS().state_dict().items()} == lpips
+        disc3 = {k: list(v.shape) for k, v in NLayerDiscriminator(n_layers=3).state_dict().items()}
+        disc2 = {k: list(v.shape) for k, v in NLayerDiscriminator(n_layers=2).state_dict().items()}
+    discs = [k.removeprefix("loss.discriminator.") for k, _, _ in rows if k.startswith("loss.discriminator.")]
+    assert list(disc3) == discs[:22] and list(disc2) == discs[22:]

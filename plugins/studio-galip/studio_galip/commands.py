@@ -1,0 +1,157 @@
+"""``studio galip ...`` and ``studio models import galip``: thin click wrappers.
+
+torch and the networks are imported inside each command, so ``studio --help`` stays fast.
+Bad input ends as a one-line ``click.ClickException``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .generator import BUNDLED_CLIP
+
+
+@click.group(name="galip")
+def galip_group() -> None:
+    """GALIP (Generative Adversarial CLIPs): train models, explore their latent space."""
+
+
+@click.command(name="train")
+@click.option("--dataset", default="shapes", show_default=True, help="Dataset name: shapes, or folder:PATH.")
+@click.option("--clip", "clip_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="Frozen CLIP weights file.")
+@click.option("--clip-arch", default=BUNDLED_CLIP, show_default=True,
+              help=f"open_clip architecture of --clip (e.g. ViT-B-32-quickgelu), or {BUNDLED_CLIP} "
+                   "for Studio's small CLIP.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run folder: checkpoint, metrics.jsonl, sample grids, final weights.")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), help="Stop after this much wall time.")
+@click.option("--steps", type=click.IntRange(min=1), help="Stop at this total step count.")
+@click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True)
+@click.option("--lr-g", type=click.FloatRange(min=0, min_open=True),
+              help="Generator lr [default: 1e-4 with raw conditions, 4e-4 with sqrt_dim].")
+@click.option("--lr-d", type=click.FloatRange(min=0, min_open=True), default=4e-4, show_default=True)
+@click.option("--cond-scale", type=click.Choice(["raw", "sqrt_dim"]),
+              help="Sentence embedding scaling [default: raw for CLIP ViT-B/32, sqrt_dim for small CLIPs].")
+@click.option("--mapping", type=click.Choice(["galip", "clean"]), default="galip", show_default=True,
+              help="Image -> CLIP input mapping (galip: the official double mapping).")
+@click.option("--ngf", type=click.IntRange(min=4), help="Generator width [default: 64 official, 16 small].")
+@click.option("--image-size", type=click.IntRange(min=16), help="Output size [default: CLIP's input size].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--sample-every", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads.")
+@click.option("--fresh", is_flag=True, help="Start over even if --out holds a checkpoint.")
+def train_command(dataset, clip_file, clip_arch, out_dir, minutes, steps, batch_size, lr_g, lr_d, cond_scale,
+                  mapping, ngf, image_size, seed, sample_every, device, threads, fresh) -> None:
+    """Train GALIP with the official losses on a captioned dataset, CLIP frozen."""
+    if minutes is None and steps is None:
+        raise click.UsageError("give --minutes or --steps")
+    import torch
+
+    from studio.ml.clip_load import WeightsError
+
+    from .generator import open_clip_model
+    from .train import default_config, train_galip
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        clip = open_clip_model(clip_arch, clip_file, device=device)
+    except WeightsError as exc:
+        raise click.ClickException(str(exc)) from None
+    overrides = {k: v for k, v in {"cond_scale": cond_scale, "ngf": ngf, "image_size": image_size,
+                                   "mapping": mapping}.items() if v is not None}
+    try:
+        card = train_galip(out_dir, dataset, clip, config=default_config(clip, **overrides), resume=not fresh,
+                           steps=steps, minutes=minutes, batch_size=batch_size, lr_g=lr_g, lr_d=lr_d, seed=seed,
+                           sample_every=sample_every, device=device,
+                           meta={"dataset": dataset, "clip_arch": clip_arch, "clip_file": str(clip_file)})
+    except (WeightsError, ValueError, FloatingPointError, KeyError) as exc:
+        raise click.ClickException(f"training stopped: {exc}") from None
+    click.echo(json.dumps({k: card[k] for k in ("steps", "seconds_this_run", "last_losses", "weights_sha256")},
+                          indent=2))
+    click.echo(f"weights: {out_dir / 'galip.safetensors'}")
+
+
+galip_group.add_command(train_command)
+
+
+@galip_group.command(name="interpolate")
+@click.argument("prompts", nargs=-1, required=True)
+@click.option("-m", "--model", "model_id", default="galip", show_default=True)
+@click.option("--seed", "seeds", type=int, multiple=True, help="Key seeds (repeat the option); default 0 and 1.")
+@click.option("--frames", type=click.IntRange(1, 256), default=8, show_default=True, help="Frames between keys.")
+@click.option("--what", type=click.Choice(["both", "noise", "text"]), default="both", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--device", default="cpu", show_default=True)
+def interpolate_command(prompts, model_id, seeds, frames, what, out_dir, device) -> None:
+    """Walk the latent space between prompts and/or seeds; writes frames and a strip PNG."""
+    from studio.generators import GenerationError
+
+    from .generator import GalipGenerator, strip_frames
+
+    card = _find_card(model_id)
+    seeds = list(seeds) or ([0] if len(prompts) > 1 else [0, 1])
+    gen = GalipGenerator(card.source())
+    try:
+        gen.load(device)
+        images = gen.interpolate(list(prompts), seeds, frames=frames, what=what)
+    except (GenerationError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        image.save(out_dir / f"frame_{i:04d}.png")
+    strip = strip_frames(images, out_dir / "strip.png")
+    click.echo(f"{len(images)} frames in {out_dir}; strip: {strip}")
+
+
+@click.command(name="galip")
+@click.argument("name")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="Official GALIP checkpoint (.pth) or Studio GALIP weights (.safetensors).")
+@click.option("--clip", "clip_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="The CLIP weights the checkpoint was trained with.")
+@click.option("--clip-arch", default="ViT-B-32-quickgelu", show_default=True,
+              help=f"open_clip architecture of --clip, or {BUNDLED_CLIP}.")
+@click.option("--copy-clip", is_flag=True, help="Copy the CLIP file into the model folder instead of referencing it.")
+@click.option("--force", is_flag=True, help="Replace an existing model of that name.")
+def import_command(name, checkpoint, clip_file, clip_arch, copy_clip, force) -> None:
+    """Import GALIP weights as model galip-NAME (checks they fit, converts to safetensors)."""
+    from rich.console import Console
+
+    from studio.config import load_settings
+
+    from .installed import ModelImportError, import_model
+
+    try:
+        card = import_model(name, checkpoint, clip_file, clip_arch, load_settings().models_dir,
+                            copy_clip=copy_clip, force=force)
+    except ModelImportError as exc:
+        raise click.ClickException(str(exc)) from None
+    console = Console()
+    console.print(f"imported [bold]{card.id}[/bold] into {card.folder}")
+    console.print(f"weights sha256 {card.data['weights_sha256']}  clip sha256 {card.data['clip']['sha256']}")
+    if card.terms:
+        console.print(f"[yellow]Terms of these weights:[/yellow] {card.terms}")
+
+
+def _find_card(model_id: str):
+    from studio.config import load_settings
+
+    from .installed import BUNDLED_ID, bundled_card, imported_cards
+
+    if model_id == BUNDLED_ID:
+        card = bundled_card()
+        if card is None:
+            raise click.ClickException("the bundled galip weights are not installed")
+        return card
+    cards, _problems = imported_cards(load_settings().models_dir)
+    for card in cards:
+        if card.id == model_id:
+            return card
+    known = ", ".join([BUNDLED_ID] + [c.id for c in cards])
+    raise click.ClickException(f"no GALIP model {model_id!r} (known: {known})")

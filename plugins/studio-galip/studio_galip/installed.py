@@ -1,0 +1,174 @@
+"""GALIP models on disk: the bundled default and the ones imported into the models folder.
+
+Each model is a folder (or, for the bundled one, the package's ``weights/`` folder) holding a
+``model.json`` card, the generator weights in Studio's safetensors format and a reference to
+its CLIP file. Reading a card is cheap and imports no torch, so models can be listed at CLI
+start; importing converts an official checkpoint once so later loads are fast and pickle-free.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .generator import GalipSource, open_clip_model
+
+CARD = "model.json"
+WEIGHTS = "galip.safetensors"
+BUNDLED_ID = "galip"
+BUNDLED_DIR = Path(__file__).parent / "weights"
+BUNDLED_CARD = BUNDLED_DIR / "galip-shapes.json"
+BUNDLED_WEIGHTS = BUNDLED_DIR / "galip-shapes.safetensors"
+
+#: The released official weights' terms (github tobran/GALIP), shown at import and recorded.
+OFFICIAL_TERMS = (
+    "Official GALIP weights: the repository's LICENSE file is MIT, but its README states the released "
+    "checkpoints are CC BY-NC-SA 4.0, for academic (non-commercial) use only. Studio's code is its own; "
+    "the terms of imported weights are the user's responsibility."
+)
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+class ModelImportError(ValueError):
+    """An import that cannot proceed; the message is one line, shown to the user."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What ``model.json`` says about one GALIP model."""
+
+    id: str
+    folder: Path
+    data: dict[str, Any]
+
+    @property
+    def weights(self) -> Path:
+        return self.folder / self.data.get("weights", WEIGHTS)
+
+    @property
+    def clip_arch(self) -> str:
+        return self.data["clip"]["arch"]
+
+    @property
+    def clip_file(self) -> Path:
+        """The CLIP file: absolute, relative to the card, or inside an installed package.
+
+        ``{"package": "studio.ml", "file": "weights/clip.safetensors"}`` lets the bundled model
+        use a CLIP file that another distribution ships, wherever it is installed.
+        """
+        clip = self.data["clip"]
+        if clip.get("package"):
+            from importlib.resources import files
+
+            return Path(str(files(clip["package"]).joinpath(clip["file"])))
+        path = Path(clip["file"])
+        return path if path.is_absolute() else self.folder / path
+
+    @property
+    def terms(self) -> str:
+        return self.data.get("terms", "")
+
+    def source(self) -> GalipSource:
+        return GalipSource(self.id, self.weights, self.clip_arch, self.clip_file,
+                           self.data.get("weights_sha256"), self.data["clip"].get("sha256"))
+
+
+def model_id_for(name: str) -> str:
+    """Imported models are ``galip-NAME`` so they never clash with other plugins' models."""
+    return name if name.startswith("galip-") else f"galip-{name}"
+
+
+def read_card(path: Path, model_id: str) -> ModelCard:
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or "clip" not in data:
+        raise ValueError(f"{path}: not a GALIP model card")
+    return ModelCard(model_id, path.parent, data)
+
+
+def bundled_card() -> ModelCard | None:
+    """The default model's card, or None when its weights are not installed."""
+    if not (BUNDLED_CARD.is_file() and BUNDLED_WEIGHTS.is_file()):
+        return None
+    card = read_card(BUNDLED_CARD, BUNDLED_ID)
+    return ModelCard(card.id, card.folder, {**card.data, "weights": BUNDLED_WEIGHTS.name})
+
+
+def imported_cards(models_dir: Path) -> tuple[list[ModelCard], list[str]]:
+    """Cards under ``models_dir/galip/*``; unreadable ones are reported, never fatal."""
+    cards, problems = [], []
+    root = Path(models_dir) / "galip"
+    if not root.is_dir():
+        return cards, problems
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        card = folder / CARD
+        if not card.is_file():
+            continue
+        try:
+            cards.append(read_card(card, model_id_for(folder.name)))
+        except (OSError, ValueError, KeyError) as exc:
+            problems.append(f"{card}: {exc}")
+    return cards, problems
+
+
+def import_model(name: str, checkpoint: Path, clip_file: Path, clip_arch: str, models_dir: Path,
+                 copy_clip: bool = False, force: bool = False) -> ModelCard:
+    """Convert an official (or Studio) GALIP checkpoint into ``models_dir/galip/NAME``.
+
+    The CLIP file is checked to fit, the generator is loaded strictly, and the weights are
+    written as safetensors (with the frozen CLIP trunk only if the checkpoint's copy differs
+    from the CLIP file's). ``model.json`` records the architecture, both sha256s and the
+    weights' terms. The CLIP file is referenced in place unless ``copy_clip``.
+    """
+    from studio.ml.clip_load import WeightsError
+
+    from .checkpoint import (
+        atomic_path, check_clip_fits, infer_config, load_into, read_weights, save_studio, sha256_file,
+        trunk_matches_clip,
+    )
+    from .model import build_nets
+
+    if not _NAME.match(name):
+        raise ModelImportError(f"model name {name!r}: use lowercase letters, digits, '.', '_' or '-'")
+    dest = Path(models_dir) / "galip" / name
+    if (dest / CARD).exists() and not force:
+        raise ModelImportError(f"{dest} already exists (use --force to replace it)")
+    checkpoint, clip_file = Path(checkpoint).absolute(), Path(clip_file).absolute()
+    try:
+        clip = open_clip_model(clip_arch, clip_file)
+        weights = read_weights(checkpoint)
+        cfg = weights.config or infer_config(weights, clip, checkpoint)
+        check_clip_fits(cfg, clip, f"{clip_arch} ({clip_file})")
+        nets = build_nets(cfg, clip, with_d=False)
+        same_trunk = trunk_matches_clip(weights.states["netG"], nets.G)
+        load_into(nets, weights, checkpoint)
+    except WeightsError as exc:
+        raise ModelImportError(str(exc)) from None
+
+    dest.mkdir(parents=True, exist_ok=True)
+    official = weights.config is None
+    data: dict[str, Any] = {
+        "arch": "galip",
+        "config": cfg.to_dict(),
+        "weights": WEIGHTS,
+        "clip": {"arch": clip_arch, "file": str(clip_file), "sha256": sha256_file(clip_file)},
+        "source": {"checkpoint": str(checkpoint), "sha256": sha256_file(checkpoint),
+                   "format": "official" if official else "studio"},
+        "trunk": "clip file" if same_trunk else "included (differs from the CLIP file)",
+        "terms": OFFICIAL_TERMS if official else weights.meta.get("terms", ""),
+        "imported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if copy_clip:
+        target = dest / f"clip{clip_file.suffix}"
+        shutil.copyfile(clip_file, target)
+        data["clip"]["file"] = target.name
+    data["weights_sha256"] = save_studio(dest / WEIGHTS, nets, meta={"terms": data["terms"]},
+                                         include_trunk=not same_trunk)
+    with atomic_path(dest / CARD) as tmp:
+        tmp.write_text(json.dumps(data, indent=2))
+    return ModelCard(model_id_for(name), dest, data)

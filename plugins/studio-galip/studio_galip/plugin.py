@@ -1,0 +1,83 @@
+"""Studio hooks for GALIP: the models this plugin provides and its commands.
+
+Cheap by design: reading model cards is JSON only; torch is imported when a model is first
+used (the spec's factory, then ``load``) or when a command runs.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+
+from studio.config import load_settings
+from studio.generators import GenerationError, ModelSpec, Param
+from studio.hookspecs import hookimpl
+
+from .generator import GalipGenerator
+from .installed import BUNDLED_ID, BUNDLED_WEIGHTS, ModelCard, bundled_card, imported_cards
+
+log = logging.getLogger(__name__)
+
+try:
+    VERSION = importlib.metadata.version("studio-galip")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree
+    VERSION = "0+unknown"
+
+PARAMS = (
+    Param("image", "str", "", help="Path of a picture whose CLIP image embedding conditions the image."),
+    Param("image_strength", "float", 1.0, 0.0, 1.0,
+          help="With image: 0 uses only the prompt, 1 only the picture, in between mixes them."),
+)
+
+
+def _factory(card: ModelCard):
+    return lambda: GalipGenerator(card.source(), plugin_version=VERSION)
+
+
+def _bundled_missing():
+    raise GenerationError(
+        f"the bundled galip weights are not installed ({BUNDLED_WEIGHTS.name} missing from the studio-galip "
+        "package); reinstall studio-galip, or import weights with `studio models import galip`"
+    )
+
+
+def _spec(card: ModelCard | None, model_id: str, description: str) -> ModelSpec:
+    size = (card.data.get("config") or {}).get("image_size", 224) if card else 64
+    return ModelSpec(
+        id=model_id,
+        plugin="galip",
+        factory=_factory(card) if card else _bundled_missing,
+        params=PARAMS,
+        weights=str(card.weights) if card else f"(not installed) {BUNDLED_WEIGHTS}",
+        description=description,
+        max_batch=32 if size <= 128 else 4,
+    )
+
+
+@hookimpl
+def register_models(register):
+    card = bundled_card()
+    register(_spec(card, BUNDLED_ID, "GALIP trained on `shapes` with the bundled small CLIP (64px)"))
+    cards, problems = imported_cards(load_settings().models_dir)
+    for problem in problems:
+        log.warning("skipping GALIP model: %s", problem)
+    for card in cards:
+        size = card.data.get("config", {}).get("image_size", "?")
+        source = card.data.get("source", {}).get("checkpoint", "?")
+        register(_spec(card, card.id, f"GALIP imported from {source} ({size}px)"))
+
+
+@hookimpl
+def register_commands(cli):
+    from .commands import galip_group, import_command, train_command
+
+    cli.add_command(galip_group)
+    train = cli.get_command(None, "train") if hasattr(cli, "get_command") else None
+    if train is not None and hasattr(train, "add_command"):
+        train.add_command(train_command, name="galip")
+    models = cli.get_command(None, "models") if hasattr(cli, "get_command") else None
+    imp = models.get_command(None, "import") if models is not None and hasattr(models, "get_command") else None
+    if imp is not None and hasattr(imp, "add_command"):
+        imp.add_command(import_command, name="galip")
+    else:
+        galip_group.add_command(import_command, name="import")

@@ -1,0 +1,390 @@
+"""Training GALIP with the official losses, at any size, on any captioned dataset.
+
+One step, as the official code does it:
+
+* D/C: hinge loss on real pairs ``relu(1 - C(D(real), s))``, on mismatched pairs (captions
+  rolled by one within the batch) ``relu(1 + C(D(real), s_wrong))`` and on fakes
+  ``relu(1 + C(D(fake), s))``; ``errD = real + (fake + mismatched) / 2 + MA-GP`` where MA-GP is
+  ``2.0 * mean(||grad of C(D(real), s) w.r.t. (CLIP features, s)|| ** 6)``.
+* G: ``-mean(C(D(fake), s)) - 4.0 * mean(cos(CLIP image embedding of fake, s))``.
+* Adam, betas (0.0, 0.9), G lr 1e-4, D+C lr 4e-4; mixed precision on CUDA.
+
+The CLIP features of a fake are computed once per step (CLIP is frozen, so the D step and
+the G step see the same features; the official code computes them twice).
+
+Small CLIPs need two changes (measured on the bundled ``shapes`` model): the sentence embedding
+is unit-normalised and scaled by sqrt(dim) (``cond_scale="sqrt_dim"``), and G's lr is raised to
+4e-4. :func:`default_config` and :func:`default_lr_g` apply them unless told otherwise.
+
+Outputs in ``out_dir``: ``checkpoint.pt`` (official layout plus ``config``; resumable, atomic),
+``metrics.jsonl``, ``samples/step_NNNNNN.png`` grids, and at the end ``galip.safetensors`` (Studio
+format, generator only) with ``model_card.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from studio.ml.clip_features import image_features, sentence_embedding, to_clip_input, tokenize_for
+
+from .checkpoint import atomic_path, load_into, read_official, save_studio, sha256_file
+from .generator import noise_for, to_uint8
+from .model import GalipConfig, Nets, build_nets, condition
+
+#: Generator/discriminator widths for small CLIPs (about 2.3M G and 0.9M D parameters for a
+#: 128-wide, 8x8-grid CLIP at 64px).
+SMALL_WIDTHS = dict(ngf=16, code_ch=32, mid_ch=16, d_ch=128, c_hidden=64)
+
+OFFICIAL_LR_G = 1e-4
+SMALL_LR_G = 4e-4
+LR_D = 4e-4
+BETAS = (0.0, 0.9)
+SIM_WEIGHT = 4.0
+GP_WEIGHT, GP_POWER = 2.0, 6
+
+
+def is_official_clip(clip) -> bool:
+    cfg = GalipConfig.for_clip(clip)
+    return (cfg.clip_width, cfg.grid, cfg.clip_depth, cfg.cond_dim) == (768, 7, 12, 512)
+
+
+def default_config(clip, **overrides) -> GalipConfig:
+    """Official config for CLIP ViT-B/32; small widths and ``sqrt_dim`` conditions otherwise."""
+    if is_official_clip(clip):
+        return GalipConfig.for_clip(clip, **overrides)
+    return GalipConfig.for_clip(clip, **{**SMALL_WIDTHS, "cond_scale": "sqrt_dim", **overrides})
+
+
+def default_lr_g(cfg: GalipConfig) -> float:
+    """1e-4 as the official runs; 4e-4 (D's lr) when conditions are sqrt(dim)-scaled small CLIPs."""
+    return OFFICIAL_LR_G if cfg.cond_scale == "raw" else SMALL_LR_G
+
+
+@dataclass
+class TrainOptions:
+    steps: int | None = None  # total optimiser steps (a resumed run counts its earlier steps)
+    minutes: float | None = None  # wall time of this call
+    batch_size: int = 32
+    lr_g: float | None = None  # None: default_lr_g(config)
+    lr_d: float = LR_D
+    sim_weight: float = SIM_WEIGHT
+    flip: bool = False  # horizontal flips break "left of"/"right of" captions: off by default
+    seed: int = 0
+    amp: bool | None = None  # None: on for CUDA
+    sample_every: int = 200
+    save_every_s: float = 300.0
+    log_every: int = 10
+    sample_prompts: Sequence[str] = ()
+    device: str = "cpu"
+    show_progress: bool = True
+    meta: dict[str, Any] = field(default_factory=dict)  # recorded in checkpoints and the card
+
+
+# ---- losses -----------------------------------------------------------------------------------
+
+
+def hinge(pred: torch.Tensor, real: bool) -> torch.Tensor:
+    return F.relu(1.0 - pred).mean() if real else F.relu(1.0 + pred).mean()
+
+
+def ma_gp(feats: torch.Tensor, sent: torch.Tensor, pred: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Matching-aware gradient penalty on (CLIP features, sentence embedding) of real pairs.
+
+    ``scale`` is the AMP loss scale: gradients are taken of the scaled prediction (so fp16 does
+    not underflow) and unscaled before the norm, as the official mixed-precision variant.
+    """
+    grads = torch.autograd.grad(
+        outputs=pred * scale, inputs=(feats, sent), grad_outputs=torch.ones_like(pred),
+        retain_graph=True, create_graph=True,
+    )
+    grad = torch.cat([g.flatten(1) for g in grads], dim=1).float() / scale
+    norm = grad.pow(2).sum(dim=1).sqrt()
+    return GP_WEIGHT * norm.pow(GP_POWER).mean()
+
+
+def mismatched(sent: torch.Tensor) -> torch.Tensor:
+    """Captions rolled by one within the batch: every image paired with another's caption."""
+    return torch.cat([sent[1:], sent[:1]], dim=0).detach()
+
+
+def train_step(nets: Nets, opt_g, opt_d, real: torch.Tensor, captions: Sequence[str], opts: TrainOptions,
+               scaler=None, generator: torch.Generator | None = None) -> dict[str, float]:
+    """One D/C update then one G update; returns the loss terms."""
+    cfg, clip, G, D, C = nets.cfg, nets.clip, nets.G, nets.D, nets.C
+    device = real.device
+    amp = scaler is not None
+    autocast = torch.autocast(device_type=device.type, enabled=amp)
+    with torch.no_grad():
+        sent_raw = sentence_embedding(clip, tokenize_for(clip, captions)).float()
+        feats_real, _ = image_features(clip, to_clip_input(real, clip, cfg.mapping), cfg.taps)
+    sent = condition(sent_raw, cfg.cond_scale).detach().requires_grad_()
+    feats_real = feats_real.float().requires_grad_()
+
+    noise = torch.randn(real.shape[0], cfg.nz, generator=generator, device="cpu").to(device)
+    with autocast:
+        fake = G(noise, sent.detach())
+    feats_fake, fake_emb = image_features(clip, to_clip_input(fake.float(), clip, cfg.mapping), cfg.taps)
+    feats_fake, fake_emb = feats_fake.float(), fake_emb.float()
+
+    # D and C
+    with autocast:
+        real_out = D(feats_real)
+        pred_real = C(real_out, sent)
+        err_real = hinge(pred_real, real=True)
+        err_mis = hinge(C(real_out, mismatched(sent)), real=False)
+        err_fake = hinge(C(D(feats_fake.detach()), sent.detach()), real=False)
+    gp = ma_gp(feats_real, sent, pred_real, scale=scaler.get_scale() if amp else 1.0)
+    err_d = err_real + (err_fake + err_mis) / 2.0 + gp
+    opt_d.zero_grad(set_to_none=True)
+    _backward_step(err_d, opt_d, scaler)
+
+    # G
+    with autocast:
+        adv = C(D(feats_fake), sent.detach()).mean()
+    sim = F.cosine_similarity(fake_emb, sent_raw, dim=-1).mean()
+    err_g = -adv - opts.sim_weight * sim
+    opt_g.zero_grad(set_to_none=True)
+    _backward_step(err_g, opt_g, scaler)
+    if scaler is not None:
+        scaler.update()
+
+    return {
+        "errD": err_d.item(), "errD_real": err_real.item(), "errD_fake": err_fake.item(),
+        "errD_mis": err_mis.item(), "MA_GP": gp.item(), "errG": err_g.item(), "G_adv": adv.item(),
+        "clip_sim": sim.item(),
+    }
+
+
+def _backward_step(loss: torch.Tensor, opt, scaler) -> None:
+    if scaler is None:
+        loss.backward()
+        opt.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+
+def open_named_dataset(dataset):
+    """A dataset object, or a name for ``studio.ml.datasets.open_dataset`` (imported lazily)."""
+    if isinstance(dataset, str):
+        from studio.ml.datasets import open_dataset
+
+        return open_dataset(dataset)
+    return dataset
+
+
+def batches(dataset, batch_size: int, seed: int, flip: bool = False) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    """Endless ``(images [B,3,H,W] in [-1,1], captions)`` from a map-style or iterable dataset.
+
+    Map-style datasets are sampled uniformly with a seeded generator; iterables are read in
+    order and restarted when they end.
+    """
+    rng = torch.Generator().manual_seed(seed)
+    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+        n = len(dataset)
+        if n == 0:
+            raise ValueError("the dataset is empty")
+        items = _random_items(dataset, n, rng)
+    else:
+        items = _cycle(dataset)
+    while True:
+        chunk = [next(items) for _ in range(batch_size)]
+        images = torch.stack([torch.as_tensor(item["image"], dtype=torch.float32) for item in chunk])
+        if flip:
+            mask = torch.rand(len(chunk), generator=rng) < 0.5
+            images[mask] = images[mask].flip(-1)
+        yield images, [str(item["caption"]) for item in chunk]
+
+
+def _random_items(dataset, n: int, rng: torch.Generator) -> Iterator[dict]:
+    while True:
+        yield dataset[int(torch.randint(n, (1,), generator=rng))]
+
+
+def _cycle(iterable) -> Iterator[dict]:
+    while True:
+        empty = True
+        for item in iterable:
+            empty = False
+            yield item
+        if empty:
+            raise ValueError("the dataset is empty")
+
+
+# ---- checkpoints and samples ------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, nets: Nets, opt_g, opt_d, step: int, meta: dict, scaler=None) -> None:
+    """Official layout (``model``/``optimizers``) plus ``config``/``step``; readable with weights_only."""
+    state = {
+        "model": {"netG": nets.G.state_dict(), "netD": nets.D.state_dict(), "netC": nets.C.state_dict()},
+        "optimizers": {"optimizer_G": opt_g.state_dict(), "optimizer_D": opt_d.state_dict()},
+        "epoch": 0,
+        "step": step,
+        "config": nets.cfg.to_dict(),
+        "meta": meta,
+    }
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def sample_grid(nets: Nets, prompts: Sequence[str], seeds: Sequence[int], path: Path) -> Path:
+    """One row per prompt, one column per seed, written as a PNG (G in eval mode)."""
+    from PIL import Image
+
+    G = nets.G
+    was_training = G.training
+    G.eval()
+    device = next(G.parameters()).device
+    with torch.no_grad():
+        sent = condition(sentence_embedding(nets.clip, tokenize_for(nets.clip, list(prompts))).float(),
+                         nets.cfg.cond_scale)
+        noise = noise_for(seeds, nets.cfg.nz).to(device)
+        rows = []
+        for s in sent:
+            img = G(noise, s.expand(len(seeds), -1))
+            rows.append(torch.nan_to_num(img.float()))
+    G.train(was_training)
+    pixels = to_uint8(torch.cat(rows))  # [P*S, H, W, 3]
+    h, w = pixels.shape[1:3]
+    grid = pixels.view(len(prompts), len(seeds), h, w, 3).permute(0, 2, 1, 3, 4)
+    grid = grid.reshape(len(prompts) * h, len(seeds) * w, 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Image.fromarray(grid.cpu().numpy()).save(tmp, format="PNG")
+    return path
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+
+
+def train_galip(out_dir: str | Path, dataset, clip, *, config: GalipConfig | None = None,
+                options: TrainOptions | None = None, resume: bool = True,
+                on_metrics: Callable[[dict], None] | None = None, **option_overrides) -> dict[str, Any]:
+    """Train (or continue training) GALIP on ``dataset`` with the frozen ``clip``.
+
+    ``dataset``: items ``{"image": [3,H,W] in [-1,1], "caption": str, ...}`` or a dataset name
+    for ``studio.ml.datasets.open_dataset``. ``clip``: a frozen open_clip model (see
+    ``studio.ml.clip_load``). ``config`` defaults to :func:`default_config`; options may be given
+    as a :class:`TrainOptions` or as keyword arguments (``steps=``, ``minutes=``, ...).
+    Returns a summary dict (also written into ``model_card.json``).
+    """
+    opts = options or TrainOptions()
+    for key, value in option_overrides.items():
+        if not hasattr(opts, key):
+            raise TypeError(f"unknown training option {key!r}")
+        setattr(opts, key, value)
+    if opts.steps is None and opts.minutes is None:
+        raise ValueError("give steps or minutes")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    device = torch.device(opts.device)
+    torch.manual_seed(opts.seed)
+
+    resumed = read_official(ckpt_path) if resume and ckpt_path.exists() else None
+    if resumed is not None and resumed.config is not None:
+        config = resumed.config
+    cfg = config or default_config(clip)
+    clip = clip.to(device).eval().requires_grad_(False)
+    nets = build_nets(cfg, clip)
+    step = 0
+    if resumed is not None:
+        load_into(nets, resumed, ckpt_path, need_d=True)
+        step = int(resumed.extra.get("step", 0))
+    for net in (nets.G, nets.D, nets.C):
+        net.to(device).train()
+
+    lr_g = opts.lr_g if opts.lr_g is not None else default_lr_g(cfg)
+    opt_g = torch.optim.Adam([p for p in nets.G.parameters() if p.requires_grad], lr=lr_g, betas=BETAS)
+    opt_d = torch.optim.Adam(list(nets.D.parameters()) + list(nets.C.parameters()), lr=opts.lr_d, betas=BETAS)
+    use_amp = opts.amp if opts.amp is not None else device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type) if use_amp else None
+    if resumed is not None:
+        optim = resumed.extra.get("optimizers", {})
+        if "optimizer_G" in optim:
+            opt_g.load_state_dict(optim["optimizer_G"])
+            opt_d.load_state_dict(optim["optimizer_D"])
+        if scaler is not None and "scaler" in resumed.extra:
+            scaler.load_state_dict(resumed.extra["scaler"])
+
+    data = batches(open_named_dataset(dataset), opts.batch_size, seed=opts.seed + step, flip=opts.flip)
+    first_images, first_captions = next(data)
+    prompts = list(opts.sample_prompts) or list(dict.fromkeys(first_captions))[:8]
+    seeds = list(range(8))
+    meta = {**opts.meta, "lr_g": lr_g, "lr_d": opts.lr_d, "batch_size": opts.batch_size, "sim_weight": opts.sim_weight}
+    noise_rng = torch.Generator().manual_seed(opts.seed * 1_000_003 + step)
+
+    start = time.monotonic()
+    last_save = start
+    target = opts.steps
+    deadline = start + opts.minutes * 60 if opts.minutes is not None else math.inf
+    metrics_path = out / "metrics.jsonl"
+    last: dict[str, float] = {}
+    pending = (first_images, first_captions)
+    with _progress(opts.show_progress) as bar, open(metrics_path, "a") as log:
+        task = bar.add_task("galip", total=target, completed=step)
+        while (target is None or step < target) and time.monotonic() < deadline:
+            images, captions = pending if pending is not None else next(data)
+            pending = None
+            last = train_step(nets, opt_g, opt_d, images.to(device), captions, opts, scaler, noise_rng)
+            step += 1
+            bad = [k for k, v in last.items() if not math.isfinite(v)]
+            if bad:
+                raise FloatingPointError(f"step {step}: non-finite loss ({', '.join(bad)}); lower the learning rates")
+            if step % opts.log_every == 0 or step == 1:
+                record = {"step": step, "time_s": round(time.monotonic() - start, 2), **last}
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                if on_metrics:
+                    on_metrics(record)
+            if step % opts.sample_every == 0:
+                sample_grid(nets, prompts, seeds, out / "samples" / f"step_{step:06d}.png")
+            if time.monotonic() - last_save > opts.save_every_s:
+                save_checkpoint(ckpt_path, nets, opt_g, opt_d, step, meta, scaler)
+                last_save = time.monotonic()
+            bar.update(task, completed=step, description=f"galip D {last['errD']:.3f} G {last['errG']:.3f}")
+
+    elapsed = time.monotonic() - start
+    save_checkpoint(ckpt_path, nets, opt_g, opt_d, step, meta, scaler)
+    sample_grid(nets, prompts, seeds, out / "samples" / f"step_{step:06d}.png")
+    card = {
+        "model": "galip",
+        "config": cfg.to_dict(),
+        "steps": step,
+        "seconds_this_run": round(elapsed, 1),
+        "device": str(device),
+        "hardware": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "amp": use_amp,
+        "last_losses": last,
+        "sample_prompts": prompts,
+        **meta,
+    }
+    weights_sha = save_studio(out / "galip.safetensors", nets, meta=card)
+    card["weights_sha256"] = weights_sha
+    card["checkpoint_sha256"] = sha256_file(ckpt_path)
+    with atomic_path(out / "model_card.json") as tmp:
+        tmp.write_text(json.dumps(card, indent=2, default=str))
+    return card
+
+
+def _progress(show: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    disable=not show)

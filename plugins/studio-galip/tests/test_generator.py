@@ -1,0 +1,136 @@
+"""The sampling contract: seeds, batch invariance, uint8 conversion, failures, conditioning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from studio.generators import GenerationError, Generator, JobCanceled, Request
+from studio_galip.generator import GalipGenerator, noise_for, to_uint8
+
+
+def pixels(result) -> np.ndarray:
+    return np.asarray(result.image)
+
+
+@pytest.fixture
+def gen(tiny_nets):
+    g = GalipGenerator.from_nets(tiny_nets, weights_sha256="abc")
+    g.load("cpu")
+    return g
+
+
+def no_progress(done, total):
+    pass
+
+
+def test_is_a_generator(gen):
+    assert isinstance(gen, Generator)
+    info = gen.describe()
+    assert info["weights_sha256"] == "abc" and info["resolution"] == 48 and info["dtype"] == "float32"
+
+
+def test_noise_is_the_official_numbers():
+    torch.manual_seed(7)
+    assert torch.equal(noise_for([7], 100), torch.randn(1, 100))
+    assert torch.equal(noise_for([3, 7], 100)[1:], noise_for([7], 100))
+
+
+def test_uint8_conversion_follows_the_contract():
+    img = torch.tensor([-2.0, -1.0, 0.0, 0.995, 1.0, 3.0]).view(1, 1, 1, 6).expand(1, 3, 1, 6)
+    out = to_uint8(img)
+    assert out.shape == (1, 1, 6, 3) and out.dtype == torch.uint8
+    # (x+1)/2*255 + 0.5 truncated: 0 -> 128 (127.5 + 0.5), 0.995 -> int(254.86) = 254, not 255.
+    assert out[0, 0, :, 0].tolist() == [0, 0, 128, 254, 255, 255]
+
+
+def test_same_seed_same_pixels_and_rgb(gen):
+    a = gen.generate([Request("a red circle", 5)], no_progress)[0]
+    b = gen.generate([Request("a red circle", 5)], no_progress)[0]
+    c = gen.generate([Request("a red circle", 6)], no_progress)[0]
+    assert a.image.mode == "RGB" and a.image.size == (48, 48)
+    assert np.array_equal(pixels(a), pixels(b))
+    assert not np.array_equal(pixels(a), pixels(c))
+
+
+def test_batch_of_three_equals_three_single_calls(gen):
+    requests = [Request("a red circle", 5), Request("a blue square above a green diamond", 6, index=1),
+                Request("word " * 100, 7, index=2)]
+    batch = gen.generate(requests, no_progress)
+    fresh = GalipGenerator.from_nets(gen.nets)  # no prompt cache shared with the batch call
+    fresh.load("cpu")
+    singles = [fresh.generate([r], no_progress)[0] for r in requests]
+    for a, b in zip(batch, singles):
+        assert np.array_equal(pixels(a), pixels(b))
+
+
+def test_progress_is_reported_and_cancel_propagates(gen):
+    calls = []
+    gen.generate([Request("a", 1), Request("b", 2)], lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (2, 2) and len(calls) == 2
+
+    def cancel(done, total):
+        raise JobCanceled()
+
+    with pytest.raises(JobCanceled):
+        gen.generate([Request("a", 1), Request("b", 2)], cancel)
+
+
+def test_nan_output_fails_the_job(gen):
+    with torch.no_grad():
+        gen.nets.G.to_rgb[1].bias.fill_(float("nan"))
+    with pytest.raises(GenerationError, match="NaN/inf"):
+        gen.generate([Request("a red circle", 1)], no_progress)
+
+
+def test_collapsed_output_fails_the_job(gen):
+    with torch.no_grad():
+        gen.nets.G.to_rgb[1].weight.zero_()
+        gen.nets.G.to_rgb[1].bias.fill_(5.0)  # clamps to all white, as in the official issue #32
+    with pytest.raises(GenerationError, match="single-colour"):
+        gen.generate([Request("a red circle", 1)], no_progress)
+
+
+def test_not_loaded_is_a_clear_error(tiny_nets):
+    gen = GalipGenerator()
+    with pytest.raises(GenerationError, match="not loaded"):
+        gen.generate([Request("a", 1)], no_progress)
+
+
+def test_image_conditioning(gen, tmp_path):
+    picture = tmp_path / "cond.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 60, 3), dtype=np.uint8)).save(picture)
+    text = gen.generate([Request("a red circle", 3)], no_progress)[0]
+    full = gen.generate([Request("a red circle", 3, {"image": str(picture)})], no_progress)[0]
+    none = gen.generate([Request("a red circle", 3, {"image": str(picture), "image_strength": 0.0})], no_progress)[0]
+    assert np.array_equal(pixels(text), pixels(none))
+    assert not np.array_equal(pixels(text), pixels(full))
+    assert full.extra["image_condition"] == str(picture)
+    with pytest.raises(GenerationError, match="cannot read conditioning image"):
+        gen.generate([Request("x", 1, {"image": str(tmp_path / "missing.png")})], no_progress)
+
+
+def test_interpolation_frames_start_and_end_at_the_keys(gen):
+    frames = gen.interpolate(["a red circle", "a blue square"], [1, 2], frames=4)
+    assert len(frames) == 5
+    first = gen.generate([Request("a red circle", 1)], no_progress)[0]
+    last = gen.generate([Request("a blue square", 2)], no_progress)[0]
+    assert np.array_equal(np.asarray(frames[0]), pixels(first))
+    assert np.array_equal(np.asarray(frames[-1]), pixels(last))
+    text_only = gen.interpolate(["a red circle", "a blue square"], [1], frames=2, what="text")
+    assert len(text_only) == 3
+    with pytest.raises(ValueError):
+        gen.interpolate(["one"], [1], frames=2)
+
+
+def test_fast_batched_mode_is_close(tiny_nets):
+    gen = GalipGenerator.from_nets(tiny_nets, batch_invariant=False, chunk=8)
+    gen.load("cpu")
+    requests = [Request("a red circle", s) for s in range(4)]
+    batch = gen.generate(requests, no_progress)
+    exact = GalipGenerator.from_nets(tiny_nets)
+    exact.load("cpu")
+    for a, b in zip(batch, exact.generate(requests, no_progress)):
+        assert np.abs(pixels(a).astype(int) - pixels(b).astype(int)).max() <= 1

@@ -1,0 +1,134 @@
+"""Training: the official loss terms, finite gradients, resumable runs and their outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from galip_helpers import make_tiny_clip, make_tiny_nets
+
+from studio_galip.checkpoint import read_official, read_studio
+from studio_galip.model import GalipConfig
+from studio_galip.train import (
+    BETAS, TrainOptions, default_config, default_lr_g, ma_gp, mismatched, train_galip, train_step,
+)
+
+
+class ToyColours:
+    """Map-style dataset: flat red/green/blue squares with their captions."""
+
+    names = ("red", "green", "blue")
+
+    def __init__(self, size: int = 48, n: int = 30) -> None:
+        self.size, self.n = size, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        image = torch.full((3, self.size, self.size), -1.0)
+        image[i % 3] = 1.0
+        return {"image": image, "caption": f"a {self.names[i % 3]} square", "attrs": {"colour": self.names[i % 3]}}
+
+
+def test_ma_gp_is_two_times_mean_norm_to_the_sixth():
+    feats = torch.randn(3, 2, 4, 2, 2, requires_grad=True)
+    sent = torch.randn(3, 5, requires_grad=True)
+    w, v = torch.randn(2, 4, 2, 2), torch.randn(5)
+    pred = (feats * w).flatten(1).sum(1) + (sent * v).sum(1)
+    expected = 2.0 * (w.pow(2).sum() + v.pow(2).sum()).sqrt() ** 6
+    torch.testing.assert_close(ma_gp(feats, sent, pred), expected)
+
+
+def test_mismatched_captions_are_rolled_by_one():
+    sent = torch.arange(6.0).view(3, 2)
+    assert mismatched(sent).tolist() == [[2, 3], [4, 5], [0, 1]]
+
+
+def test_small_clip_defaults_and_official_defaults():
+    small = default_config(make_tiny_clip())
+    assert small.cond_scale == "sqrt_dim" and default_lr_g(small) == 4e-4
+    import open_clip
+
+    with torch.device("meta"):
+        official = default_config(open_clip.create_model("ViT-B-32-quickgelu", pretrained=None, device="meta"))
+    assert official == GalipConfig() and default_lr_g(official) == 1e-4
+
+
+def test_one_step_runs_every_loss_term_with_finite_gradients():
+    nets = make_tiny_nets(cond_scale="sqrt_dim")
+    for net in (nets.G, nets.D, nets.C):
+        net.train()
+    opt_g = torch.optim.Adam([p for p in nets.G.parameters() if p.requires_grad], lr=4e-4, betas=BETAS)
+    opt_d = torch.optim.Adam(list(nets.D.parameters()) + list(nets.C.parameters()), lr=4e-4, betas=BETAS)
+    before = {n: [p.detach().clone() for p in net.parameters() if p.requires_grad]
+              for n, net in (("G", nets.G), ("D", nets.D), ("C", nets.C))}
+    data = ToyColours()
+    images = torch.stack([data[i]["image"] for i in range(4)])
+    captions = [data[i]["caption"] for i in range(4)]
+    losses = train_step(nets, opt_g, opt_d, images, captions, TrainOptions(), generator=torch.Generator().manual_seed(0))
+    assert set(losses) == {"errD", "errD_real", "errD_fake", "errD_mis", "MA_GP", "errG", "G_adv", "clip_sim"}
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert losses["MA_GP"] > 0
+    for name, net in (("G", nets.G), ("D", nets.D), ("C", nets.C)):
+        params = [p for p in net.parameters() if p.requires_grad]
+        assert all(p.grad is None or torch.isfinite(p.grad).all() for p in params), name
+        assert any(not torch.equal(p, q) for p, q in zip(params, before[name])), f"{name} did not move"
+    assert not any(p.requires_grad for p in nets.clip.parameters())
+
+
+def test_train_writes_outputs_and_resumes(tmp_path):
+    clip = make_tiny_clip()
+    cfg = default_config(clip, ngf=8, code_ch=16, mid_ch=8, d_ch=32, c_hidden=16)
+    run = tmp_path / "run"
+    card = train_galip(run, ToyColours(), clip, config=cfg, steps=3, batch_size=4, sample_every=2,
+                       show_progress=False, log_every=1, meta={"dataset": "toy"})
+    assert card["steps"] == 3 and card["dataset"] == "toy" and card["lr_g"] == 4e-4
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3]
+    assert (run / "samples" / "step_000002.png").is_file() and (run / "samples" / "step_000003.png").is_file()
+    ckpt = read_official(run / "checkpoint.pt")  # official layout, weights_only
+    assert set(ckpt.states) == {"netG", "netD", "netC"} and ckpt.config == cfg and ckpt.extra["step"] == 3
+
+    card = train_galip(run, ToyColours(), clip, steps=5, batch_size=4, sample_every=100, show_progress=False)
+    assert card["steps"] == 5
+    weights = read_studio(run / "galip.safetensors")
+    assert weights.config == cfg and weights.meta["steps"] == 5
+    assert json.loads((run / "model_card.json").read_text())["weights_sha256"] == card["weights_sha256"]
+
+
+def test_train_needs_a_budget(tmp_path):
+    with pytest.raises(ValueError, match="steps or minutes"):
+        train_galip(tmp_path, ToyColours(), make_tiny_clip())
+    with pytest.raises(TypeError, match="unknown training option"):
+        train_galip(tmp_path, ToyColours(), make_tiny_clip(), steps=1, colour="red")
+
+
+class IterableColours:
+    """An iterable without __len__/__getitem__ (a stream): read in order, restarted at the end."""
+
+    def __init__(self, n: int = 3) -> None:
+        self.items = [ToyColours()[i] for i in range(n)]
+
+    def __iter__(self):
+        return iter(self.items)
+
+
+def test_iterable_datasets_are_cycled(tmp_path):
+    clip = make_tiny_clip()
+    cfg = default_config(clip, ngf=8, code_ch=16, mid_ch=8, d_ch=32, c_hidden=16)
+    card = train_galip(tmp_path, IterableColours(), clip, config=cfg, steps=2, batch_size=4, show_progress=False)
+    assert card["steps"] == 2
+
+
+def test_mixed_precision_path_runs():
+    """The AMP branch (autocast + GradScaler, scaled MA-GP), exercised with bf16 on the CPU."""
+    nets = make_tiny_nets(cond_scale="sqrt_dim")
+    opt_g = torch.optim.Adam([p for p in nets.G.parameters() if p.requires_grad], lr=4e-4, betas=BETAS)
+    opt_d = torch.optim.Adam(list(nets.D.parameters()) + list(nets.C.parameters()), lr=4e-4, betas=BETAS)
+    data = ToyColours()
+    images = torch.stack([data[i]["image"] for i in range(4)])
+    losses = train_step(nets, opt_g, opt_d, images, [data[i]["caption"] for i in range(4)], TrainOptions(),
+                        scaler=torch.amp.GradScaler("cpu"))
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())

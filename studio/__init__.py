@@ -1,0 +1,1 @@
+"""Studio: a plugin-based backend for text-to-image generation."""

@@ -1,0 +1,140 @@
+"""One settings object, read from the environment (and an optional config file).
+
+Everything that varies between machines lives here so that the rest of the code never
+reads ``os.environ`` itself. Standard library only: this module is imported by the CLI
+before anything heavy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message is shown to the user as is."""
+
+
+def _default_home() -> Path:
+    try:
+        import platformdirs
+
+        return Path(platformdirs.user_data_dir("studio", appauthor=False))
+    except ImportError:  # pragma: no cover - platformdirs is a dependency
+        return Path.home() / ".local" / "share" / "studio"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective settings. ``source`` says where each value came from, for `studio config`."""
+
+    home: Path
+    database_url: str
+    broker_url: str | None
+    device: str
+    load_plugins: tuple[str, ...] | None  # None: every installed plugin
+    max_attempts: int
+    source: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def images_dir(self) -> Path:
+        return self.home / "images"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    def as_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["home"] = str(self.home)
+        data.pop("source")
+        if data["load_plugins"] is not None:
+            data["load_plugins"] = list(data["load_plugins"])
+        return data
+
+    def ensure_home(self) -> Path:
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        return self.home
+
+    def resolve_device(self) -> str:
+        """Turn ``auto`` into a concrete device; only here is torch consulted (lazily)."""
+        if self.device != "auto":
+            return self.device
+        try:
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        except ImportError:
+            return "cpu"
+
+
+def _read_config_file(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    return {str(k): str(v) for k, v in data.items() if v is not None}
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Read settings: environment variables win over ``<home>/config.json``, which wins over defaults."""
+    env = dict(os.environ if env is None else env)
+    source: dict[str, str] = {}
+
+    if env.get("STUDIO_HOME"):
+        home = Path(env["STUDIO_HOME"]).expanduser()
+        source["home"] = "env STUDIO_HOME"
+    else:
+        home = _default_home()
+        source["home"] = "default"
+    home = home.absolute()
+    file_values = _read_config_file(home / "config.json")
+
+    def pick(key: str, env_name: str, default: str | None) -> str | None:
+        if env.get(env_name) not in (None, ""):
+            source[key] = f"env {env_name}"
+            return env[env_name]
+        if key in file_values:
+            source[key] = "config.json"
+            return file_values[key]
+        source[key] = "default"
+        return default
+
+    database_url = pick("database_url", "STUDIO_DATABASE_URL", f"sqlite:///{home / 'studio.db'}")
+    broker_url = pick("broker_url", "STUDIO_BROKER_URL", None)
+    device = (pick("device", "STUDIO_DEVICE", "auto") or "auto").lower()
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise ConfigError(f"STUDIO_DEVICE must be one of {', '.join(DEVICES)} or cuda:N, got {device!r}")
+    attempts_raw = pick("max_attempts", "STUDIO_MAX_ATTEMPTS", "3")
+    try:
+        max_attempts = int(attempts_raw or "3")
+        if max_attempts < 1:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"STUDIO_MAX_ATTEMPTS must be a positive integer, got {attempts_raw!r}") from None
+
+    if "STUDIO_LOAD_PLUGINS" in env:
+        raw = env["STUDIO_LOAD_PLUGINS"]
+        load_plugins: tuple[str, ...] | None = tuple(p.strip() for p in raw.split(",") if p.strip())
+        source["load_plugins"] = "env STUDIO_LOAD_PLUGINS"
+    else:
+        load_plugins = None
+        source["load_plugins"] = "default"
+
+    return Settings(
+        home=home,
+        database_url=database_url or "",
+        broker_url=broker_url,
+        device=device,
+        load_plugins=load_plugins,
+        max_attempts=max_attempts,
+        source=source,
+    )

@@ -1,0 +1,92 @@
+"""Schema migrations with Alembic, run programmatically so a wheel install can migrate.
+
+``ensure_current`` is on every CLI start, so it first compares the stored revision with
+``HEAD`` using one query and only imports Alembic when an upgrade is really needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import make_url
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+    from studio.db.session import Database
+
+#: The newest revision in migrations/versions; a test keeps it equal to Alembic's head.
+HEAD = "0003"
+_PG_LOCK_KEY = 0x5757_D10  # arbitrary constant shared by every studio process
+
+
+def alembic_config(db: "Database") -> "Config":
+    from alembic.config import Config
+
+    script_dir = resources.files("studio.migrations")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(script_dir))
+    cfg.attributes["engine"] = db.engine
+    return cfg
+
+
+def current_revision(db: "Database") -> str | None:
+    with db.engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+@contextlib.contextmanager
+def _migration_lock(db: "Database", lock_dir: Path | None) -> Iterator[None]:
+    if db.engine.dialect.name == "postgresql":
+        with db.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
+                conn.commit()
+        return
+    if lock_dir is None:
+        url = make_url(db.url)
+        if url.database and url.database != ":memory:":
+            lock_dir = Path(os.path.abspath(url.database)).parent
+    if lock_dir is None:
+        yield
+        return
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / ".studio-migrate.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def upgrade(db: "Database", revision: str = "head", lock_dir: Path | None = None) -> None:
+    from alembic import command
+
+    with _migration_lock(db, lock_dir):
+        command.upgrade(alembic_config(db), revision)
+
+
+def downgrade(db: "Database", revision: str, lock_dir: Path | None = None) -> None:
+    from alembic import command
+
+    with _migration_lock(db, lock_dir):
+        command.downgrade(alembic_config(db), revision)
+
+
+def ensure_current(db: "Database", lock_dir: Path | None = None) -> bool:
+    """Upgrade to HEAD if needed; returns True when a migration ran."""
+    if current_revision(db) == HEAD:
+        return False
+    upgrade(db, "head", lock_dir)
+    return True

@@ -1,0 +1,120 @@
+"""The one place that turns a database URL into an engine, a session and an up-to-date schema.
+
+SQLite gets WAL mode, a busy timeout and ``BEGIN IMMEDIATE`` transactions so that several
+processes can submit at once without "database is locked"; PostgreSQL needs nothing special.
+The schema is brought to the newest migration on first use, under a lock so that two
+processes starting together do not both migrate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from studio.db import migrate
+
+SQLITE_BUSY_TIMEOUT_S = 60
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be used; the message is user-facing and names the URL (sans password)."""
+
+
+def redact(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # Let SQLAlchemy, not the driver, decide when transactions start (see _sqlite_begin).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _sqlite_begin(conn) -> None:
+    # Take the write lock up front: a deferred transaction that later upgrades to a writer
+    # fails at once with "database is locked" in WAL mode instead of waiting for the lock.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseError(f"invalid database URL {url!r}") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except ModuleNotFoundError as exc:
+        raise DatabaseError(f"database driver for {redact(url)} is not installed ({exc.name})") from None
+    except (ArgumentError, SQLAlchemyError) as exc:
+        raise DatabaseError(f"cannot use database {redact(url)}: {exc}") from None
+
+
+@dataclass
+class Database:
+    """An engine plus its session factory. Create one per process with :func:`open_database`."""
+
+    url: str
+    engine: Engine
+
+    def __post_init__(self) -> None:
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed on success, rolled back on any error."""
+        with self._sessions() as session:
+            with session.begin():
+                yield session
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def open_database(url: str, *, upgrade: bool = True, lock_dir: Path | None = None) -> Database:
+    """Connect, check the server is reachable, and (by default) migrate to the newest schema."""
+    engine = make_engine(url)
+    db = Database(url=url, engine=engine)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        if upgrade:
+            migrate.ensure_current(db, lock_dir=lock_dir)
+    except OperationalError as exc:
+        engine.dispose()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise DatabaseError(f"cannot reach database {redact(url)}: {reason}") from None
+    return db
+
+
+def default_lock_dir(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        return Path(os.path.abspath(parsed.database)).parent
+    return None

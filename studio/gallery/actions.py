@@ -1,0 +1,269 @@
+"""What the gallery does to images: regenerate, vary, verify, delete.
+
+New jobs go through the Engine's public API (``submit`` with ``parent_id``, ``run``), so a
+regeneration is an ordinary job with the usual state machine, linked to where it came from.
+Only delete writes rows directly: the engine has no notion of removing history.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from sqlalchemy import delete as sql_delete
+from sqlalchemy import exists, select
+
+from studio import store
+from studio.engine import Engine, ImageInfo, JobInfo
+from studio.errors import StudioError, UsageError
+from studio.gallery.query import locate
+
+SEED_SPACE = 2**32
+
+
+@dataclass(frozen=True)
+class Source:
+    """What to make again: a whole job, or one image of it."""
+
+    job: JobInfo
+    image: ImageInfo | None
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """The image's stored recipe; for a job, the fields its images' recipes start from."""
+        if self.image is not None:
+            return self.image.recipe
+        return {"prompt": self.job.prompt, "model": self.job.model_id, "seed": self.job.seed, "params": self.job.params}
+
+    @property
+    def prompt(self) -> str:
+        return self.recipe.get("prompt") or self.job.prompt
+
+    @property
+    def model_id(self) -> str:
+        return self.recipe.get("model") or self.job.model_id
+
+    @property
+    def seed(self) -> int:
+        return self.image.seed if self.image is not None else self.job.seed
+
+    @property
+    def count(self) -> int:
+        return 1 if self.image is not None else self.job.count
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.recipe.get("params") or self.job.params or {})
+
+    @property
+    def label(self) -> str:
+        return f"image {self.image.id}" if self.image is not None else f"job {self.job.id}"
+
+
+def source(engine: Engine, ident: str) -> Source:
+    """The job or image an id (or unique prefix) names."""
+    with engine.db.session() as session:
+        job, image = locate(session, ident)
+        return Source(JobInfo.from_row(job), ImageInfo.from_row(image) if image is not None else None)
+
+
+def regenerate(engine: Engine, src: Source, *, seed: int | None = None, params: dict[str, Any] | None = None) -> JobInfo:
+    """Submit the source's recipe again (optionally with another seed or parameters) as its child."""
+    merged = {**src.params, **(params or {})}
+    return engine.submit(
+        src.prompt, src.model_id, seed=src.seed if seed is None else seed, count=src.count, params=merged,
+        parent_id=src.job.id,
+    )
+
+
+def vary(engine: Engine, src: Source, count: int = 4, *, seed: int | None = None) -> JobInfo:
+    """``count`` variations: the same recipe with other seeds, as one child job.
+
+    The new seeds are consecutive from a random start (or ``seed``), so the variations are
+    themselves reproducible and a later ``regen`` of one of them is exact.
+    """
+    if seed is None:
+        seed = random.randrange(0, SEED_SPACE)
+        if seed <= src.seed < seed + count:
+            seed = (src.seed + count) % SEED_SPACE  # never repeat the source's own seed
+    return engine.submit(src.prompt, src.model_id, seed=seed, count=count, params=src.params, parent_id=src.job.id)
+
+
+def dispatch(engine: Engine, job: JobInfo, run_here: Callable[[JobInfo], JobInfo] | None = None) -> JobInfo:
+    """Start a submitted job: on the workers when a broker is configured, else in this process."""
+    from studio.executors import uses_broker
+
+    if uses_broker(engine.settings):
+        from studio.executors.celery import enqueue
+
+        enqueue(engine.settings, job)
+        return engine.get(job.id)
+    return run_here(job) if run_here is not None else engine.run(job.id)
+
+
+# ---- verify ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    index: int
+    seed: int
+    expected: str
+    actual: str | None
+
+    @property
+    def match(self) -> bool:
+        return self.expected == self.actual
+
+
+@dataclass
+class Verification:
+    source: Source
+    job: JobInfo
+    device: str
+    checks: list[ImageCheck]
+    differences: list[str] = field(default_factory=list)  # recipe fields that changed: likely causes
+
+    @property
+    def ok(self) -> bool:
+        return self.job.status == "succeeded" and bool(self.checks) and all(c.match for c in self.checks)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "source": self.source.image.id if self.source.image else self.source.job.id,
+            "job": self.job.as_dict(),
+            "device": self.device,
+            "images": [dict(vars(c), match=c.match) for c in self.checks],
+            "differences": self.differences,
+        }
+
+
+RECIPE_FIELDS_THAT_MATTER = ("weights_sha256", "device", "dtype", "plugin_version", "core_version")
+
+
+def _expected_images(engine: Engine, src: Source) -> list[ImageInfo]:
+    images = [src.image] if src.image is not None else engine.images(src.job.id)
+    if not images:
+        raise StudioError(f"{src.label} has no images to compare with (status {src.job.status})")
+    return images
+
+
+def check_reproducible(engine: Engine, src: Source, device: str) -> None:
+    """Refuse, with the reason, a verification that cannot match: other weights or dtype.
+
+    Loads the model (the run needs it anyway) and compares its ``describe()`` with the recipe.
+    """
+    from studio.plugins import UnknownModel
+
+    recipe = _expected_images(engine, src)[0].recipe
+    try:
+        spec = engine.registry.model(src.model_id)
+    except UnknownModel as exc:
+        raise UsageError(str(exc)) from None
+    now = engine.cache.get(spec, device).describe()
+    was, current = recipe.get("weights_sha256"), now.get("weights_sha256")
+    if was and current and was != current:
+        raise StudioError(
+            f"the weights of model {spec.id!r} changed since {src.label} was made "
+            f"(then {was[:12]}, now {current[:12]}): an exact match is impossible; "
+            f"import the original weights, or run `studio regen` without --verify"
+        )
+    was_dtype, dtype = recipe.get("dtype"), now.get("dtype", "float32")
+    if was_dtype and was_dtype != dtype:
+        raise StudioError(f"{src.label} was made with dtype {was_dtype}; model {spec.id!r} now runs in {dtype}")
+
+
+def verify_device(engine: Engine, src: Source) -> str:
+    """The device the source was made on, which an exact re-run must use."""
+    images = _expected_images(engine, src)
+    device = images[0].recipe.get("device") or engine.settings.resolve_device()
+    if str(device).startswith("cuda") and engine.settings.resolve_device() == "cpu":
+        raise StudioError(f"{src.label} was made on {device}; this machine has no CUDA device, so it cannot match")
+    return device
+
+
+def verify(engine: Engine, src: Source) -> Verification:
+    """Make the source again with everything identical, here, and compare sha256 per image.
+
+    It runs in this process even when a broker is configured: only here can the device be
+    the one in the recipe.
+    """
+    expected = _expected_images(engine, src)
+    device = verify_device(engine, src)
+    check_reproducible(engine, src, device)
+    job = regenerate(engine, src)
+    job = engine.run(job.id, device=device)
+    made = {i.index: i for i in engine.images(job.id)} if job.status == "succeeded" else {}
+    checks, differences = [], []
+    for offset, original in enumerate(expected):
+        new = made.get(offset)
+        checks.append(ImageCheck(original.index, original.seed, original.sha256, new.sha256 if new else None))
+        if new is not None and new.sha256 != original.sha256:
+            for key in RECIPE_FIELDS_THAT_MATTER:
+                if original.recipe.get(key) != new.recipe.get(key):
+                    note = f"{key}: {original.recipe.get(key)} -> {new.recipe.get(key)}"
+                    if note not in differences:
+                        differences.append(note)
+    return Verification(src, job, device, checks, differences)
+
+
+# ---- delete ------------------------------------------------------------------------------
+
+
+@dataclass
+class Deleted:
+    images: int = 0
+    jobs: int = 0
+    files_removed: int = 0
+    files_kept: int = 0  # still used by another image row
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+def delete(engine: Engine, idents: Iterable[str]) -> Deleted:
+    """Remove images (an image id) or whole jobs (a job id), then the files no row needs.
+
+    An image's job goes too once it has no image left. Rows go in one transaction; a file is
+    removed only after that commit, and only when no remaining row has the same sha256, so a
+    file shared by two jobs (same pixels, same recipe) stays until the last row goes.
+    """
+    from studio.db import Image, Job
+
+    result = Deleted()
+    with engine.db.session() as session:
+        image_ids, job_ids, touched = set(), set(), set()
+        for ident in idents:
+            job, image = locate(session, ident)
+            if image is None:
+                job_ids.add(job.id)
+                image_ids.update(i.id for i in job.images)
+            else:
+                image_ids.add(image.id)
+                touched.add(job.id)
+        rows = session.execute(select(Image.sha256, Image.path).where(Image.id.in_(image_ids))).all() if image_ids else []
+        paths = dict(rows)
+        if image_ids:
+            session.execute(sql_delete(Image).where(Image.id.in_(image_ids)))
+        emptied = {
+            job_id for job_id in touched - job_ids
+            if not session.scalar(select(exists().where(Image.job_id == job_id)))
+        }
+        job_ids |= emptied
+        if job_ids:
+            session.execute(sql_delete(Job).where(Job.id.in_(job_ids)))
+        result.images, result.jobs = len(rows), len(job_ids)
+        still_used = set(session.scalars(select(Image.sha256).where(Image.sha256.in_(paths)).distinct())) if paths else set()
+    home = engine.settings.home
+    for sha, path in paths.items():
+        if sha in still_used:
+            result.files_kept += 1
+            continue
+        try:
+            store.resolve_inside(home, path).unlink()
+            result.files_removed += 1
+        except FileNotFoundError:
+            pass
+    return result

@@ -1,0 +1,120 @@
+"""Lineage: which job a regeneration or variation came from, and what came from it.
+
+Jobs link to their parent through ``jobs.parent_id`` (indexed since migration 0003). A
+lineage is the chain of ancestors up to the root plus the tree of everything below that
+root, read breadth first one level per query, and capped so that a huge family (or a
+corrupt cycle from a crafted import) cannot stall a command.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from studio.db import Database, Job
+from studio.gallery.query import locate
+
+MAX_NODES = 500
+
+
+@dataclass
+class Node:
+    job_id: str
+    prompt: str
+    model_id: str
+    status: str
+    seed: int
+    count: int
+    params: dict[str, Any]
+    parent_id: str | None
+    children: list["Node"] = field(default_factory=list)
+
+    def changes_from(self, parent: "Node | None") -> list[str]:
+        """What differs from the parent besides the seed: the parameters, prompt or model changed."""
+        if parent is None:
+            return []
+        changed = []
+        for key in sorted(set(self.params) | set(parent.params)):
+            if self.params.get(key) != parent.params.get(key):
+                changed.append(f"{key}={self.params.get(key)}")
+        if self.prompt != parent.prompt:
+            changed.append("prompt")
+        if self.model_id != parent.model_id:
+            changed.append(f"model {self.model_id}")
+        return changed
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "prompt": self.prompt,
+            "model": self.model_id,
+            "status": self.status,
+            "seed": self.seed,
+            "count": self.count,
+            "params": self.params,
+            "parent_id": self.parent_id,
+            "children": [c.as_dict() for c in self.children],
+        }
+
+
+@dataclass
+class Lineage:
+    root: Node
+    focus: str  # the job asked about
+    truncated: bool  # more than MAX_NODES descendants; the rest is left out
+
+    @property
+    def size(self) -> int:
+        stack, n = [self.root], 0
+        while stack:
+            node = stack.pop()
+            n += 1
+            stack.extend(node.children)
+        return n
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"focus": self.focus, "truncated": self.truncated, "root": self.root.as_dict()}
+
+
+def _node(job: Job) -> Node:
+    return Node(job.id, job.prompt, job.model_id, job.status, job.seed, job.count, dict(job.params or {}), job.parent_id)
+
+
+def _root(session: Session, job: Job) -> Job:
+    seen = {job.id}
+    while job.parent_id and job.parent_id not in seen and len(seen) < MAX_NODES:
+        parent = session.get(Job, job.parent_id)
+        if parent is None:
+            break
+        seen.add(parent.id)
+        job = parent
+    return job
+
+
+def lineage(db: Database, ident: str) -> Lineage:
+    """The family of the job ``ident`` names (an image id names its job)."""
+    with db.session() as session:
+        job, _image = locate(session, ident)
+        root = _node(_root(session, job))
+        nodes = {root.job_id: root}
+        level, truncated = [root], False
+        while level and not truncated:
+            ids = [n.job_id for n in level]
+            children = session.scalars(
+                select(Job).where(Job.parent_id.in_(ids)).order_by(Job.id).limit(MAX_NODES + 1)
+            ).all()
+            level = []
+            for child in children:
+                if child.id in nodes:
+                    continue  # a cycle: only possible in crafted data
+                if len(nodes) >= MAX_NODES:
+                    truncated = True
+                    break
+                node = _node(child)
+                nodes[child.id] = node
+                nodes[child.parent_id].children.append(node)
+                level.append(node)
+        return Lineage(root=root, focus=job.id, truncated=truncated)

@@ -1,0 +1,159 @@
+"""The generator contract: what a model plugin provides and what the engine hands it.
+
+Kept free of heavy imports so the CLI can list and validate models without loading torch.
+A plugin registers a :class:`ModelSpec`; the engine builds the :class:`Generator` lazily
+through its factory the first time a job needs it, once per process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+#: Called by a generator after each step: ``progress(done, total)``. The engine's callback
+#: raises :class:`JobCanceled` when the job was canceled, so a generator stops at the next step
+#: boundary simply by calling it.
+ProgressCallback = Callable[[int, int], None]
+
+
+class JobCanceled(Exception):
+    """Raised from a progress callback to stop a running job at a step boundary."""
+
+
+class GenerationError(Exception):
+    """A generator's way to fail a job with a clear message (bad output, unusable weights...)."""
+
+
+class ParamError(ValueError):
+    """A parameter value that does not fit the model's schema; the message is user-facing."""
+
+
+_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One entry of a model's parameter schema; used to validate ``--param key=value``."""
+
+    name: str
+    type: str = "float"  # one of int, float, str, bool
+    default: Any = None
+    min: float | None = None
+    max: float | None = None
+    choices: Sequence[Any] | None = None
+    help: str = ""
+
+    def __post_init__(self) -> None:
+        if self.type not in _TYPES:
+            raise ValueError(f"param {self.name!r}: unknown type {self.type!r}")
+
+    def coerce(self, value: Any) -> Any:
+        """Turn a CLI string (or a JSON value) into this parameter's type, checking bounds."""
+        kind = _TYPES[self.type]
+        if isinstance(value, str):
+            raw = value.strip()
+            try:
+                if kind is bool:
+                    low = raw.lower()
+                    if low not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                        raise ValueError
+                    value = low in {"1", "true", "yes", "on"}
+                elif kind is int:
+                    value = int(raw)
+                elif kind is float:
+                    value = float(raw)
+                else:
+                    value = raw
+            except ValueError:
+                raise ParamError(f"parameter {self.name!r} must be {self.type}, got {raw!r}") from None
+        elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ParamError(f"parameter {self.name!r} must be {self.type}, got {value!r}")
+        if kind is float and value != value:  # NaN
+            raise ParamError(f"parameter {self.name!r} must be a number, got nan")
+        if self.min is not None and value < self.min:
+            raise ParamError(f"parameter {self.name!r} must be >= {self.min}, got {value}")
+        if self.max is not None and value > self.max:
+            raise ParamError(f"parameter {self.name!r} must be <= {self.max}, got {value}")
+        if self.choices is not None and value not in self.choices:
+            allowed = ", ".join(map(str, self.choices))
+            raise ParamError(f"parameter {self.name!r} must be one of {allowed}, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class Request:
+    """One image to make. Each image depends only on its own request, so batching is free."""
+
+    prompt: str
+    seed: int
+    params: dict[str, Any] = field(default_factory=dict)
+    index: int = 0  # position within its job
+
+
+@dataclass
+class Result:
+    """One generated image (a PIL image, RGB) and anything the recipe should carry about it."""
+
+    image: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """What a model plugin's factory returns.
+
+    ``load`` is called once per process (the engine caches the loaded generator);
+    ``generate`` receives a batch of requests and must return one result per request, in
+    order, with each image a function of its own request only; ``describe`` goes into every
+    recipe (model id, plugin version, weights sha256, resolution, ...).
+    """
+
+    def load(self, device: str) -> None: ...
+
+    def generate(self, requests: list[Request], progress: ProgressCallback) -> list[Result]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model as a plugin registers it. Nothing heavy happens until ``factory`` is called."""
+
+    id: str
+    plugin: str
+    factory: Callable[[], Generator]
+    params: tuple[Param, ...] = ()
+    weights: str = ""  # where the weights come from, for `studio models`
+    description: str = ""
+    max_batch: int = 16  # the largest batch the engine hands to generate()
+    default_steps: int = 1  # progress steps per image, for display only
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        known = ", ".join(p.name for p in self.params) or "none"
+        raise ParamError(f"model {self.id!r} has no parameter {name!r} (known: {known})")
+
+    def validate_params(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Return the full parameter dict: defaults filled in, every given value checked."""
+        values = {p.name: p.default for p in self.params}
+        for name, raw in given.items():
+            values[name] = self.param(name).coerce(raw)
+        return values
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A named dataset usable by the trainers (``studio train ... --dataset NAME``).
+
+    ``factory(**options)`` builds it (lazily: it may import torch); items are dicts with
+    ``image`` (float tensor [3,H,W] in [-1,1]), ``caption`` (str) and ``attrs`` (dict or None).
+    """
+
+    name: str
+    plugin: str
+    factory: Callable[..., Any]
+    description: str = ""

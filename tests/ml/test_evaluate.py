@@ -1,0 +1,78 @@
+"""`studio eval` scores a generator that draws the truth near 100% and a wrong one near chance."""
+
+import random
+
+import pytest
+import torch
+
+from studio.generators import ModelSpec, Result
+from studio.ml import shapes
+from studio.ml.evaluate import EvalError, evaluate_model
+from studio.plugins import get_registry
+
+
+class Oracle:
+    """Draws exactly the scene each eval prompt describes (or, when ``lie``, another one)."""
+
+    def __init__(self, lie: bool) -> None:
+        self.lie = lie
+        prompts = shapes.eval_prompts(64, seed=3)
+        self.truth = {p.text: p.attrs for p in prompts}
+        self.others = [p.attrs for p in prompts]
+
+    def load(self, device):
+        pass
+
+    def describe(self):
+        return {"model": "oracle", "weights_sha256": None}
+
+    def generate(self, requests, progress):
+        out = []
+        for r in requests:
+            attrs = random.Random(r.seed).choice(self.others) if self.lie else self.truth[r.prompt]
+            out.append(Result(shapes.render_attrs(attrs)))
+        return out
+
+
+@pytest.fixture
+def tiny_clip(tmp_path):
+    from safetensors.torch import save_file
+
+    from studio.ml.clip_configs import create_small_clip
+
+    torch.manual_seed(0)
+    path = tmp_path / "clip.safetensors"
+    save_file({k: v.contiguous() for k, v in create_small_clip("studio-tiny-64").state_dict().items()}, str(path))
+    return f"studio-tiny-64:{path}"
+
+
+@pytest.fixture
+def oracles(settings):
+    registry = get_registry(settings.load_plugins)
+    registry.models["oracle-true"] = ModelSpec(id="oracle-true", plugin="test", factory=lambda: Oracle(False))
+    registry.models["oracle-lie"] = ModelSpec(id="oracle-lie", plugin="test", factory=lambda: Oracle(True))
+    yield
+    registry.models.pop("oracle-true")
+    registry.models.pop("oracle-lie")
+
+
+@pytest.mark.usefixtures("oracles")
+def test_truth_scores_near_perfect_and_wrong_images_near_chance(settings, tiny_clip):
+    truth = evaluate_model(settings, "oracle-true", n=64, seed=3, clip=tiny_clip)["metrics"]
+    assert truth["colour"]["value"] >= 0.98 and truth["relation"]["value"] >= 0.95
+    assert truth["relation"]["n"] + truth["shape"]["n"] == 64
+    lie = evaluate_model(settings, "oracle-lie", n=64, seed=3, clip=tiny_clip)["metrics"]
+    assert lie["colour"]["value"] < 0.5 and lie["relation"]["value"] < 0.5
+    assert -1.0 <= lie["clip_score"]["value"] <= 1.0 and 0.0 <= lie["shape"]["value"] <= 1.0
+
+
+@pytest.mark.usefixtures("oracles")
+def test_bad_clip_and_unknown_model_are_clear(settings, tmp_path):
+    with pytest.raises(EvalError, match="unknown model"):
+        evaluate_model(settings, "nope", n=4)
+    with pytest.raises(EvalError, match="ARCH:PATH"):
+        evaluate_model(settings, "oracle-true", n=4, seed=3, clip="nonsense")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(EvalError, match="bad.safetensors"):
+        evaluate_model(settings, "oracle-true", n=4, seed=3, clip=f"studio-tiny-64:{bad}")

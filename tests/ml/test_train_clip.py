@@ -1,0 +1,90 @@
+"""A tiny CLIP run: the loss goes down, checkpoints resume, the bundled file round-trips."""
+
+import json
+
+import pytest
+import torch
+
+from studio.ml import clip_configs, shapes
+from studio.ml.train_clip import encode_text_trimmed, load_checkpoint_model, read_train_state, train_clip, truth_matrix
+
+FAST = dict(batch_size=16, lr=2e-3, warmup_steps=1, threads=1, eval_n=8, log_every=1, eval_every_s=1e9, checkpoint_every_s=1e9)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("clip-run")
+    records = []
+    summary = train_clip(out, steps=12, progress=records.append, **FAST)
+    return out, summary, records
+
+
+def test_loss_goes_down_and_files_are_written(run):
+    out, summary, records = run
+    assert summary["step"] == 12 and len(records) == 12
+    first = sum(r["loss"] for r in records[:3]) / 3
+    last = sum(r["loss"] for r in records[-3:]) / 3
+    assert last < first
+    for name in ("checkpoint/model.safetensors", "checkpoint/train_state.pt", "best/model.safetensors",
+                 "metrics.jsonl", "model_card.md", "model_card.json"):
+        assert (out / name).is_file(), name
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["steps"] == 12 and set(card["evaluation"]) >= {"colour", "shape", "relation", "order"}
+    assert "Held-out" in (out / "model_card.md").read_text()
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert events[0]["event"] == "start" and events[-1]["event"] == "end"
+
+
+def test_resume_continues_from_the_checkpoint(run):
+    out, _, _ = run
+    before = read_train_state(out / "checkpoint")
+    assert before["step"] == 12 and before["optimizer"]["state"]
+    summary = train_clip(out, steps=14, resume=True, progress=lambda r: None, **FAST)
+    assert summary["steps_this_run"] == 2 and summary["step"] == 14
+    after = read_train_state(out / "checkpoint")
+    assert after["elapsed"] > before["elapsed"]
+
+
+def test_trimmed_text_encoding_equals_open_clip():
+    model = clip_configs.create_small_clip().eval()
+    tokens = clip_configs.get_tokenizer()(["a red circle", "a small blue square to the left of an orange diamond"])
+    with torch.no_grad():
+        assert torch.allclose(encode_text_trimmed(model, tokens), model.encode_text(tokens, normalize=True), atol=1e-5)
+
+
+def test_truth_matrix_marks_every_true_caption():
+    scenes = [shapes.sample_scene(0, i) for i in range(30)]
+    caps = [shapes.canonical_caption(s) for s in scenes]
+    truth = truth_matrix(scenes, caps)
+    assert truth.diagonal().all()
+    for i, s in enumerate(scenes):
+        for j, c in enumerate(caps):
+            assert bool(truth[i, j]) == shapes.caption_is_true(c, s)
+
+
+def test_bundled_file_is_small_and_equivalent(run, tmp_path):
+    out, _, _ = run
+    info = clip_configs.export_bundled_clip(out, tmp_path / "clip.safetensors")
+    assert info["bytes"] < 5_000_000 and info["rows_kept"] < 64
+    loaded = clip_configs.load_bundled_clip(tmp_path / "clip.safetensors")
+    original, _, _ = load_checkpoint_model(out)
+    tok = clip_configs.get_tokenizer()
+    texts = [p.text for p in shapes.eval_prompts(8)]
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode_text(tok(texts), normalize=True), original.encode_text(tok(texts), normalize=True), atol=2e-2)
+        assert torch.allclose(loaded.encode_image(images, normalize=True), original.encode_image(images, normalize=True), atol=2e-2)
+    assert type(loaded).__name__ == "CLIP" and loaded.token_embedding.weight.shape[0] == 49408
+
+
+def test_requires_a_limit(tmp_path):
+    with pytest.raises(ValueError):
+        train_clip(tmp_path)
+
+
+def test_probe_run_resumes_with_its_head(tmp_path):
+    train_clip(tmp_path, steps=2, probe_weight=0.5, progress=lambda r: None, **FAST)
+    state = read_train_state(tmp_path / "checkpoint")
+    assert state["probe"] and state["probe_optimizer"]["state"]
+    summary = train_clip(tmp_path, steps=3, resume=True, progress=lambda r: None, **FAST)
+    assert summary["step"] == 3

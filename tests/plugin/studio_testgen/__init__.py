@@ -1,0 +1,1 @@
+"""Test-only plugins for Studio's own test suite (not for users)."""

@@ -1,0 +1,137 @@
+"""The CLI through click's runner, plus real subprocesses where the process boundary matters."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from studio.cli import add_plugin_commands, cli
+from studio.db import migrate
+
+pytestmark = pytest.mark.usefixtures("testgen_installed")
+
+
+@pytest.fixture
+def run(monkeypatch):
+    # Only the test plugins: the results must not depend on which generators are installed.
+    monkeypatch.setenv("STUDIO_LOAD_PLUGINS", "testgen,broken-import,broken-register")
+    add_plugin_commands(cli)
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(cli, list(args), catch_exceptions=False)
+
+    return invoke
+
+
+def test_submit_show_jobs_round_trip(run, studio_home, tmp_path):
+    out = tmp_path / "out"
+    result = run("submit", "a blue thing", "-m", "testgen", "-n", "2", "--seed", "3", "-p", "size=8", "--out", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    job = json.loads(result.output)
+    assert job["status"] == "succeeded" and len(job["images"]) == 2
+    assert all(os.path.exists(i["file"]) for i in job["images"])
+    assert sorted(p.name for p in out.iterdir()) == [f"{job['id']}-0.png", f"{job['id']}-1.png"]
+
+    shown = json.loads(run("show", job["id"], "--json").output)
+    assert shown["images"][1]["recipe"]["seed"] == 4
+    listed = json.loads(run("jobs", "--json").output)
+    assert [j["id"] for j in listed] == [job["id"]]
+    text = run("show", job["id"]).output
+    assert "a blue thing" in text and "succeeded" in text
+    assert run("wait", job["id"]).exit_code == 0
+
+
+def test_plain_submit_prints_image_paths(run, studio_home):
+    result = run("submit", "x", "-m", "testgen")
+    assert result.exit_code == 0
+    paths = [line for line in result.stdout.splitlines() if line.endswith(".png")]
+    assert len(paths) == 1 and os.path.isfile(paths[0]) and paths[0].startswith(str(studio_home))
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["submit", "x", "-m", "nope"], 2, "unknown model 'nope'; known models: testgen"),
+        (["submit", "x", "-m", "galip"], 2, "galip plugin is not installed"),
+        (["submit", "", "-m", "testgen"], 2, "the prompt is empty"),
+        (["submit", "x" * 3000, "-m", "testgen"], 2, "the limit is 2000"),
+        (["submit", "x", "-m", "testgen", "--seed", "-5"], 2, "seed must be between"),
+        (["submit", "x", "-m", "testgen", "-p", "size=9999"], 2, "must be <= 512"),
+        (["submit", "x", "-m", "testgen", "-p", "size=big"], 2, "must be int"),
+        (["submit", "x", "-m", "testgen", "-p", "size"], 2, "takes key=value"),
+        (["submit", "x", "-m", "testgen", "-p", "fail=error"], 1, "failed: testgen was asked to fail"),
+        (["show", "01XXXXXXXXXXXXXXXXXXXXXXXX"], 1, "no job with id"),
+        (["cancel", "nope"], 1, "no job with id"),
+        (["submit", "x", "--seed", "abc"], 2, "is not a valid integer"),
+    ],
+)
+def test_bad_input_is_one_line_and_an_exit_code(run, args, code, message):
+    result = run(*args)
+    assert result.exit_code == code, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_failed_command_keeps_what_was_stored(run):
+    ok = json.loads(run("submit", "kept", "-m", "testgen", "--json").output)
+    assert run("submit", "x", "-m", "testgen", "-p", "fail=exception").exit_code == 1
+    assert run("submit", "x", "-m", "testgen", "-p", "size=1").exit_code == 2
+    shown = json.loads(run("show", ok["id"], "--json").output)
+    assert shown["status"] == "succeeded" and os.path.isfile(shown["images"][0]["file"])
+    assert [j["status"] for j in json.loads(run("jobs", "--json").output)] == ["failed", "succeeded"]
+
+
+def test_models_plugins_config_and_plugin_commands(run, studio_home):
+    models = json.loads(run("models", "--json").output)
+    assert [m["id"] for m in models] == ["testgen"]
+    assert models[0]["params"][1] == {"name": "size", "type": "int", "default": 16, "min": 4, "max": 512, "choices": None, "help": "image side in pixels"}
+    plugins = {p["name"]: p for p in json.loads(run("plugins", "--json").output)}
+    assert plugins["broken-import"]["error"].startswith("failed to load")
+    assert "broken-import" in run("plugins").output
+    config = json.loads(run("config", "--json").output)
+    assert config["home"] == str(studio_home) and config["broker_url"] is None
+    assert run("testgen-hello", "ada").output == "hello ada from testgen\n"
+
+
+def test_db_commands(run):
+    assert "current: empty" in run("db", "current").output
+    assert f"at revision {migrate.HEAD}" in run("db", "upgrade").output
+    assert "at revision base" in run("db", "downgrade", "base").output
+    bad = run("db", "upgrade", "nope")
+    assert bad.exit_code == 2 and "cannot upgrade to 'nope'" in bad.stderr
+
+
+def test_cancel_queued_job_from_the_cli(run, engine):
+    job = engine.submit("p", "testgen")
+    assert "canceled" in run("cancel", job.id).output
+    assert engine.get(job.id).status == "canceled"
+    result = run("cancel", job.id)
+    assert result.exit_code == 2 and "already canceled" in result.stderr
+
+
+def test_unreachable_database_is_one_line(run, monkeypatch):
+    monkeypatch.setenv("STUDIO_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:9/none")
+    result = run("jobs")
+    assert result.exit_code == 1 and "cannot reach database" in result.stderr and "Traceback" not in result.output
+
+
+def test_real_subprocess_and_no_torch_on_the_light_paths(studio_home):
+    env = dict(os.environ, STUDIO_HOME=str(studio_home))
+    code = (
+        "import sys; from studio.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "sys.exit(code)\n"
+    )
+    for args in (["--help"], ["jobs"], ["models"], ["plugins"], ["config"], ["show", "--help"]):
+        proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, (args, proc.stderr)
+    studio = os.path.join(os.path.dirname(sys.executable), "studio")
+    proc = subprocess.run([studio, "submit", "a red x", "-m", "testgen", "-p", "size=4"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith(".png")
+    proc = subprocess.run([studio, "submit", "x", "-m", "nope"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown model" in proc.stderr

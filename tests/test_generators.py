@@ -1,0 +1,50 @@
+import pytest
+
+from studio.generators import ModelSpec, Param, ParamError
+
+
+def spec():
+    return ModelSpec(
+        id="m",
+        plugin="p",
+        factory=lambda: None,
+        params=(
+            Param("steps", "int", 4, min=1, max=50),
+            Param("scale", "float", 1.0, min=0.0),
+            Param("mode", "str", "a", choices=("a", "b")),
+            Param("flag", "bool", False),
+        ),
+    )
+
+
+def test_defaults_are_filled_and_strings_coerced():
+    values = spec().validate_params({"steps": "7", "scale": "2.5", "flag": "yes"})
+    assert values == {"steps": 7, "scale": 2.5, "mode": "a", "flag": True}
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ({"steps": "0"}, "must be >= 1"),
+        ({"steps": "51"}, "must be <= 50"),
+        ({"steps": "4.5"}, "must be int"),
+        ({"steps": True}, "must be int"),
+        ({"scale": "nan"}, "must be a number"),
+        ({"mode": "c"}, "must be one of a, b"),
+        ({"flag": "maybe"}, "must be bool"),
+        ({"nope": "1"}, "has no parameter 'nope'"),
+    ],
+)
+def test_bad_values_are_refused_with_a_clear_message(given, message):
+    with pytest.raises(ParamError, match=message):
+        spec().validate_params(given)
+
+
+def test_json_values_keep_their_type():
+    assert spec().validate_params({"scale": 3})["scale"] == 3.0
+    assert isinstance(spec().validate_params({"scale": 3})["scale"], float)
+
+
+def test_unknown_param_type_is_a_programming_error():
+    with pytest.raises(ValueError):
+        Param("x", "complex")
