@@ -16,6 +16,12 @@ def train_group() -> None:
     """Train models (plugins add their own trainers, e.g. `studio galip train`)."""
 
 
+def _clip_configs() -> list[str]:
+    from studio.ml.clip_configs import CONFIGS
+
+    return sorted(CONFIGS)
+
+
 @train_group.command(name="clip")
 @click.option("--dataset", default="shapes", show_default=True, help="shapes, or folder:PATH")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run directory (checkpoints, logs, model card).")
@@ -23,15 +29,52 @@ def train_group() -> None:
 @click.option("--steps", type=click.IntRange(min=1), help="Stop after this many optimiser steps.")
 @click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-4, show_default=True)
+@click.option("--model", "config_name", default="studio-tiny-64", show_default=True,
+              help="Architecture (see studio.ml.clip_configs: studio-tiny-64, studio-tiny-64-avg, studio-small-64).")
+@click.option("--probe-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Weight of the shared attribute probe (shapes only; helps word order and layout).")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="torch CPU threads.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
-def train_clip_command(dataset, out_dir, minutes, steps, batch_size, lr, resume) -> None:
+def train_clip_command(dataset, out_dir, minutes, steps, batch_size, lr, config_name, probe_weight, threads, resume) -> None:
     """Train a small CLIP contrastively (open_clip's loss plus hard negative captions)."""
     if minutes is None and steps is None:
         raise click.UsageError("give --minutes or --steps")
+    if config_name not in _clip_configs():
+        raise click.BadParameter(f"unknown config {config_name!r} (known: {', '.join(_clip_configs())})", param_hint="--model")
     from studio.ml.train_clip import train_clip
 
-    summary = train_clip(out_dir, dataset=dataset, minutes=minutes, steps=steps, batch_size=batch_size, lr=lr, resume=resume)
+    summary = train_clip(out_dir, dataset=dataset, minutes=minutes, steps=steps, batch_size=batch_size, lr=lr,
+                         resume=resume, model=config_name, probe_weight=probe_weight, threads=threads)
     click.echo(json.dumps(summary, indent=2, default=str))
+
+
+@train_group.command(name="export-clip")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--checkpoint", type=click.Choice(["best", "checkpoint"]), default="best", show_default=True,
+              help="Which checkpoint of the run: the best held-out score or the last one.")
+def export_clip_command(run_dir, out, checkpoint) -> None:
+    """Write a trained CLIP as the small fp16 file Studio ships, with its card next to it.
+
+    The card (OUT with .json) holds the run's training record and the zero-shot scores of the
+    exported file itself, measured after the fp16 round trip.
+    """
+    source = run_dir / checkpoint
+    if not (source / "model.safetensors").is_file():
+        raise click.ClickException(f"{source}: no checkpoint there (model.safetensors missing)")
+    from studio.ml.clip_configs import export_bundled_clip, load_bundled_clip
+    from studio.ml.zero_shot import evaluate_zero_shot
+
+    info = export_bundled_clip(source, out)
+    card_path = run_dir / "model_card.json"
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    card.pop("evaluation", None)
+    card["checkpoint"] = checkpoint
+    card["steps"] = info["step"] if info.get("step") is not None else card.get("steps")
+    card["zero_shot"] = evaluate_zero_shot(load_bundled_clip(out), n=256)
+    card["file"] = {"bytes": info["bytes"], "token_rows_kept": info["rows_kept"], "dtype": "float16"}
+    out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    click.echo(json.dumps({"path": str(out), **card["zero_shot"]}, indent=2))
 
 
 @click.command(name="eval")

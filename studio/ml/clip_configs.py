@@ -123,7 +123,8 @@ def export_bundled_clip(checkpoint_dir: str | Path, out_path: str | Path, keep_i
     tmp = out_path.with_name(out_path.name + ".tmp")
     save_file(state, str(tmp), metadata=metadata)
     tmp.replace(out_path)
-    return {"path": str(out_path), "bytes": out_path.stat().st_size, "rows_kept": int(ids.numel()), "config": config_name}
+    return {"path": str(out_path), "bytes": out_path.stat().st_size, "rows_kept": int(ids.numel()), "config": config_name,
+            "step": info.get("step")}
 
 
 def load_bundled_clip(path: str | Path) -> torch.nn.Module:

@@ -88,3 +88,21 @@ def test_probe_run_resumes_with_its_head(tmp_path):
     assert state["probe"] and state["probe_optimizer"]["state"]
     summary = train_clip(tmp_path, steps=3, resume=True, progress=lambda r: None, **FAST)
     assert summary["step"] == 3
+
+
+def test_export_command_writes_file_and_card(run, tmp_path):
+    from click.testing import CliRunner
+
+    from studio.cli import add_plugin_commands, cli
+
+    add_plugin_commands(cli)
+    out, _, _ = run
+    target = tmp_path / "clip.safetensors"
+    result = CliRunner().invoke(cli, ["train", "export-clip", str(out), str(target), "--checkpoint", "checkpoint"])
+    assert result.exit_code == 0, result.output
+    card = json.loads(target.with_suffix(".json").read_text())
+    assert card["steps"] == read_train_state(out / "checkpoint")["step"]
+    assert set(card["zero_shot"]) >= {"colour", "shape", "relation", "order"}
+    assert card["file"]["bytes"] == target.stat().st_size
+    missing = CliRunner().invoke(cli, ["train", "export-clip", str(tmp_path), str(target)])
+    assert missing.exit_code == 1 and "no checkpoint there" in missing.output

@@ -1,0 +1,63 @@
+"""The default ``galip`` model as installed: it loads offline, is deterministic, and draws
+the colours a prompt asks for (judged from pixels by ``studio.ml.checker``).
+
+Thresholds sit below the numbers on the model card (``studio eval galip``), so they catch a
+broken export, a changed preprocessing or a sampler that no longer matches training.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from studio.generators import Request
+from studio.ml import checker, shapes
+from studio_galip import installed, plugin
+
+
+@pytest.fixture(scope="module")
+def galip():
+    specs = {}
+    plugin.register_models(register=lambda spec: specs.setdefault(spec.id, spec))
+    spec = specs["galip"]
+    assert installed.BUNDLED_WEIGHTS.is_file(), "the bundled GALIP weights are missing from the package"
+    generator = spec.factory()
+    generator.load("cpu")
+    return generator
+
+
+def draw(generator, prompts, seeds):
+    results = generator.generate([Request(p, s, {}, index=i) for i, (p, s) in enumerate(zip(prompts, seeds))],
+                                 lambda _done, _total: None)
+    return [r.image for r in results]
+
+
+def test_card_describes_the_bundled_weights():
+    card = json.loads(installed.BUNDLED_CARD.read_text())
+    assert card["clip"]["arch"] == "studio-bundled"
+    assert card["eval"]["colour"]["value"] >= 0.7
+    assert installed.BUNDLED_WEIGHTS.stat().st_size < 20_000_000
+
+
+def test_same_seed_same_pixels_and_batching_changes_nothing(galip):
+    prompts = ["a red circle", "a blue square above a green triangle", "a yellow star"]
+    batch = draw(galip, prompts, [1, 2, 3])
+    alone = [draw(galip, [p], [s])[0] for p, s in zip(prompts, [1, 2, 3])]
+    for a, b in zip(batch, alone):
+        assert a.size == (64, 64)
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    other_seed = draw(galip, prompts[:1], [4])[0]
+    assert not np.array_equal(np.asarray(batch[0]), np.asarray(other_seed))
+
+
+def test_the_colour_asked_for_is_the_colour_drawn(galip):
+    prompts = [p for p in shapes.eval_prompts(96, seed=11) if len(p.attrs["objects"]) == 1][:32]
+    images = draw(galip, [p.text for p in prompts], range(len(prompts)))
+    results = [checker.check_image(im, p.attrs) for im, p in zip(images, prompts)]
+    accuracy = np.mean([r.colour_ok for r in results])
+    assert accuracy >= COLOUR_FLOOR, f"colour accuracy {accuracy:.2f}"
+    # and not by painting every colour everywhere: the asked colour leads in most images
+    leads = np.mean([r.dominant == p.attrs["objects"][0]["colour"] for r, p in zip(results, prompts)])
+    assert leads >= 0.5, f"asked colour dominant in {leads:.2f}"
