@@ -7,11 +7,12 @@ Bad input ends as a one-line ``click.ClickException``.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import click
 
-from .generator import BUNDLED_CLIP
+from .generator import BUNDLED_CLIP, INTERPOLATION_MODES
 
 
 @click.group(name="galip")
@@ -83,30 +84,95 @@ galip_group.add_command(train_command)
 @galip_group.command(name="interpolate")
 @click.argument("prompts", nargs=-1, required=True)
 @click.option("-m", "--model", "model_id", default="galip", show_default=True)
-@click.option("--seed", "seeds", type=int, multiple=True, help="Key seeds (repeat the option); default 0 and 1.")
+@click.option("--seed", "seeds", type=int, multiple=True,
+              help="Key seeds (repeat the option); default 0, or 0 and 1 with a single prompt.")
 @click.option("--frames", type=click.IntRange(1, 256), default=8, show_default=True, help="Frames between keys.")
-@click.option("--what", type=click.Choice(["both", "noise", "text"]), default="both", show_default=True)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--what", type=click.Choice(INTERPOLATION_MODES), default="both", show_default=True,
+              help="What moves: the noise (between seeds), the text (between prompts), or both.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also copy the frames here (frame_NNNN.png) and write strip.png.")
+@click.option("--device", help="Device of an in-process run [default: Studio's device setting].")
 def interpolate_command(prompts, model_id, seeds, frames, what, out_dir, device) -> None:
-    """Walk the latent space between prompts and/or seeds; writes frames and a strip PNG."""
-    from studio.generators import GenerationError
+    """Walk the latent space between prompts and/or seeds, one stored job per frame.
 
-    from .generator import GalipGenerator, strip_frames
+    Each frame is an ordinary job of the model whose parameters (interp_to, interp_seed_to,
+    interp_t) say where it lies on the path, so `studio show` and `studio regen` make it again.
+    """
+    from studio.config import load_settings
+    from studio.engine import Engine
+    from studio.errors import StudioError
+    from studio.executors import uses_broker
 
-    card = _find_card(model_id)
+    from .generator import interpolation_requests
+
+    prompts = [p.strip() for p in prompts]
     seeds = list(seeds) or ([0] if len(prompts) > 1 else [0, 1])
-    gen = GalipGenerator(card.source())
     try:
-        gen.load(device)
-        images = gen.interpolate(list(prompts), seeds, frames=frames, what=what)
-    except (GenerationError, ValueError) as exc:
+        requests = interpolation_requests(prompts, seeds, frames=frames, what=what)
+    except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    settings = load_settings()
+    broker = uses_broker(settings)
+    if broker and device:
+        raise click.ClickException("--device applies to in-process runs; with a broker the workers choose")
+    engine = Engine(settings)
+    files = []
+    try:
+        _check_galip_model(engine, model_id)
+        for prompt in prompts:  # every key, also those only met as targets of the walk
+            engine.validate(prompt, model_id, seeds[0], 1, {})
+        for seed in seeds:
+            engine.validate(prompts[0], model_id, seed, 1, {})
+        for request in requests:
+            engine.validate(request.prompt, model_id, request.seed, 1, request.params)
+
+        def submit(request):
+            return engine.submit(request.prompt, model_id, seed=request.seed, params=request.params)
+
+        if broker:
+            from studio.executors.celery import enqueue
+
+            queued = [submit(request) for request in requests]
+            for job in queued:
+                enqueue(settings, job)
+            finished = (engine.wait(job.id) for job in queued)
+        else:
+            finished = (engine.run(submit(request).id, device=device) for request in requests)
+        jobs = []
+        for i, job in enumerate(finished):
+            if job.status != "succeeded":
+                raise click.ClickException(f"frame {i} of {len(requests)} (job {job.id}) {job.status}: "
+                                           f"{job.error or 'no reason recorded'}")
+            jobs.append(job)
+            files.append(settings.home / engine.images(job.id)[0].path)
+            click.echo(f"frame {i:04d}  job {job.id}  {files[-1]}")
+    except StudioError as exc:
+        raise click.ClickException(str(exc)) from None
+    if out_dir is None:
+        click.echo(f"{len(jobs)} frames stored (jobs {jobs[0].id} .. {jobs[-1].id}); --out also writes a strip")
+        return
+    from PIL import Image
+
+    from .generator import strip_frames
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    for i, image in enumerate(images):
-        image.save(out_dir / f"frame_{i:04d}.png")
+    images = []
+    for i, file in enumerate(files):
+        target = out_dir / f"frame_{i:04d}.png"
+        shutil.copyfile(file, target)  # the stored PNG: its recipe travels with it
+        with Image.open(target) as img:
+            images.append(img.convert("RGB"))
     strip = strip_frames(images, out_dir / "strip.png")
-    click.echo(f"{len(images)} frames in {out_dir}; strip: {strip}")
+    click.echo(f"{len(jobs)} frames stored (jobs {jobs[0].id} .. {jobs[-1].id}) and copied to {out_dir}; "
+               f"strip: {strip}")
+
+
+def _check_galip_model(engine, model_id: str) -> None:
+    """One line naming the GALIP models when ``model_id`` is not one of them."""
+    spec = engine.registry.models.get(model_id)
+    if spec is None or spec.plugin != "galip":
+        known = ", ".join(sorted(s.id for s in engine.registry.models.values() if s.plugin == "galip")) or "none"
+        raise click.ClickException(f"no GALIP model {model_id!r} (known: {known})")
 
 
 @click.command(name="galip")
@@ -138,20 +204,3 @@ def import_command(name, checkpoint, clip_file, clip_arch, copy_clip, force) -> 
     if card.terms:
         console.print(f"[yellow]Terms of these weights:[/yellow] {card.terms}")
 
-
-def _find_card(model_id: str):
-    from studio.config import load_settings
-
-    from .installed import BUNDLED_ID, bundled_card, imported_cards
-
-    if model_id == BUNDLED_ID:
-        card = bundled_card()
-        if card is None:
-            raise click.ClickException("the bundled galip weights are not installed")
-        return card
-    cards, _problems = imported_cards(load_settings().models_dir)
-    for card in cards:
-        if card.id == model_id:
-            return card
-    known = ", ".join([BUNDLED_ID] + [c.id for c in cards])
-    raise click.ClickException(f"no GALIP model {model_id!r} (known: {known})")

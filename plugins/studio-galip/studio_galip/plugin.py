@@ -13,7 +13,7 @@ from studio.config import load_settings
 from studio.generators import GenerationError, ModelSpec, Param
 from studio.hookspecs import hookimpl
 
-from .generator import GalipGenerator
+from .generator import NO_SEED, GalipGenerator
 from .installed import BUNDLED_ID, BUNDLED_WEIGHTS, ModelCard, bundled_card, imported_cards
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,12 @@ PARAMS = (
     Param("image", "str", "", help="Path of a picture whose CLIP image embedding conditions the image."),
     Param("image_strength", "float", 1.0, 0.0, 1.0,
           help="With image: 0 uses only the prompt, 1 only the picture, in between mixes them."),
+    Param("interp_to", "str", "",
+          help="Interpolation: the prompt to move towards (its sentence embedding is lerped in by interp_t)."),
+    Param("interp_seed_to", "int", NO_SEED, NO_SEED, 2**63 - 1,
+          help=f"Interpolation: the seed whose noise to move towards (slerp by interp_t); {NO_SEED}: none."),
+    Param("interp_t", "float", 0.0, 0.0, 1.0,
+          help="Interpolation: how far towards interp_to / interp_seed_to (0: the prompt and seed, 1: the targets)."),
 )
 
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from studio.generators import GenerationError, Generator, JobCanceled, Request
-from studio_galip.generator import GalipGenerator, noise_for, to_uint8
+from studio_galip.generator import GalipGenerator, interpolation_requests, noise_for, to_uint8
 
 
 def pixels(result) -> np.ndarray:
@@ -64,6 +64,16 @@ def test_batch_of_three_equals_three_single_calls(gen):
     singles = [fresh.generate([r], no_progress)[0] for r in requests]
     for a, b in zip(batch, singles):
         assert np.array_equal(pixels(a), pixels(b))
+
+
+def test_render_puts_networks_back_in_eval_mode(gen):
+    """Nets trained in between (training samples) are sampled in eval mode, trunk included."""
+    before = pixels(gen.generate([Request("a red circle", 5)], no_progress)[0])
+    gen.nets.G.train()
+    gen.nets.G.mapping.CLIP_ViT.transformer.resblocks[0].train()
+    after = pixels(gen.generate([Request("a red circle", 5)], no_progress)[0])
+    assert not any(m.training for m in gen.nets.G.modules())
+    assert np.array_equal(before, after)
 
 
 def test_progress_is_reported_and_cancel_propagates(gen):
@@ -123,6 +133,52 @@ def test_interpolation_frames_start_and_end_at_the_keys(gen):
     assert len(text_only) == 3
     with pytest.raises(ValueError):
         gen.interpolate(["one"], [1], frames=2)
+
+
+def test_interpolation_requests_walk_key_to_key():
+    both = interpolation_requests(["a", "b", "c"], [1, 2, 3], frames=2)
+    assert [(r.prompt, r.seed, r.params["interp_to"], r.params["interp_seed_to"], r.params["interp_t"], r.index)
+            for r in both] == [("a", 1, "b", 2, 0.0, 0), ("a", 1, "b", 2, 0.5, 1),
+                               ("b", 2, "c", 3, 0.0, 2), ("b", 2, "c", 3, 0.5, 3), ("b", 2, "c", 3, 1.0, 4)]
+    text = interpolation_requests(["a", "b"], [5, 6], frames=1, what="text")
+    assert [(r.seed, r.params["interp_to"], r.params["interp_seed_to"]) for r in text] == [(5, "b", -1)] * 2
+    noise = interpolation_requests(["a", "b"], [5, 6], frames=1, what="noise")
+    assert [(r.prompt, r.params["interp_to"], r.params["interp_seed_to"]) for r in noise] == [("a", "", 6)] * 2
+    same_seed = interpolation_requests(["a", "b"], [5], frames=1)
+    assert {r.params["interp_seed_to"] for r in same_seed} == {-1}  # nothing to slerp
+    with pytest.raises(ValueError, match="noise, text or both"):
+        interpolation_requests(["a", "b"], [1], what="colour")
+
+
+def test_every_frame_is_the_image_of_its_own_request(gen):
+    requests = interpolation_requests(["a red circle", "a blue square", "a green diamond"], [1, 2, 4], frames=3)
+    frames = gen.interpolate(["a red circle", "a blue square", "a green diamond"], [1, 2, 4], frames=3)
+    assert len(frames) == len(requests) == 7
+    fresh = GalipGenerator.from_nets(gen.nets)  # no prompt cache shared with the walk
+    fresh.load("cpu")
+    for request, frame in zip(requests, frames):
+        alone = fresh.generate([request], no_progress)[0]
+        assert np.array_equal(pixels(alone), np.asarray(frame))
+    mixed = fresh.generate([requests[5], Request("a red circle", 9), requests[1]], no_progress)
+    assert np.array_equal(pixels(mixed[0]), np.asarray(frames[5]))
+    assert np.array_equal(pixels(mixed[2]), np.asarray(frames[1]))
+    # The keys themselves (t = 0 of each segment, t = 1 at the end) are plain images.
+    for index, prompt, seed in ((0, "a red circle", 1), (3, "a blue square", 2), (6, "a green diamond", 4)):
+        plain = gen.generate([Request(prompt, seed)], no_progress)[0]
+        assert np.array_equal(np.asarray(frames[index]), pixels(plain)), index
+    assert not np.array_equal(np.asarray(frames[1]), np.asarray(frames[0]))
+
+
+def test_default_interpolation_params_change_nothing(gen):
+    idle = {"image": "", "image_strength": 1.0, "interp_to": "", "interp_seed_to": -1, "interp_t": 0.0}
+    plain = gen.generate([Request("a red circle", 4)], no_progress)[0]
+    same = gen.generate([Request("a red circle", 4, idle)], no_progress)[0]
+    assert np.array_equal(pixels(plain), pixels(same)) and "interpolation" not in same.extra
+    only_t = gen.generate([Request("a red circle", 4, dict(idle, interp_t=0.5))], no_progress)[0]
+    assert np.array_equal(pixels(plain), pixels(only_t))
+    moved = gen.generate([Request("a red circle", 4, dict(idle, interp_to="a blue square", interp_t=0.5))],
+                         no_progress)[0]
+    assert not np.array_equal(pixels(plain), pixels(moved)) and "interpolation" in moved.extra
 
 
 def test_fast_batched_mode_is_close(tiny_nets):

@@ -44,7 +44,8 @@ def official_files(tmp_path):
 def test_bundled_model_is_registered_even_when_missing(no_bundled):
     spec = registered()["galip"]
     assert "not installed" in spec.weights
-    assert [p.name for p in spec.params] == ["image", "image_strength"]
+    assert [p.name for p in spec.params] == ["image", "image_strength", "interp_to", "interp_seed_to", "interp_t"]
+    assert spec.validate_params({})["interp_seed_to"] == -1
     with pytest.raises(GenerationError, match="the bundled galip weights are not installed"):
         spec.factory()
 
@@ -163,7 +164,18 @@ def test_import_command_bad_input_is_one_line(no_bundled, tmp_path, official_fil
     assert result.exit_code == 1 and "model name" in result.output
 
 
-def test_train_and_interpolate_commands(no_bundled, tmp_path, monkeypatch, official_files):
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """A plugin registry and generator cache of their own, as in a new `studio` process."""
+    from studio import engine as engine_module
+    from studio import plugins as plugins_module
+    from studio.loader import GeneratorCache
+
+    monkeypatch.setattr(plugins_module, "_cached", {})
+    monkeypatch.setattr(engine_module, "generators", GeneratorCache())
+
+
+def test_train_and_interpolate_commands(no_bundled, fresh_process, tmp_path, monkeypatch, official_files):
     from test_train import ToyColours
 
     fake = types.ModuleType("studio.ml.datasets")
@@ -187,6 +199,79 @@ def test_train_and_interpolate_commands(no_bundled, tmp_path, monkeypatch, offic
     assert len(list(frames.glob("frame_*.png"))) == 4 and (frames / "strip.png").is_file()
     result = CliRunner().invoke(cli, ["galip", "interpolate", "a", "b", "-m", "nope", "--out", str(frames)])
     assert result.exit_code == 1 and "no GALIP model 'nope'" in result.output
+
+
+def stored_pixels(engine, job_id: str) -> np.ndarray:
+    from PIL import Image
+
+    image = engine.images(job_id)[0]
+    with Image.open(engine.settings.home / image.path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def test_interpolation_frames_are_stored_reproducible_jobs(no_bundled, fresh_process, tmp_path, official_files):
+    from PIL import Image
+
+    from studio.engine import Engine
+    from studio.gallery import actions
+    from studio.store import read_recipe
+
+    _, ckpt, clip_file = official_files
+    installed.import_model("tiny", ckpt, clip_file, TINY_ARCH, load_settings().models_dir)
+    out = tmp_path / "frames"
+    result = CliRunner().invoke(make_cli(), ["galip", "interpolate", "a red square", "a blue square", "-m",
+                                             "galip-tiny", "--seed", "3", "--seed", "8", "--frames", "3",
+                                             "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    engine = Engine(load_settings())
+    jobs = sorted(engine.list_jobs(limit=10), key=lambda j: j.id)
+    assert len(jobs) == 4 and all(j.status == "succeeded" and j.model_id == "galip-tiny" for j in jobs)
+    assert all(j.id in result.output for j in jobs)
+    assert [j.params["interp_t"] for j in jobs] == [0.0, 1 / 3, 2 / 3, 1.0]
+    assert {(j.prompt, j.seed, j.params["interp_to"], j.params["interp_seed_to"]) for j in jobs} == {
+        ("a red square", 3, "a blue square", 8)}
+
+    # --out holds the stored PNGs themselves (recipes included) and the strip.
+    for i, job in enumerate(jobs):
+        image = engine.images(job.id)[0]
+        assert (out / f"frame_{i:04d}.png").read_bytes() == (engine.settings.home / image.path).read_bytes()
+        assert read_recipe(out / f"frame_{i:04d}.png")["params"]["interp_t"] == job.params["interp_t"]
+    with Image.open(out / "strip.png") as strip:
+        assert strip.size == (4 * image.width, image.height)
+
+    # A stored frame's recipe makes the same image again through the ordinary job path.
+    middle = engine.images(jobs[1].id)[0]
+    again = engine.run(actions.regenerate(engine, actions.source(engine, middle.id)).id)
+    assert again.status == "succeeded" and engine.images(again.id)[0].sha256 == middle.sha256
+
+    # The ends are plain images of the key prompts and seeds; the frames between are new.
+    first = engine.run(engine.submit("a red square", "galip-tiny", seed=3).id)
+    last = engine.run(engine.submit("a blue square", "galip-tiny", seed=8).id)
+    assert np.array_equal(stored_pixels(engine, jobs[0].id), stored_pixels(engine, first.id))
+    assert np.array_equal(stored_pixels(engine, jobs[-1].id), stored_pixels(engine, last.id))
+    for job in jobs[1:3]:
+        assert not np.array_equal(stored_pixels(engine, job.id), stored_pixels(engine, first.id))
+        assert not np.array_equal(stored_pixels(engine, job.id), stored_pixels(engine, last.id))
+
+
+def test_interpolate_without_out_only_stores(no_bundled, fresh_process, tmp_path, official_files, monkeypatch):
+    from studio.engine import Engine
+
+    _, ckpt, clip_file = official_files
+    installed.import_model("tiny", ckpt, clip_file, TINY_ARCH, load_settings().models_dir)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(make_cli(), ["galip", "interpolate", "a red square", "-m", "galip-tiny",
+                                             "--what", "noise", "--frames", "2"])
+    assert result.exit_code == 0, result.output
+    jobs = sorted(Engine(load_settings()).list_jobs(limit=10), key=lambda j: j.id)
+    assert [(j.seed, j.params["interp_seed_to"], j.params["interp_to"]) for j in jobs] == [(0, 1, "")] * 3
+    assert not list(tmp_path.glob("*.png"))
+
+    bad = CliRunner().invoke(make_cli(), ["galip", "interpolate", "a", "   ", "-m", "galip-tiny"])
+    assert bad.exit_code == 1 and "the prompt is empty" in bad.output and bad.output.count("\n") == 1
+    bad = CliRunner().invoke(make_cli(), ["galip", "interpolate", "a", "--seed", "4", "-m", "galip-tiny"])
+    assert bad.exit_code == 1 and "at least two prompts or two seeds" in bad.output
+    assert len(Engine(load_settings()).list_jobs(limit=10)) == 3  # nothing stored by a refused walk
 
 
 def test_plugin_import_does_not_import_torch():
