@@ -22,6 +22,8 @@ from studio.ml import shapes
 
 #: The small CLIP shipped with Studio (``studio train clip`` + ``export_bundled_clip``).
 BUNDLED_CLIP = Path(__file__).parent / "weights" / "clip-small.safetensors"
+#: ``ARCH`` of ``--clip ARCH:PATH`` for a file in the bundled format (another small CLIP).
+BUNDLED_ARCH = "studio-bundled"
 
 
 class EvalError(RuntimeError):
@@ -29,7 +31,8 @@ class EvalError(RuntimeError):
 
 
 def load_eval_clip(spec: str, device: str):
-    """``bundled`` (Studio's small CLIP) or ``ARCH:PATH`` (any open_clip architecture + weights)."""
+    """``bundled`` (Studio's small CLIP), ``ARCH:PATH`` (any open_clip architecture + weights) or
+    ``studio-bundled:PATH`` (a small CLIP exported with `studio train export-clip`)."""
     from studio.ml.clip_load import WeightsError, load_bundled_clip, load_clip
 
     try:
@@ -40,6 +43,8 @@ def load_eval_clip(spec: str, device: str):
         arch, sep, path = spec.partition(":")
         if not sep or not path:
             raise EvalError(f"--clip takes 'bundled' or ARCH:PATH, got {spec!r}")
+        if arch == BUNDLED_ARCH:
+            return load_bundled_clip(path, device=device)
         return load_clip(arch, path, device=device)
     except WeightsError as exc:
         raise EvalError(str(exc)) from None
@@ -83,7 +88,7 @@ def evaluate_model(
     params: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Generate ``n`` held-out `shapes` prompts with ``model_id`` and score them."""
+    """Generate ``n`` held-out `shapes` prompts with the registered ``model_id`` and score them."""
     from studio.loader import generators
     from studio.plugins import UnknownModel, get_registry
 
@@ -96,11 +101,33 @@ def evaluate_model(
     device = settings.resolve_device()
     started = time.perf_counter()
     generator = generators.get(spec, device)
+    report = evaluate_generator(generator, n=n, seed=seed, clip=clip, params=values, device=device,
+                                batch=spec.max_batch, progress=progress, started=started)
+    return {"model": model_id, **report}
+
+
+def evaluate_generator(
+    generator,
+    n: int = 512,
+    seed: int = 0,
+    clip: str = "bundled",
+    params: dict[str, Any] | None = None,
+    device: str = "cpu",
+    batch: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+    started: float | None = None,
+) -> dict[str, Any]:
+    """Score a loaded Generator (not necessarily registered, e.g. a training run's weights).
+
+    ``clip`` is the CLIP that judges shape and the CLIP score (see :func:`load_eval_clip`).
+    """
+    started = time.perf_counter() if started is None else started
     prompts = shapes.eval_prompts(n, seed=seed)
+    values = dict(params or {})
     images = []
-    for start in range(0, n, max(1, spec.max_batch)):
-        batch = [Request(p.text, seed + start + k, dict(values), index=start + k) for k, p in enumerate(prompts[start : start + spec.max_batch])]
-        images.extend(r.image for r in generator.generate(batch, lambda _d, _t: None))
+    for start in range(0, n, max(1, batch)):
+        chunk = [Request(p.text, seed + start + k, dict(values), index=start + k) for k, p in enumerate(prompts[start : start + batch])]
+        images.extend(r.image for r in generator.generate(chunk, lambda _d, _t: None))
         if progress is not None:
             progress(len(images), n)
     generation_s = time.perf_counter() - started
@@ -110,7 +137,6 @@ def evaluate_model(
     metrics = score_images(images, [p.attrs for p in prompts])
     metrics.update(clip_metrics(load_eval_clip(clip, device), images, prompts))
     return {
-        "model": model_id,
         "generator": generator.describe(),
         "n": n,
         "seed": seed,

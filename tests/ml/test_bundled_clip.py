@@ -29,4 +29,4 @@ def test_bundled_clip_is_small_and_described():
 def test_bundled_clip_names_colour_and_shape_of_unseen_images(bundled):
     scores = zero_shot.evaluate_zero_shot(bundled, n=128)
     assert scores["colour"] >= 0.9  # 8 choices: chance is 0.125
-    assert scores["shape"] >= SHAPE_FLOOR  # 4 choices: chance is 0.25
+    assert scores["shape"] >= 0.8  # 4 choices: chance is 0.25

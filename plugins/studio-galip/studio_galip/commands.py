@@ -46,8 +46,10 @@ def galip_group() -> None:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads.")
 @click.option("--fresh", is_flag=True, help="Start over even if --out holds a checkpoint.")
+@click.option("--eval-n", type=click.IntRange(min=0), default=256, show_default=True,
+              help="After training on shapes: `studio eval` prompts scored into the model card (0: skip).")
 def train_command(dataset, clip_file, clip_arch, out_dir, minutes, steps, batch_size, lr_g, lr_d, cond_scale,
-                  mapping, ngf, image_size, seed, sample_every, device, threads, fresh) -> None:
+                  mapping, ngf, image_size, seed, sample_every, device, threads, fresh, eval_n) -> None:
     """Train GALIP with the official losses on a captioned dataset, CLIP frozen."""
     if minutes is None and steps is None:
         raise click.UsageError("give --minutes or --steps")
@@ -73,9 +75,32 @@ def train_command(dataset, clip_file, clip_arch, out_dir, minutes, steps, batch_
                            meta={"dataset": dataset, "clip_arch": clip_arch, "clip_file": str(clip_file)})
     except (WeightsError, ValueError, FloatingPointError, KeyError) as exc:
         raise click.ClickException(f"training stopped: {exc}") from None
-    click.echo(json.dumps({k: card[k] for k in ("steps", "seconds_this_run", "last_losses", "weights_sha256")},
-                          indent=2))
+    if dataset == "shapes" and eval_n:
+        card = _evaluate_run(out_dir, card, clip_arch, clip_file, eval_n, device)
+    click.echo(json.dumps({k: card[k] for k in ("steps", "seconds_this_run", "last_losses", "weights_sha256", "eval")
+                           if k in card}, indent=2))
     click.echo(f"weights: {out_dir / 'galip.safetensors'}")
+
+
+def _evaluate_run(out_dir: Path, card: dict, clip_arch: str, clip_file: Path, n: int, device: str) -> dict:
+    """Score the run's final weights with `studio eval`'s yardstick and record it in the card.
+
+    The judge is the CLIP the model was trained with (its own view of shape and CLIP score);
+    colour and relation are judged from pixels either way.
+    """
+    from studio.ml.evaluate import BUNDLED_ARCH, evaluate_generator
+
+    from .checkpoint import atomic_path
+    from .generator import GalipGenerator, GalipSource
+
+    generator = GalipGenerator(GalipSource("run", out_dir / "galip.safetensors", clip_arch, clip_file))
+    generator.load(device)
+    judge = f"{BUNDLED_ARCH if clip_arch == BUNDLED_CLIP else clip_arch}:{clip_file}"
+    report = evaluate_generator(generator, n=n, clip=judge, device=device)
+    card = {**card, "eval": {**report["metrics"], "n": n, "seed": report["seed"], "judge_clip": str(clip_file)}}
+    with atomic_path(out_dir / "model_card.json") as tmp:
+        tmp.write_text(json.dumps(card, indent=2, default=str))
+    return card
 
 
 galip_group.add_command(train_command)

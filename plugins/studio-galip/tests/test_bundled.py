@@ -57,7 +57,7 @@ def test_the_colour_asked_for_is_the_colour_drawn(galip):
     images = draw(galip, [p.text for p in prompts], range(len(prompts)))
     results = [checker.check_image(im, p.attrs) for im, p in zip(images, prompts)]
     accuracy = np.mean([r.colour_ok for r in results])
-    assert accuracy >= COLOUR_FLOOR, f"colour accuracy {accuracy:.2f}"
+    assert accuracy >= 0.9, f"colour accuracy {accuracy:.2f}"
     # and not by painting every colour everywhere: the asked colour leads in most images
     leads = np.mean([r.dominant == p.attrs["objects"][0]["colour"] for r, p in zip(results, prompts)])
     assert leads >= 0.5, f"asked colour dominant in {leads:.2f}"

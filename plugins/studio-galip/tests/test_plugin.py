@@ -302,3 +302,17 @@ def test_card_clip_file_may_live_in_another_package(tmp_path):
     assert card.clip_file == installed.Path(studio_galip.__file__).parent / "plugin.py"
     card = installed.ModelCard("x", tmp_path, {"clip": {"arch": "a", "file": "clip.pt"}})
     assert card.clip_file == tmp_path / "clip.pt"
+
+
+def test_training_on_shapes_writes_an_eval_into_the_card(no_bundled, tmp_path, official_files):
+    _, _, clip_file = official_files
+    out = tmp_path / "run"
+    result = CliRunner().invoke(make_cli(), ["galip", "train", "--dataset", "shapes", "--clip", str(clip_file),
+                                             "--clip-arch", TINY_ARCH, "--out", str(out), "--steps", "2",
+                                             "--batch-size", "4", "--ngf", "8", "--eval-n", "6"])
+    assert result.exit_code == 0, result.output
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["eval"]["n"] == 6 and card["eval"]["judge_clip"] == str(clip_file)
+    for metric in ("colour", "shape", "clip_score"):
+        assert 0 <= card["eval"][metric]["value"] <= 1 or metric == "clip_score"
+    assert card["eval"]["colour"]["n"] == 6
