@@ -10,20 +10,8 @@ Usage: python benchmarks/clip_gen_speed.py [--quick] [--threads N]   (needs: pip
 from __future__ import annotations
 
 import argparse
-import time
 
-from common import report
-
-
-def _time(fn, repeat: int) -> float:
-    """Best of ``repeat`` runs after a warm-up: the minimum is the figure least disturbed by other load."""
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+from common import best_time, report
 
 
 def main() -> None:
@@ -55,8 +43,8 @@ def main() -> None:
             gens = [torch.Generator().manual_seed(i) for i in range(batch)]
             return sample(gpt, cond, gens, top_k=100, use_cache=cache)
 
-        cached = _time(lambda: run(1, True), repeat)
-        uncached = _time(lambda: run(1, False), repeat)
+        cached = best_time(lambda: run(1, True), repeat)
+        uncached = best_time(lambda: run(1, False), repeat)
         tps_cached, tps_uncached = cfg.block_size / cached, cfg.block_size / uncached
         rows.append([name, "tokens/s, batch 1, kv cache", tps_cached, f"{tps_cached / tps_uncached:.1f}x"])
         rows.append([name, "tokens/s, batch 1, no cache", tps_uncached, "1x"])
@@ -66,7 +54,7 @@ def main() -> None:
             per_image = {}
             for batch in (1, 16):
                 with torch.no_grad():
-                    seconds = _time(lambda: vq.decode_indices(run(batch, True)), repeat)
+                    seconds = best_time(lambda: vq.decode_indices(run(batch, True)), repeat)
                 per_image[batch] = batch / seconds
             rows.append([name, "images/s (64px, sample + decode), batch 1", per_image[1], "1x"])
             rows.append([name, "images/s (64px, sample + decode), batch 16", per_image[16], f"{per_image[16] / per_image[1]:.1f}x"])

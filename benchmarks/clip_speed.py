@@ -16,25 +16,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 
-from common import report
+from common import best_time, report
 
 CAPTIONS = ["a red circle left of a blue square", "a green triangle", "a yellow diamond above a purple circle",
             "an orange square right of a white triangle"]
-
-
-def _time(fn, repeat: int) -> float:
-    """Best of at least ``repeat`` runs after a warm-up: the minimum is the figure least disturbed
-    by other load. Fast calls repeat until about half a second has passed (50 at most)."""
-    fn()
-    best, runs, begun = float("inf"), 0, time.perf_counter()
-    while runs < repeat or (runs < 50 and time.perf_counter() - begun < 0.5):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-        runs += 1
-    return best
 
 
 def embedding_rows(name: str, model, tokenizer, batches: tuple[int, ...], repeat: int, trimmed: bool) -> tuple[list, dict]:
@@ -54,7 +40,7 @@ def embedding_rows(name: str, model, tokenizer, batches: tuple[int, ...], repeat
             measures["text, trimmed"] = lambda: encode_text_trimmed(model, tokens)
         for what, fn in measures.items():
             with torch.inference_mode():
-                seconds = _time(fn, repeat)
+                seconds = best_time(fn, repeat, min_seconds=0.5)
             rate = batch / seconds
             rows.append([name, what, batch, rate, round(seconds * 1000 / batch, 2)])
             figures[f"{what}, batch {batch}"] = rate

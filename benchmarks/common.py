@@ -16,6 +16,20 @@ from rich.table import Table
 RESULTS = Path(__file__).parent / "results"
 
 
+def best_time(fn, repeat: int, min_seconds: float = 0.0, max_runs: int = 50) -> float:
+    """Best of at least ``repeat`` runs after a warm-up: the minimum is the figure least disturbed
+    by other load. With ``min_seconds``, fast calls repeat until that much time has passed
+    (``max_runs`` at most)."""
+    fn()
+    best, runs, begun = float("inf"), 0, time.perf_counter()
+    while runs < repeat or (runs < max_runs and time.perf_counter() - begun < min_seconds):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+        runs += 1
+    return best
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or ""
     try:
