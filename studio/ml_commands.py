@@ -83,25 +83,30 @@ def export_clip_command(run_dir, out, checkpoint) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prompt list and of the images.")
 @click.option("--clip", "clip_name", default="bundled", show_default=True, help="CLIP used for shape and CLIP score.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report here.")
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="Model parameter for every image (repeatable), e.g. -p candidates=8.")
 @click.option("--json", "as_json", is_flag=True)
-def eval_command(model_id, count, seed, clip_name, out_path, as_json) -> None:
+def eval_command(model_id, count, seed, clip_name, out_path, params, as_json) -> None:
     """How well a model follows `shapes` prompts: colour, shape, relation, CLIP score."""
     from rich.console import Console
     from rich.table import Table
 
     from rich.progress import Progress
 
+    from studio.cli import parse_params
     from studio.config import load_settings
+    from studio.generators import ParamError
     from studio.ml.evaluate import EvalError, evaluate_model
 
+    values = parse_params(params)
     with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(f"generating {count} images", total=count)
         try:
             report = evaluate_model(
-                load_settings(), model_id, n=count, seed=seed, clip=clip_name,
+                load_settings(), model_id, n=count, seed=seed, clip=clip_name, params=values,
                 progress=lambda done, _total: bar.update(task, completed=done),
             )
-        except EvalError as exc:
+        except (EvalError, ParamError) as exc:
             raise click.ClickException(str(exc)) from None
     if out_path is not None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +114,8 @@ def eval_command(model_id, count, seed, clip_name, out_path, as_json) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
-    table = Table(title=f"studio eval --model {model_id} --n {count}")
+    shown = "".join(f" -p {k}={v}" for k, v in values.items())
+    table = Table(title=f"studio eval --model {model_id} --n {count}{shown}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("n", justify="right")

@@ -135,3 +135,14 @@ def test_real_subprocess_and_no_torch_on_the_light_paths(studio_home):
     assert proc.returncode == 0 and proc.stdout.strip().endswith(".png")
     proc = subprocess.run([studio, "submit", "x", "-m", "nope"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown model" in proc.stderr
+
+
+def test_eval_applies_params_to_every_image_and_rejects_bad_ones(run, studio_home):
+    result = run("eval", "-m", "testgen", "--n", "4", "-p", "size=24", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["params"]["size"] == 24 and report["n"] == 4
+    for bad, words in ((("-p", "size=huge"), "size"), (("-p", "nosuch=1"), "nosuch"), (("-p", "size"), "key=value")):
+        result = run("eval", "-m", "testgen", "--n", "4", *bad)
+        assert result.exit_code != 0
+        assert words in result.output and "Traceback" not in result.output
