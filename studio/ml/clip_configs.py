@@ -14,6 +14,7 @@ standard tokenizer; the rows that were not stored get the mean of those that wer
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -66,7 +67,18 @@ def create_small_clip(name: str = DEFAULT_CONFIG) -> torch.nn.Module:
     if name not in CONFIGS:
         raise ValueError(f"unknown Studio CLIP config {name!r} (known: {', '.join(CONFIGS)})")
     register_configs()
-    return open_clip.create_model(name, pretrained=None)
+    # open_clip warns on the root logger that no pretrained weights were loaded: for a model
+    # whose weights are loaded right after (or trained from scratch) that is noise to the user.
+    root = logging.getLogger()
+    root.addFilter(_no_pretrained_warning)
+    try:
+        return open_clip.create_model(name, pretrained=None)
+    finally:
+        root.removeFilter(_no_pretrained_warning)
+
+
+def _no_pretrained_warning(record: logging.LogRecord) -> bool:
+    return "No pretrained weights loaded" not in record.getMessage()
 
 
 def get_tokenizer(name: str = DEFAULT_CONFIG):

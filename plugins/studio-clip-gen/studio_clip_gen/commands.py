@@ -56,12 +56,14 @@ def clip_gen_group() -> None:
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True)
 @click.option("--disc-start", type=click.IntRange(0), default=1000, show_default=True, help="Step that switches the GAN loss on.")
 @click.option("--perceptual", default="none", show_default=True, help="none, clip (needs --clip) or lpips:FILE.")
+@click.option("--l2-weight", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Weight of an MSE term next to L1 (helps small objects on plain backgrounds).")
 @click.option("--clip", "clip_file", type=_FILE, help="CLIP weights for --perceptual clip.")
 @click.option("--clip-arch", help="open_clip architecture of --clip (not needed for Studio's bundled CLIP file).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
 def train_vqgan_command(dataset, out_dir, preset, n_embed, steps, minutes, batch_size, lr, disc_start, perceptual,
-                        clip_file, clip_arch, seed, resume) -> None:
+                        l2_weight, clip_file, clip_arch, seed, resume) -> None:
     """Train the VQGAN (stage 1): L1 + perceptual + codebook + PatchGAN after --disc-start."""
     from .checkpoints import WeightsError
     from .losses import LPIPS, ClipPerceptual
@@ -80,7 +82,8 @@ def train_vqgan_command(dataset, out_dir, preset, n_embed, steps, minutes, batch
             distance = LPIPS.from_file(Path(perceptual[len("lpips:"):]))
         elif perceptual != "none":
             raise click.UsageError(f"--perceptual must be none, clip or lpips:FILE, got {perceptual!r}")
-        cfg = VQTrainConfig(steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, disc_start=disc_start, seed=seed)
+        cfg = VQTrainConfig(steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, disc_start=disc_start,
+                            l2_weight=l2_weight, seed=seed)
         summary = train_vqgan(_dataset(dataset, vq.resolution), out_dir, vq, cfg, perceptual=distance, resume=resume, echo=_echo)
     except (WeightsError, ValueError, OSError) as exc:
         raise _fail(exc) from None
@@ -139,7 +142,7 @@ def _assemble(dest: Path, vqgan, vqgan_config, transformer, clip_file, clip_arch
     try:
         return assemble(dest, vqgan=vqgan, transformer=transformer, clip=clip_file, vqgan_config=vqgan_config,
                         clip_arch=clip_arch, heads=heads, overwrite=force,
-                        source={"vqgan": str(vqgan), "transformer": str(transformer), "clip": str(clip_file)})
+                        source={"vqgan": vqgan.name, "transformer": transformer.name, "clip": clip_file.name})
     except (WeightsError, ValueError, OSError) as exc:
         raise _fail(exc) from None
 
@@ -181,7 +184,31 @@ def import_command(name, vqgan, vqgan_config, transformer, clip_file, clip_arch,
 @clip_gen_group.command(name="package")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @_with_parts
-def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force) -> None:
-    """Write a model folder (as bundled in studio_clip_gen/weights) from trained parts."""
+@click.option("--eval-n", type=click.IntRange(0), default=0, show_default=True,
+              help="Score the packaged model on this many held-out `shapes` prompts into model_card.json (0: no card).")
+@click.option("--candidates", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Re-ranking width of the card's second evaluation.")
+def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force, eval_n, candidates) -> None:
+    """Write a model folder (as bundled in studio_clip_gen/weights) from trained parts.
+
+    With --eval-n the folder gets a model card: VQGAN PSNR and codebook usage, and `studio eval`
+    numbers without and with re-ranking, all measured on the packaged files.
+    """
     summary = _assemble(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force)
+    if eval_n:
+        from rich.console import Console
+        from rich.progress import Progress
+
+        from .card import write_card
+
+        with Progress(console=Console(stderr=True), transient=True) as bar:
+            tasks: dict[str, int] = {}
+
+            def progress(label: str, done: int, total: int) -> None:
+                if label not in tasks:
+                    tasks[label] = bar.add_task(f"eval {label}", total=total)
+                bar.update(tasks[label], completed=done)
+
+            summary["card"] = write_card(out_dir, eval_n=eval_n, candidates=candidates,
+                                         sources={"vqgan": vqgan, "transformer": transformer}, progress=progress)
     click.echo(json.dumps(summary, indent=2))

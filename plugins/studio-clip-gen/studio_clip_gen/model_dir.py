@@ -178,13 +178,13 @@ def assemble(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        write_safetensors(tmp / "vqgan.safetensors", vq_state, {"vqgan": vq_cfg.to_dict(), "source": str(vqgan)})
+        write_safetensors(tmp / "vqgan.safetensors", vq_state, {"vqgan": vq_cfg.to_dict(), "source": vqgan.name})
         write_safetensors(tmp / "transformer.safetensors", gpt_state,
-                          {**gpt_meta, "gpt": gpt_cfg.to_dict(), "clip": clip_spec, "source": str(transformer)})
+                          {**gpt_meta, "gpt": gpt_cfg.to_dict(), "clip": clip_spec, "source": transformer.name})
         if clip_spec["kind"] == "bundled":
             shutil.copyfile(clip, tmp / "clip.safetensors")
         else:
-            write_safetensors(tmp / "clip.safetensors", clip_model.state_dict(), {"arch": clip_arch, "source": str(clip)})
+            write_safetensors(tmp / "clip.safetensors", clip_model.state_dict(), {"arch": clip_arch, "source": clip.name})
         manifest = {"format": FORMAT, "vqgan": "vqgan.safetensors", "transformer": "transformer.safetensors",
                     "clip": clip_spec, "resolution": vq_cfg.resolution, "grid": vq_cfg.grid,
                     "source": source or {}}

@@ -140,6 +140,10 @@ class VQTrainConfig:
     batch_size: int = 16
     lr: float = 2e-4
     perceptual_weight: float = 1.0
+    # An MSE term next to taming's L1. Small objects on a plain background are few pixels: L1's
+    # optimum under uncertainty is the median, i.e. the background, and training can sit there
+    # (objects reconstructed as grey blobs); squared error weighs the large object errors up.
+    l2_weight: float = 0.0
     codebook_weight: float = 1.0
     disc_start: int = 1000  # steps of reconstruction-only training before the GAN loss
     disc_weight: float = 0.8
@@ -253,7 +257,8 @@ def train_vqgan(
     while step < cfg.steps and not _out_of_time(started, cfg.minutes):
         x, _ = next(data)
         xrec, q = model(x)
-        rec = (x - xrec).abs().mean()
+        l1 = (x - xrec).abs().mean()
+        rec = l1 + cfg.l2_weight * (x - xrec).pow(2).mean() if cfg.l2_weight else l1
         p_loss = perceptual(x, xrec).mean() if perceptual is not None else torch.zeros((), device=x.device)
         nll = rec + cfg.perceptual_weight * p_loss
         loss = nll + cfg.codebook_weight * q.loss
@@ -280,7 +285,7 @@ def train_vqgan(
         if cfg.restart_every and step % cfg.restart_every == 0:
             restarted += restart_dead_codes(model, usage, x, generator)
             usage.zero_()
-        window.add(loss=loss.item(), l1=rec.item(), perceptual=p_loss.item(), codebook=q.loss.item(),
+        window.add(loss=loss.item(), l1=l1.item(), perceptual=p_loss.item(), codebook=q.loss.item(),
                    d_loss=d_loss.item(), d_weight=float(d_weight))
         if step % cfg.log_every == 0 or step == cfg.steps:
             metrics.write({"step": step, **window.pop(), "psnr": psnr(x, xrec.detach()),

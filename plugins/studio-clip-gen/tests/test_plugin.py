@@ -72,3 +72,27 @@ def test_import_command_and_a_job_end_to_end(studio_home, parts, tmp_path):
     info = json.loads(job.stdout)
     assert info["status"] == "succeeded", info
     assert len(list((studio_home / "images").rglob("*.png"))) == 2
+
+
+def test_package_writes_a_model_card_measured_on_the_packaged_files(parts, tmp_path):
+    from click.testing import CliRunner
+
+    from studio_clip_gen.card import CARD_JSON
+    from studio_clip_gen.commands import clip_gen_group
+
+    out = tmp_path / "model"
+    result = CliRunner().invoke(clip_gen_group, [
+        "package", str(out), "--vqgan", str(parts / "vqgan.safetensors"), "--transformer",
+        str(parts / "transformer.safetensors"), "--clip", str(parts / "clip.safetensors"), "--clip-arch",
+        "studio-tiny-64", "--eval-n", "4", "--candidates", "2"])
+    assert result.exit_code == 0, result.output
+    card = json.loads((out / CARD_JSON).read_text())
+    assert set(card["eval"]) == {"candidates=1", "candidates=2"}
+    for scores in card["eval"].values():
+        assert scores["n"] == 4 and 0 <= scores["colour"] <= 1 and -1 <= scores["clip_score"] <= 1
+    assert card["vqgan"]["codes"] == 16 and 1 <= card["vqgan"]["codes_used"] <= 16
+    assert card["vqgan"]["psnr_db"] > 0
+    # the folder names its sources by file name only, never by where they were built
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["source"] == {"vqgan": "vqgan.safetensors", "transformer": "transformer.safetensors",
+                                  "clip": "clip.safetensors"}

@@ -19,7 +19,7 @@ def _log(path):
 
 def test_vqgan_training_reduces_loss_logs_codebook_and_resumes(tmp_path, squares, tiny_vq_config, tiny_clip):
     cfg = VQTrainConfig(steps=40, batch_size=8, lr=1e-3, disc_start=20, disc_layers=2, disc_ndf=16, kmeans_batches=2,
-                        restart_every=10, log_every=10, sample_every=20, checkpoint_every=20)
+                        restart_every=10, log_every=10, sample_every=20, checkpoint_every=20, l2_weight=1.0)
     summary = train_vqgan(squares, tmp_path, tiny_vq_config, cfg, perceptual=ClipPerceptual(tiny_clip))
     log = _log(tmp_path)
     assert [r["step"] for r in log] == [10, 20, 30, 40]
