@@ -1,9 +1,12 @@
-"""CLIP-GEN sampling speed: the key/value cache against full recomputation, and batching.
+"""CLIP-GEN speed: the key/value cache against full recomputation, batching, re-ranking, VQGAN f16.
 
-Random weights (speed does not depend on them). Two transformer sizes: the bundled default's
-shape (64px VQGAN, 8x8 tokens) and, without --quick, a 16x16 grid as in the paper. Rows:
-tokens/s with and without the cache (the reimplementation recomputes the whole prefix for every
-token), and whole images/s (sample + decode) at batch 1 and 16.
+Sampling uses random weights (speed does not depend on them) in two transformer sizes: the
+bundled default's shape (64px VQGAN, 8x8 tokens; read from the installed model when there is one)
+and, without --quick, a 16x16 grid as in the paper. Rows: tokens/s with and without the cache
+(the reimplementation recomputes the whole prefix for every token), and whole images/s (sample +
+decode) at batch 1 and 16. With the bundled model installed: images/s of its Generator (text ->
+image, as a job runs it) and the cost of each re-ranking candidate. Last, one taming f16 VQGAN
+(256px, 16x16 tokens) encode and decode with random weights.
 Usage: python benchmarks/clip_gen_speed.py [--quick] [--threads N]   (needs: pip install -e plugins/studio-clip-gen)
 """
 
@@ -29,7 +32,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     vq = VQModel(VQConfig.from_dict({**VQConfig().to_dict(), **VQ_PRESETS["tiny"]})).eval()
-    shapes = {"8x8 grid, width 256, 6 layers": GPTConfig(n_codes=512, grid=8, width=256, n_layers=6, n_heads=8, clip_dim=128)}
+    bundled = _bundled_gpt_config()
+    small = bundled or GPTConfig(n_codes=512, grid=8, width=256, n_layers=6, n_heads=8, clip_dim=128)
+    shapes = {f"8x8 grid, width {small.width}, {small.n_layers} layers": small}
     if not args.quick:
         shapes["16x16 grid, width 256, 6 layers"] = GPTConfig(n_codes=1024, grid=16, width=256, n_layers=6, n_heads=8, clip_dim=128)
     repeat = 2 if args.quick else 5
@@ -60,9 +65,65 @@ def main() -> None:
             rows.append([name, "images/s (64px, sample + decode), batch 16", per_image[16], f"{per_image[16] / per_image[1]:.1f}x"])
             figures[name].update(images_per_s_batch1=per_image[1], images_per_s_batch16=per_image[16])
 
-    path = report("clip_gen_speed", f"CLIP-GEN sampling speed ({args.threads} threads, random weights)",
+    if bundled is not None:
+        figures["bundled"] = _bundled_rows(rows, repeat)
+    figures["vqgan_f16_256px"] = _f16_rows(rows, 1 if args.quick else 3)
+
+    path = report("clip_gen_speed", f"CLIP-GEN speed ({args.threads} threads)",
                   ["transformer", "measure", "value", "ratio"], rows, {"figures": figures, "threads": args.threads})
     print(f"wrote {path}")
+
+
+def _bundled_gpt_config():
+    from studio_clip_gen import plugin
+    from studio_clip_gen.checkpoints import read_safetensors
+    from studio_clip_gen.gpt import GPTConfig
+
+    if not (plugin.BUNDLED_DIR / plugin.MODEL_JSON).is_file():
+        return None
+    _, meta = read_safetensors(plugin.BUNDLED_DIR / "transformer.safetensors")
+    return GPTConfig.from_dict(meta["gpt"])
+
+
+def _bundled_rows(rows: list, repeat: int) -> dict:
+    """The installed default model through its Generator: what a job costs, and each extra candidate."""
+    from studio.generators import Request
+    from studio_clip_gen import plugin
+    from studio_clip_gen.generator import ClipGenGenerator
+
+    gen = ClipGenGenerator("clip-gen", plugin.BUNDLED_DIR)
+    gen.load("cpu")
+
+    def run(batch: int, candidates: int) -> None:
+        requests = [Request("a red circle above a blue square", i, {"candidates": candidates}, index=i) for i in range(batch)]
+        gen.generate(requests, lambda _d, _t: None)
+
+    per_image = {b: b / best_time(lambda: run(b, 1), repeat) for b in (1, 16)}
+    one, eight = best_time(lambda: run(1, 1), repeat), best_time(lambda: run(1, 8), repeat)
+    per_candidate = (eight - one) / 7
+    name = "bundled clip-gen (Generator)"
+    rows.append([name, "images/s, batch 1", per_image[1], "1x"])
+    rows.append([name, "images/s, batch 16", per_image[16], f"{per_image[16] / per_image[1]:.1f}x"])
+    rows.append([name, "seconds per extra re-ranking candidate", per_candidate, f"{per_candidate / one:.2f}x of one image"])
+    return {"images_per_s_batch1": per_image[1], "images_per_s_batch16": per_image[16],
+            "seconds_per_image": one, "seconds_per_extra_candidate": per_candidate}
+
+
+def _f16_rows(rows: list, repeat: int) -> dict:
+    import torch
+
+    from studio_clip_gen.vqgan import F16_1024, VQModel
+
+    model = VQModel(F16_1024).eval()
+    x = torch.rand(1, 3, 256, 256) * 2 - 1
+    with torch.no_grad():
+        indices = model.encode_to_indices(x)
+        encode = best_time(lambda: model.encode_to_indices(x), repeat)
+        decode = best_time(lambda: model.decode_indices(indices), repeat)
+    name = "VQGAN f16 (taming, 256px, random weights)"
+    rows.append([name, "encode, seconds per image", encode, "1x"])
+    rows.append([name, "decode, seconds per image", decode, f"{decode / encode:.1f}x"])
+    return {"encode_s": encode, "decode_s": decode}
 
 
 if __name__ == "__main__":

@@ -194,6 +194,14 @@ class Engine:
             full_params = spec.validate_params(params)
         except ParamError as exc:
             raise UsageError(str(exc)) from None
+        for p in spec.params:
+            if p.type == "image" and full_params.get(p.name):
+                from studio.inputs import InputError, store_input
+
+                try:
+                    full_params[p.name] = store_input(self.settings, full_params[p.name])
+                except InputError as exc:
+                    raise UsageError(f"parameter {p.name!r}: {exc}") from None
         return spec, prompt, seed, full_params
 
     def submit(

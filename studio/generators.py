@@ -28,7 +28,9 @@ class ParamError(ValueError):
     """A parameter value that does not fit the model's schema; the message is user-facing."""
 
 
-_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
+#: ``image``: a file path at submit time, stored by the engine as ``inputs/<sha256>.png`` (see
+#: ``studio.inputs``); generators open it with ``studio.inputs.resolve_input``.
+_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool, "image": str}
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class Param:
     """One entry of a model's parameter schema; used to validate ``--param key=value``."""
 
     name: str
-    type: str = "float"  # one of int, float, str, bool
+    type: str = "float"  # one of int, float, str, bool, image
     default: Any = None
     min: float | None = None
     max: float | None = None

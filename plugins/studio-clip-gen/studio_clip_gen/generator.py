@@ -133,11 +133,14 @@ class ClipGenGenerator:
         import torch
         from PIL import Image, UnidentifiedImageError
 
+        from studio.config import load_settings
+        from studio.inputs import InputError, resolve_input
+
         try:
-            with Image.open(Path(image_path).expanduser()) as im:
+            with Image.open(resolve_input(load_settings(), image_path)) as im:
                 rgb = im.convert("RGB")
-        except (OSError, UnidentifiedImageError) as exc:
-            raise GenerationError(f"cannot read the conditioning image {image_path!r}: {exc}") from None
+        except (OSError, UnidentifiedImageError, InputError) as exc:
+            raise GenerationError(f"cannot read the conditioning image: {exc}") from None
         size = self.vqgan.config.resolution
         side = min(rgb.size)
         left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
@@ -162,7 +165,9 @@ class ClipGenGenerator:
 
         tokens = sample(self.gpt, cond, gens, temperature=temperature, top_k=top_k, top_p=top_p, progress=step)
         with torch.no_grad():
-            decoded = self.vqgan.decode_indices(tokens).float()
+            # one image at a time: a convolution's result may differ in the last bit with the batch
+            # size, and an image must not depend on what it was batched with (regen is bit for bit)
+            decoded = torch.cat([self.vqgan.decode_indices(row[None]) for row in tokens]).float()
             if not torch.isfinite(decoded).all():
                 raise GenerationError(f"model {self.model_id!r} produced NaN/inf pixels (broken weights?)")
             decoded = decoded.clamp(-1, 1)

@@ -20,7 +20,7 @@ PARAMS = (
     Param("top_p", "float", 1.0, min=0.01, max=1.0, help="nucleus sampling mass (1: off)"),
     Param("candidates", "int", 1, min=1, max=64, help="images sampled per request and re-ranked by CLIP"),
     Param("keep", "int", 1, min=1, max=16, help="best candidates shown (more than 1: a row of them)"),
-    Param("image", "str", "", help="condition on this image's CLIP embedding instead of the prompt"),
+    Param("image", "image", "", help="condition on this image's CLIP embedding instead of the prompt"),
 )
 
 

@@ -92,11 +92,14 @@ def test_reduced_studio_eval_is_above_the_floors(clip_gen):
 
 def test_image_conditioning_redraws_the_scene_of_the_image(clip_gen, tmp_path):
     """What the transformer was trained on: an image's CLIP embedding gives back its colours."""
+    from studio.config import load_settings
+    from studio.inputs import store_input
+
     prompts = [p for p in shapes.eval_prompts(48, seed=21) if len(p.attrs["objects"]) == 1][:12]
     ok = []
     for i, prompt in enumerate(prompts):
         path = tmp_path / f"{i}.png"
         shapes.render_attrs(prompt.attrs).save(path)
-        image = draw(clip_gen, [""], [i], image=str(path))[0]
+        image = draw(clip_gen, [""], [i], image=store_input(load_settings(), str(path)))[0]
         ok.append(checker.check_image(image, prompt.attrs).colour_ok)
     assert np.mean(ok) >= 0.75, ok

@@ -65,15 +65,21 @@ def test_progress_cancels(generator):
         generator.generate([Request("a red square", 1, PARAMS)], progress)
 
 
-def test_image_conditioning(generator, tmp_path):
+def test_image_conditioning_reads_only_stored_inputs(generator, tmp_path):
     from PIL import Image
+
+    from studio.config import load_settings
+    from studio.inputs import store_input
 
     path = tmp_path / "cond.png"
     Image.new("RGB", (40, 30), (220, 40, 40)).save(path)
-    (result,) = _run(generator, [Request("ignored", 2, {**PARAMS, "image": str(path)})])
+    reference = store_input(load_settings(), str(path))
+    (result,) = _run(generator, [Request("ignored", 2, {**PARAMS, "image": reference})])
     assert result.extra["condition"] == "image"
-    with pytest.raises(GenerationError, match="cannot read the conditioning image"):
-        _run(generator, [Request("x", 2, {**PARAMS, "image": str(tmp_path / "missing.png")})])
+    # a plain path (even of a real image) never reaches the file system through a generator
+    for bad in (str(path), "inputs/../../etc/passwd", "inputs/" + "0" * 64 + ".png"):
+        with pytest.raises(GenerationError, match="cannot read the conditioning image"):
+            _run(generator, [Request("x", 2, {**PARAMS, "image": bad})])
 
 
 def test_nan_weights_fail_the_job(model_folder):
