@@ -38,8 +38,8 @@ def _factory(model_id: str, root: Path):
         if not (root / MODEL_JSON).is_file():
             if root == BUNDLED_DIR:
                 raise GenerationError(
-                    "the bundled clip-gen weights are not installed (this release ships none yet: train them with "
-                    "`studio clip-gen train-vqgan` and `train-transformer`, or import a model: studio models import clip-gen NAME ...)"
+                    f"the bundled clip-gen weights are not installed ({BUNDLED_DIR} holds no {MODEL_JSON}): reinstall "
+                    "studio-clip-gen, or import a model with `studio models import clip-gen NAME ...`"
                 )
             raise GenerationError(f"model {model_id!r}: {root / MODEL_JSON} is missing")
         from studio_clip_gen.generator import ClipGenGenerator
