@@ -30,7 +30,8 @@ def training_summary(path: Path) -> dict[str, Any]:
 
     _, meta = read_safetensors(path)
     metrics = meta.get("metrics") or {}
-    out = {"steps": meta.get("steps"), "minutes": round(metrics["elapsed_s"] / 60, 1) if "elapsed_s" in metrics else None}
+    seconds = meta.get("train_seconds", metrics.get("elapsed_s"))  # all resumed legs; older files: the last leg
+    out = {"steps": meta.get("steps"), "minutes": round(seconds / 60, 1) if seconds is not None else None}
     for key in ("cond_noise", "clip_loss_weight", "gpt", "vqgan"):
         if key in meta:
             out[key] = meta[key]

@@ -236,6 +236,7 @@ def train_vqgan(
         opt_ae.load_state_dict(state["opt_ae"])
         opt_d.load_state_dict(state["opt_d"])
         step, usage = state["step"], state["usage"]
+    prior_s = state.get("train_seconds", 0.0) if state is not None else 0.0
     generator = torch.Generator().manual_seed(cfg.seed + step)
     data = batches(dataset, cfg.batch_size, vq.resolution, seed=cfg.seed + step, device=device)
     metrics = _Metrics(out / "metrics.jsonl", echo)
@@ -248,7 +249,8 @@ def train_vqgan(
     def save() -> None:
         _save_checkpoint({"step": step, "model": model.state_dict(), "disc": disc.state_dict(),
                           "opt_ae": opt_ae.state_dict(), "opt_d": opt_d.state_dict(), "usage": usage,
-                          "vq": vq.to_dict(), "train": dataclasses.asdict(cfg)}, out / "checkpoint.pt")
+                          "vq": vq.to_dict(), "train": dataclasses.asdict(cfg),
+                          "train_seconds": prior_s + time.monotonic() - started}, out / "checkpoint.pt")
 
     started, window = time.monotonic(), _Window()
     window_counts = torch.zeros(vq.n_embed, dtype=torch.long)
@@ -300,7 +302,8 @@ def train_vqgan(
     save()
     model.eval()
     path = write_safetensors(out / "vqgan.safetensors", model.state_dict(),
-                             {"vqgan": vq.to_dict(), "steps": step, "metrics": metrics.last})
+                             {"vqgan": vq.to_dict(), "steps": step, "metrics": metrics.last,
+                              "train_seconds": round(prior_s + time.monotonic() - started, 1)})
     return {"steps": step, "weights": str(path), "metrics": metrics.last, "elapsed_s": time.monotonic() - started}
 
 
@@ -413,13 +416,15 @@ def train_transformer(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
+    prior_s = state.get("train_seconds", 0.0) if state is not None else 0.0
     generator = torch.Generator().manual_seed(cfg.seed + step)
     data = batches(dataset, cfg.batch_size, vqgan.config.resolution, seed=cfg.seed + step, device=device)
     metrics = _Metrics(out / "metrics.jsonl", echo)
 
     def save() -> None:
         _save_checkpoint({"step": step, "model": model.state_dict(), "opt": opt.state_dict(), "gpt": gpt.to_dict(),
-                          "train": dataclasses.asdict(cfg)}, out / "checkpoint.pt")
+                          "train": dataclasses.asdict(cfg), "train_seconds": prior_s + time.monotonic() - started},
+                         out / "checkpoint.pt")
 
     started, window = time.monotonic(), _Window()
     model.train()
@@ -462,7 +467,8 @@ def train_transformer(
     model.eval()
     path = write_safetensors(out / "transformer.safetensors", model.state_dict(),
                              {"gpt": gpt.to_dict(), "clip": clip_info or {}, "cond_noise": cfg.cond_noise,
-                              "clip_loss_weight": cfg.clip_loss_weight, "steps": step, "metrics": metrics.last})
+                              "clip_loss_weight": cfg.clip_loss_weight, "steps": step, "metrics": metrics.last,
+                              "train_seconds": round(prior_s + time.monotonic() - started, 1)})
     return {"steps": step, "weights": str(path), "metrics": metrics.last, "elapsed_s": time.monotonic() - started}
 
 

@@ -46,6 +46,8 @@ def test_vqgan_training_reduces_loss_logs_codebook_and_resumes(tmp_path, squares
     resumed = train_vqgan(squares, tmp_path, tiny_vq_config, VQTrainConfig(**{**cfg.__dict__, "steps": 50}),
                           perceptual=ClipPerceptual(tiny_clip), resume=True)
     assert resumed["steps"] == 50
+    # the stated training time covers every leg of a resumed run
+    assert read_safetensors(resumed["weights"])[1]["train_seconds"] > meta["train_seconds"] > 0
     assert [r["step"] for r in _log(tmp_path)][-1] == 50
     assert not list(tmp_path.glob(".*.tmp"))
 
