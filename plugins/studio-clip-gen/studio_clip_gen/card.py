@@ -5,7 +5,8 @@ Every number is measured on the packaged files themselves, on held-out `shapes` 
 
 - ``vqgan``: PSNR of encode -> decode and codebook usage/perplexity (stage 1 on its own);
 - ``eval``: ``studio eval`` metrics without re-ranking (``candidates=1``) and with it, so the
-  gain from re-ranking is stated, not assumed. Colour and relation are judged from pixels;
+  gain from re-ranking is stated, not assumed; ``defaults`` names the parameters a plain
+  ``studio eval --model clip-gen`` uses, i.e. which row a user reproduces. Colour and relation are judged from pixels;
   shape and CLIP score by the bundled CLIP, which is also the re-ranking CLIP, so the CLIP score
   with re-ranking is optimistic by construction;
 - ``training``: steps, wall time and settings carried in each stage's weights metadata.
@@ -77,6 +78,7 @@ def write_card(root: Path, *, eval_n: int, candidates: int, sources: dict[str, P
     from studio.ml.evaluate import evaluate_generator
 
     from .generator import ClipGenGenerator
+    from .plugin import DEFAULTS
 
     generator = ClipGenGenerator("clip-gen", root)
     generator.load("cpu")
@@ -86,6 +88,7 @@ def write_card(root: Path, *, eval_n: int, candidates: int, sources: dict[str, P
         "hardware": hardware(),
         "training": {part: training_summary(path) for part, path in sources.items() if part in ("vqgan", "transformer")},
         "vqgan": vqgan_report(generator.vqgan),
+        "defaults": {k: v for k, v in DEFAULTS.items() if k != "image"},
         "eval": {},
         **(extra or {}),
     }

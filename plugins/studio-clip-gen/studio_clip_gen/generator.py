@@ -19,6 +19,8 @@ from typing import Any
 
 from studio.generators import GenerationError, ProgressCallback, Request, Result
 
+from .plugin import DEFAULTS
+
 #: Rows sampled together; every row has its own generator, so this only trades memory for speed.
 CHUNK = 32
 
@@ -112,16 +114,16 @@ class ClipGenGenerator:
     # ---- steps -------------------------------------------------------------------------------
 
     def _plan(self, request: Request) -> dict[str, Any]:
-        params = request.params
-        candidates = int(params.get("candidates", 1))
+        params = {**DEFAULTS, **request.params}  # the engine fills them; direct callers may not
+        candidates = int(params["candidates"])
         image_path = str(params.get("image") or "")
         return {
             "seed": request.seed,
             "prompt": request.prompt,
             "image": image_path,
             "candidates": candidates,
-            "keep": max(1, min(int(params.get("keep", 1)), candidates)),
-            "sampling": (float(params.get("temperature", 1.0)), int(params.get("top_k", 0)), float(params.get("top_p", 1.0))),
+            "keep": max(1, min(int(params["keep"]), candidates)),
+            "sampling": (float(params["temperature"]), int(params["top_k"]), float(params["top_p"])),
             "cond": self._condition(request.prompt, image_path),
         }
 

@@ -18,10 +18,13 @@ PARAMS = (
     Param("temperature", "float", 1.0, min=0.05, max=5.0, help="softmax temperature of token sampling"),
     Param("top_k", "int", 0, min=0, max=65536, help="sample among the k most likely codes (0: all)"),
     Param("top_p", "float", 1.0, min=0.01, max=1.0, help="nucleus sampling mass (1: off)"),
-    Param("candidates", "int", 1, min=1, max=64, help="images sampled per request and re-ranked by CLIP"),
+    # re-ranking is part of CLIP-GEN's method: on the bundled model 8 candidates lift `studio eval`'s
+    # colour/relation from 0.75/0.48 to 0.96/0.87 (model card, n=256); candidates=1 is the plain sampler
+    Param("candidates", "int", 8, min=1, max=64, help="images sampled per request and re-ranked by CLIP (1: no re-ranking)"),
     Param("keep", "int", 1, min=1, max=16, help="best candidates shown (more than 1: a row of them)"),
     Param("image", "image", "", help="condition on this image's CLIP embedding instead of the prompt"),
 )
+DEFAULTS = {p.name: p.default for p in PARAMS}
 
 
 def imported_root() -> Path | None:

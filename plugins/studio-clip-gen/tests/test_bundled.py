@@ -44,10 +44,14 @@ def draw(generator, prompts, seeds, **params):
 def test_card_states_training_and_the_eval_floors_are_met(model_card):
     assert "captions never used" in model_card["data"]
     assert model_card["training"]["vqgan"]["steps"] > 0 and model_card["training"]["transformer"]["steps"] > 0
-    for label, scores in model_card["eval"].items():
-        assert scores["colour"] >= COLOUR_FLOOR, label
-        assert scores["relation"] >= RELATION_FLOOR, label
-    assert len(model_card["eval"]) == 2, "the card reports the model without and with re-ranking"
+    assert model_card["training"]["vqgan"]["minutes"] > 0 and model_card["training"]["transformer"]["minutes"] > 0
+    # the row a plain `studio eval --model clip-gen` reproduces meets the floors
+    assert model_card["defaults"] == {k: v for k, v in plugin.DEFAULTS.items() if k != "image"}
+    default = model_card["eval"][f"candidates={plugin.DEFAULTS['candidates']}"]
+    assert default["colour"] >= COLOUR_FLOOR and default["relation"] >= RELATION_FLOOR, default
+    # the plain sampler is stated too, and re-ranking is what the default buys
+    plain = model_card["eval"]["candidates=1"]
+    assert plain["colour"] < default["colour"] and plain["relation"] < default["relation"], (plain, default)
 
 
 def test_vqgan_reconstructs_held_out_scenes_at_the_stated_psnr(clip_gen, model_card):
@@ -84,10 +88,10 @@ def test_the_colour_asked_for_is_the_colour_drawn(clip_gen):
 
 
 def test_reduced_studio_eval_is_above_the_floors(clip_gen):
-    report = evaluate_generator(clip_gen, n=64, seed=0, params={"candidates": 1})
+    report = evaluate_generator(clip_gen, n=64, seed=0, params=dict(plugin.DEFAULTS))
     metrics = report["metrics"]
-    assert metrics["colour"]["value"] >= COLOUR_FLOOR - 0.05, metrics
-    assert metrics["relation"]["value"] >= RELATION_FLOOR - 0.1, metrics
+    assert metrics["colour"]["value"] >= COLOUR_FLOOR, metrics
+    assert metrics["relation"]["value"] >= RELATION_FLOOR, metrics
 
 
 def test_image_conditioning_redraws_the_scene_of_the_image(clip_gen, tmp_path):
