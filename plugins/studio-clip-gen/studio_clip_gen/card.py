@@ -5,10 +5,11 @@ Every number is measured on the packaged files themselves, on held-out `shapes` 
 
 - ``vqgan``: PSNR of encode -> decode and codebook usage/perplexity (stage 1 on its own);
 - ``eval``: ``studio eval`` metrics without re-ranking (``candidates=1``) and with it, so the
-  gain from re-ranking is stated, not assumed; ``defaults`` names the parameters a plain
-  ``studio eval --model clip-gen`` uses, i.e. which row a user reproduces. Colour and relation are judged from pixels;
+  gain from re-ranking is stated, not assumed. Colour and relation are judged from pixels;
   shape and CLIP score by the bundled CLIP, which is also the re-ranking CLIP, so the CLIP score
   with re-ranking is optimistic by construction;
+- ``defaults``: the parameters a plain ``studio eval --model clip-gen`` uses, i.e. which
+  ``eval`` row a user reproduces;
 - ``training``: steps, wall time and settings carried in each stage's weights metadata.
 """
 
