@@ -85,9 +85,15 @@ def export_clip_command(run_dir, out, checkpoint) -> None:
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report here.")
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
               help="Model parameter for every image (repeatable), e.g. -p candidates=8.")
+@click.option("--fd", "fd_n", type=click.IntRange(0, 100_000), default=0, show_default=True,
+              help="Also a Frechet distance on CLIP image features over this many images (e.g. 1000; 0: skip).")
 @click.option("--json", "as_json", is_flag=True)
-def eval_command(model_id, count, seed, clip_name, out_path, params, as_json) -> None:
-    """How well a model follows `shapes` prompts: colour, shape, relation, CLIP score."""
+def eval_command(model_id, count, seed, clip_name, out_path, params, fd_n, as_json) -> None:
+    """How well a model draws what `shapes` prompts ask, judged from the pixels.
+
+    Colour, shape, relation, size, background, blank canvases and stray blobs come from the
+    pixels; CLIP's shape choice, the CLIP score and the optional Frechet distance are secondary.
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -96,14 +102,14 @@ def eval_command(model_id, count, seed, clip_name, out_path, params, as_json) ->
     from studio.cli import parse_params
     from studio.config import load_settings
     from studio.generators import ParamError
-    from studio.ml.evaluate import EvalError, evaluate_model
+    from studio.ml.evaluate import LOWER_IS_BETTER, EvalError, evaluate_model
 
     values = parse_params(params)
     with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(f"generating {count} images", total=count)
+        task = bar.add_task(f"generating {max(count, fd_n)} images", total=max(count, fd_n))
         try:
             report = evaluate_model(
-                load_settings(), model_id, n=count, seed=seed, clip=clip_name, params=values,
+                load_settings(), model_id, n=count, seed=seed, clip=clip_name, params=values, fd_n=fd_n,
                 progress=lambda done, _total: bar.update(task, completed=done),
             )
         except (EvalError, ParamError) as exc:
@@ -119,6 +125,9 @@ def eval_command(model_id, count, seed, clip_name, out_path, params, as_json) ->
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("n", justify="right")
+    table.add_column("judged by")
     for name, metric in report["metrics"].items():
-        table.add_row(name, f"{metric['value']:.3f}", str(metric["n"]))
+        judge = "CLIP" if name.startswith("clip") or name == "fd" else "pixels"
+        better = " (lower is better)" if name in LOWER_IS_BETTER else ""
+        table.add_row(name, f"{metric['value']:.3f}", str(metric["n"]), judge + better)
     Console().print(table)

@@ -1,8 +1,13 @@
 """``studio eval``: how often a generator draws what a `shapes` prompt asks for.
 
-Colour and relation are judged exactly from pixels (the palette is fixed and the background
-plain: ``studio.ml.checker``); shape by a CLIP choosing among the four shapes in the asked
-colour (one-object prompts); and the CLIP score is the cosine of image and prompt embeddings.
+The headline figures are judged from the pixels alone (:mod:`studio.ml.checker`): colour,
+shape, two-object relation, size and background (where the prompt names them), and the share of
+blank canvases and of stray blobs. Prompts come from the whole `shapes` grammar (sizes,
+backgrounds, both relation phrasings) on held-out scenes. Secondary, from a CLIP: its choice
+among the four shapes (``clip_shape``, lenient: a CLIP trained on the same data accepts a soft
+blob), the CLIP score, and optionally a Frechet distance between the CLIP image features of
+generated images and of the held-out scenes' own drawings (``fd``, lower is better: it rises
+with fringes, textures and stray blobs that no per-image check counts).
 Images come straight from the model's Generator with the job seeds ``seed + i``, so a number in
 a report can be reproduced image by image with ``studio submit``.
 """
@@ -58,7 +63,7 @@ def to_tensor(images: list) -> torch.Tensor:
 
 @torch.no_grad()
 def clip_metrics(model, images: list, prompts: list[shapes.EvalPrompt]) -> dict[str, dict[str, Any]]:
-    """Shape accuracy (one-object prompts, choosing among the four shapes) and the CLIP score."""
+    """CLIP's shape choice (one-object prompts, among the four shapes) and the CLIP score."""
     from studio.ml.zero_shot import embed_images, embed_texts
 
     img = embed_images(model, to_tensor(images))
@@ -74,9 +79,36 @@ def clip_metrics(model, images: list, prompts: list[shapes.EvalPrompt]) -> dict[
         options = embed_texts(model, [shapes.noun_phrase(colour, s) for s in choices])
         correct.append(int((options @ img[i]).argmax()) == 0)
     return {
-        "shape": {"value": float(np.mean(correct)) if correct else float("nan"), "n": len(correct)},
+        "clip_shape": {"value": float(np.mean(correct)) if correct else float("nan"), "n": len(correct)},
         "clip_score": {"value": float(score.mean()), "n": len(prompts)},
     }
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets ``[N, D]`` (as FID does).
+
+    ``Tr(sqrt(S_a S_b))`` is taken as the sum of square roots of the eigenvalues of the
+    symmetric ``sqrt(S_a) S_b sqrt(S_a)``, which needs numpy only.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(s_a)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    middle = np.linalg.eigvalsh(root_a @ s_b @ root_a)
+    trace_root = float(np.sqrt(np.clip(middle, 0, None)).sum())
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * trace_root)
+
+
+@torch.no_grad()
+def feature_distance(model, images: list, prompts: list[shapes.EvalPrompt]) -> dict[str, Any]:
+    """Frechet distance (x100, on unit-norm CLIP image features) to the prompts' own scenes."""
+    from studio.ml.zero_shot import embed_images
+
+    reference = [shapes.render_attrs(p.attrs, canvas=images[0].size[0]) for p in prompts]
+    gen = embed_images(model, to_tensor(images)).cpu().numpy()
+    ref = embed_images(model, to_tensor(reference)).cpu().numpy()
+    return {"value": 100.0 * frechet_distance(gen, ref), "n": len(images)}
 
 
 def evaluate_model(
@@ -87,6 +119,7 @@ def evaluate_model(
     clip: str = "bundled",
     params: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    fd_n: int = 0,
 ) -> dict[str, Any]:
     """Generate ``n`` held-out `shapes` prompts with the registered ``model_id`` and score them."""
     from studio.loader import generators
@@ -102,7 +135,7 @@ def evaluate_model(
     started = time.perf_counter()
     generator = generators.get(spec, device)
     report = evaluate_generator(generator, n=n, seed=seed, clip=clip, params=values, device=device,
-                                batch=spec.max_batch, progress=progress, started=started)
+                                batch=spec.max_batch, progress=progress, started=started, fd_n=fd_n)
     return {"model": model_id, **report}
 
 
@@ -116,34 +149,45 @@ def evaluate_generator(
     batch: int = 16,
     progress: Callable[[int, int], None] | None = None,
     started: float | None = None,
+    fd_n: int = 0,
 ) -> dict[str, Any]:
     """Score a loaded Generator (not necessarily registered, e.g. a training run's weights).
 
-    ``clip`` is the CLIP that judges shape and the CLIP score (see :func:`load_eval_clip`).
+    ``clip`` is the CLIP behind the secondary figures (see :func:`load_eval_clip`). ``fd_n``
+    images (0: none) go into the Frechet distance; the first ``n`` of them are the judged ones.
     """
+    from studio.ml.checker import score_images
+
     started = time.perf_counter() if started is None else started
-    prompts = shapes.eval_prompts(n, seed=seed)
+    total = max(n, fd_n)
+    prompts = shapes.eval_prompts(total, seed=seed, phrasing="grammar")
     values = dict(params or {})
     images = []
-    for start in range(0, n, max(1, batch)):
+    for start in range(0, total, max(1, batch)):
         chunk = [Request(p.text, seed + start + k, dict(values), index=start + k) for k, p in enumerate(prompts[start : start + batch])]
         images.extend(r.image for r in generator.generate(chunk, lambda _d, _t: None))
         if progress is not None:
-            progress(len(images), n)
+            progress(len(images), total)
     generation_s = time.perf_counter() - started
 
-    from studio.ml.checker import score_images
-
-    metrics = score_images(images, [p.attrs for p in prompts])
-    metrics.update(clip_metrics(load_eval_clip(clip, device), images, prompts))
+    metrics = score_images(images[:n], [p.attrs for p in prompts[:n]])
+    judge_clip = load_eval_clip(clip, device)
+    metrics.update(clip_metrics(judge_clip, images[:n], prompts[:n]))
+    if fd_n:
+        metrics["fd"] = feature_distance(judge_clip, images[:fd_n], prompts[:fd_n])
     return {
         "generator": generator.describe(),
         "n": n,
         "seed": seed,
+        "prompts": "shapes eval split, whole grammar",
         "clip": clip,
         "params": values,
         "device": device,
         "generation_s": round(generation_s, 2),
-        "images_per_s": round(n / generation_s, 2) if generation_s else None,
-        "metrics": {k: metrics[k] for k in ("colour", "shape", "relation", "clip_score", "shape_geometric") if k in metrics},
+        "images_per_s": round(total / generation_s, 2) if generation_s else None,
+        "metrics": metrics,
     }
+
+
+#: Lower is better for these figures; higher for every other one.
+LOWER_IS_BETTER = ("blank", "strays", "fd")

@@ -452,18 +452,31 @@ class EvalPrompt:
     attrs: dict
 
 
-def eval_prompts(n: int = 512, seed: int = EVAL_SEED, two_object_share: float = 0.5, canvas: int = 64) -> list[EvalPrompt]:
+def eval_prompts(n: int = 512, seed: int = EVAL_SEED, two_object_share: float = 0.5, canvas: int = 64,
+                 phrasing: str = "canonical") -> list[EvalPrompt]:
     """``n`` prompts from the held-out split with the attributes a generated image must show.
 
-    The attributes carry what the prompt asks (shape, colour and, for two objects, relation)
-    plus the placement of the held-out scene, so the ground truth can be rendered.
+    The attributes carry the held-out scene (so the ground truth can be rendered) and, under
+    ``asked``, what the prompt names beyond colours and shapes: ``sizes`` (bool) and
+    ``background`` (``light``/``dark`` or None). ``phrasing="canonical"`` gives the plain
+    caption of each scene (no size, no background); ``"grammar"`` a phrasing drawn from the
+    whole grammar (sizes, backgrounds, both relation forms), from a stream of its own.
     """
+    if phrasing not in ("canonical", "grammar"):
+        raise ValueError(f"phrasing must be 'canonical' or 'grammar', got {phrasing!r}")
     source = ShapesSource(seed=seed, split="eval", canvas=canvas, two_object_share=two_object_share)
     out = []
     for i in range(n):
         scene = source.scene(i)
+        if phrasing == "canonical":
+            caption = canonical_caption(scene)
+        else:
+            caption = random_caption(scene, np.random.default_rng([SPLITS["eval"], seed, i, 2]))
         attrs = scene.attrs()
-        out.append(EvalPrompt(canonical_caption(scene).text, attrs))
+        if caption.objects[0][:2] != (scene.objects[0].colour, scene.objects[0].shape):
+            attrs["objects"], attrs["relation"] = attrs["objects"][::-1], caption.relation  # the swapped form
+        attrs["asked"] = {"sizes": caption.objects[0][2] is not None, "background": caption.background}
+        out.append(EvalPrompt(caption.text, attrs))
     return out
 
 

@@ -16,7 +16,7 @@ class Oracle:
 
     def __init__(self, lie: bool) -> None:
         self.lie = lie
-        prompts = shapes.eval_prompts(64, seed=3)
+        prompts = shapes.eval_prompts(64, seed=3, phrasing="grammar")
         self.truth = {p.text: p.attrs for p in prompts}
         self.others = [p.attrs for p in prompts]
 
@@ -60,10 +60,12 @@ def oracles(settings):
 def test_truth_scores_near_perfect_and_wrong_images_near_chance(settings, tiny_clip):
     truth = evaluate_model(settings, "oracle-true", n=64, seed=3, clip=tiny_clip)["metrics"]
     assert truth["colour"]["value"] >= 0.98 and truth["relation"]["value"] >= 0.95
-    assert truth["relation"]["n"] + truth["shape"]["n"] == 64
+    assert truth["shape"]["value"] >= 0.95 and truth["size"]["value"] >= 0.95 and truth["background"]["value"] >= 0.95
+    assert truth["relation"]["n"] + truth["clip_shape"]["n"] == 64 and truth["blank"]["value"] == 0.0
     lie = evaluate_model(settings, "oracle-lie", n=64, seed=3, clip=tiny_clip)["metrics"]
     assert lie["colour"]["value"] < 0.5 and lie["relation"]["value"] < 0.5
-    assert -1.0 <= lie["clip_score"]["value"] <= 1.0 and 0.0 <= lie["shape"]["value"] <= 1.0
+    assert -1.0 <= lie["clip_score"]["value"] <= 1.0 and 0.0 <= lie["clip_shape"]["value"] <= 1.0
+    assert lie["shape"]["value"] < 0.5 and lie["background"]["value"] < 0.8
 
 
 @pytest.mark.usefixtures("oracles")

@@ -48,8 +48,15 @@ def galip_group() -> None:
 @click.option("--fresh", is_flag=True, help="Start over even if --out holds a checkpoint.")
 @click.option("--eval-n", type=click.IntRange(min=0), default=256, show_default=True,
               help="After training on shapes: `studio eval` prompts scored into the model card (0: skip).")
+@click.option("--pixel-d", "pixel_weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Weight of a pixel-level conditional discriminator beside GALIP's CLIP one (0: official GALIP).")
+@click.option("--sim-weight", type=click.FloatRange(min=0), default=4.0, show_default=True,
+              help="Weight of the CLIP text-image similarity term in G's loss.")
+@click.option("--init", "init_g", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Start the generator from this Studio GALIP weights file (a new run only).")
 def train_command(dataset, clip_file, clip_arch, out_dir, minutes, steps, batch_size, lr_g, lr_d, cond_scale,
-                  mapping, ngf, image_size, seed, sample_every, device, threads, fresh, eval_n) -> None:
+                  mapping, ngf, image_size, seed, sample_every, device, threads, fresh, eval_n,
+                  pixel_weight, sim_weight, init_g) -> None:
     """Train GALIP with the official losses on a captioned dataset, CLIP frozen."""
     if minutes is None and steps is None:
         raise click.UsageError("give --minutes or --steps")
@@ -71,7 +78,8 @@ def train_command(dataset, clip_file, clip_arch, out_dir, minutes, steps, batch_
     try:
         card = train_galip(out_dir, dataset, clip, config=default_config(clip, **overrides), resume=not fresh,
                            steps=steps, minutes=minutes, batch_size=batch_size, lr_g=lr_g, lr_d=lr_d, seed=seed,
-                           sample_every=sample_every, device=device,
+                           sample_every=sample_every, device=device, pixel_weight=pixel_weight,
+                           sim_weight=sim_weight, init_g=str(init_g) if init_g else None,
                            meta={"dataset": dataset, "clip_arch": clip_arch, "clip_file": str(clip_file)})
     except (WeightsError, ValueError, FloatingPointError, KeyError) as exc:
         raise click.ClickException(f"training stopped: {exc}") from None

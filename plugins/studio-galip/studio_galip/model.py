@@ -422,23 +422,55 @@ class NetC(nn.Module):
         return self.joint_conv(torch.cat([feats, cond], dim=1))
 
 
+class NetP(nn.Module):
+    """A pixel-level conditional discriminator beside D/C (not part of official GALIP).
+
+    D sees the image only through CLIP's patch grid (8x8 for a 64 px small CLIP), coarse enough
+    that a soft blob and a square look alike to it; this one reads the pixels. Strided
+    spectral-normalised convolutions down to 4x4, then a projection head: ``fc(h) + <W s, h>``,
+    so it judges image and caption together (mismatched pairs are fakes, as for C).
+    Training-only: never saved with the generator.
+    """
+
+    def __init__(self, cfg: GalipConfig, ch: int = 32) -> None:
+        super().__init__()
+        sn = nn.utils.spectral_norm
+        layers, c_in, size = [], 3, cfg.image_size
+        c_out = ch
+        while size > 4:
+            layers += [sn(nn.Conv2d(c_in, c_out, 4, 2, 1)), nn.LeakyReLU(0.2)]
+            c_in, c_out, size = c_out, min(c_out * 2, ch * 8), size // 2
+        self.convs = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        width = c_in * 16
+        self.fc = sn(nn.Linear(width, 1))
+        self.proj = sn(nn.Linear(cfg.cond_dim, width))
+
+    def forward(self, image: torch.Tensor, sent_emb: torch.Tensor) -> torch.Tensor:
+        h = self.pool(self.convs(image)).flatten(1)
+        return self.fc(h).squeeze(1) + (self.proj(sent_emb) * h).sum(dim=1) / math.sqrt(h.shape[1])
+
+
 @dataclass
 class Nets:
-    """The three networks and the frozen CLIP they share."""
+    """The three networks and the frozen CLIP they share (plus the optional pixel critic P)."""
 
     cfg: GalipConfig
     clip: nn.Module
     G: NetG
     D: NetD
     C: NetC
+    P: NetP | None = None
 
 
-def build_nets(cfg: GalipConfig, clip: nn.Module, with_d: bool = True) -> Nets:
-    """NetG around ``clip``'s vision trunk (shared), plus NetD and NetC unless ``with_d`` is false."""
+def build_nets(cfg: GalipConfig, clip: nn.Module, with_d: bool = True, pixel_d: bool = False) -> Nets:
+    """NetG around ``clip``'s vision trunk (shared), plus NetD and NetC unless ``with_d`` is false,
+    and the pixel discriminator NetP when ``pixel_d``."""
     G = NetG(cfg, clip.visual)
     D = NetD(cfg) if with_d else None
     C = NetC(cfg) if with_d else None
-    return Nets(cfg, clip, G, D, C)
+    P = NetP(cfg) if with_d and pixel_d else None
+    return Nets(cfg, clip, G, D, C, P)
 
 
 def count_params(module: nn.Module, learnable_only: bool = False) -> int:

@@ -9,6 +9,13 @@ One step, as the official code does it:
 * G: ``-mean(C(D(fake), s)) - 4.0 * mean(cos(CLIP image embedding of fake, s))``.
 * Adam, betas (0.0, 0.9), G lr 1e-4, D+C lr 4e-4; mixed precision on CUDA.
 
+Optional, beyond the official recipe: a pixel-level conditional discriminator
+(:class:`~studio_galip.model.NetP`, ``pixel_weight > 0``) with the same hinge terms (real,
+mismatched, fake) added to errD and ``-pixel_weight * mean(P(fake, s))`` added to errG. D sees the
+image only through CLIP's patch grid, which cannot tell a soft blob from a square at 64 px; P
+reads the pixels. ``init_g`` starts the generator from a Studio weights file (a longer run that
+continues a shipped model with new discriminators).
+
 The CLIP features of a fake are computed once per step (CLIP is frozen, so the D step and
 the G step see the same features; the official code computes them twice).
 
@@ -36,7 +43,9 @@ import torch.nn.functional as F
 
 from studio.ml.clip_features import image_features, sentence_embedding, to_clip_input, tokenize_for
 
-from .checkpoint import atomic_path, load_into, read_official, save_studio, sha256_file
+from studio.ml.clip_load import WeightsError
+
+from .checkpoint import atomic_path, load_into, read_official, read_weights, save_studio, sha256_file
 from .generator import noise_for, to_uint8
 from .model import GalipConfig, Nets, build_nets, condition
 
@@ -77,6 +86,8 @@ class TrainOptions:
     lr_g: float | None = None  # None: default_lr_g(config)
     lr_d: float = LR_D
     sim_weight: float = SIM_WEIGHT
+    pixel_weight: float = 0.0  # > 0: add the pixel discriminator NetP with this weight
+    init_g: str | None = None  # start G from this Studio weights file (ignored when resuming)
     flip: bool = False  # horizontal flips break "left of"/"right of" captions: off by default
     seed: int = 0
     amp: bool | None = None  # None: on for CUDA
@@ -144,14 +155,27 @@ def train_step(nets: Nets, opt_g, opt_d, real: torch.Tensor, captions: Sequence[
         err_fake = hinge(C(D(feats_fake.detach()), sent.detach()), real=False)
     gp = ma_gp(feats_real, sent, pred_real, scale=scaler.get_scale() if amp else 1.0)
     err_d = err_real + (err_fake + err_mis) / 2.0 + gp
+    pixel = {}
+    if nets.P is not None:
+        s_fixed = sent.detach()
+        with autocast:
+            err_p = (hinge(nets.P(real, s_fixed), real=True)
+                     + (hinge(nets.P(fake.detach(), s_fixed), real=False)
+                        + hinge(nets.P(real, mismatched(sent)), real=False)) / 2.0)
+        err_d = err_d + opts.pixel_weight * err_p
+        pixel["errP"] = err_p.item()
     opt_d.zero_grad(set_to_none=True)
     _backward_step(err_d, opt_d, scaler)
 
     # G
     with autocast:
         adv = C(D(feats_fake), sent.detach()).mean()
+        adv_p = nets.P(fake, sent.detach()).mean() if nets.P is not None else None
     sim = F.cosine_similarity(fake_emb, sent_raw, dim=-1).mean()
     err_g = -adv - opts.sim_weight * sim
+    if adv_p is not None:
+        err_g = err_g - opts.pixel_weight * adv_p
+        pixel["G_adv_P"] = adv_p.item()
     opt_g.zero_grad(set_to_none=True)
     _backward_step(err_g, opt_g, scaler)
     if scaler is not None:
@@ -160,7 +184,7 @@ def train_step(nets: Nets, opt_g, opt_d, real: torch.Tensor, captions: Sequence[
     return {
         "errD": err_d.item(), "errD_real": err_real.item(), "errD_fake": err_fake.item(),
         "errD_mis": err_mis.item(), "MA_GP": gp.item(), "errG": err_g.item(), "G_adv": adv.item(),
-        "clip_sim": sim.item(),
+        "clip_sim": sim.item(), **pixel,
     }
 
 
@@ -238,6 +262,8 @@ def save_checkpoint(path: Path, nets: Nets, opt_g, opt_d, step: int, meta: dict,
     }
     if scaler is not None:
         state["scaler"] = scaler.state_dict()
+    if nets.P is not None:
+        state["netP"] = nets.P.state_dict()
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -297,21 +323,33 @@ def train_galip(out_dir: str | Path, dataset, clip, *, config: GalipConfig | Non
     torch.manual_seed(opts.seed)
 
     resumed = read_official(ckpt_path) if resume and ckpt_path.exists() else None
+    initial = read_weights(opts.init_g) if resumed is None and opts.init_g else None
     if resumed is not None and resumed.config is not None:
         config = resumed.config
+    elif initial is not None:
+        config = initial.config
     cfg = config or default_config(clip)
     clip = clip.to(device).eval().requires_grad_(False)
-    nets = build_nets(cfg, clip)
+    nets = build_nets(cfg, clip, pixel_d=opts.pixel_weight > 0)
     step = 0
     if resumed is not None:
         load_into(nets, resumed, ckpt_path, need_d=True)
         step = int(resumed.extra.get("step", 0))
-    for net in (nets.G, nets.D, nets.C):
+        if nets.P is not None:
+            if "netP" not in resumed.extra:
+                raise WeightsError(f"{ckpt_path}: the run was started without the pixel discriminator")
+            nets.P.load_state_dict(resumed.extra["netP"])
+    elif initial is not None:
+        load_into(nets, initial, opts.init_g)
+    for net in (nets.G, nets.D, nets.C) + ((nets.P,) if nets.P is not None else ()):
         net.to(device).train()
 
     lr_g = opts.lr_g if opts.lr_g is not None else default_lr_g(cfg)
     opt_g = torch.optim.Adam([p for p in nets.G.parameters() if p.requires_grad], lr=lr_g, betas=BETAS)
-    opt_d = torch.optim.Adam(list(nets.D.parameters()) + list(nets.C.parameters()), lr=opts.lr_d, betas=BETAS)
+    d_params = list(nets.D.parameters()) + list(nets.C.parameters())
+    if nets.P is not None:
+        d_params += list(nets.P.parameters())
+    opt_d = torch.optim.Adam(d_params, lr=opts.lr_d, betas=BETAS)
     use_amp = opts.amp if opts.amp is not None else device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type) if use_amp else None
     if resumed is not None:
@@ -326,7 +364,13 @@ def train_galip(out_dir: str | Path, dataset, clip, *, config: GalipConfig | Non
     first_images, first_captions = next(data)
     prompts = list(opts.sample_prompts) or list(dict.fromkeys(first_captions))[:8]
     seeds = list(range(8))
-    meta = {**opts.meta, "lr_g": lr_g, "lr_d": opts.lr_d, "batch_size": opts.batch_size, "sim_weight": opts.sim_weight}
+    meta = {**opts.meta, "lr_g": lr_g, "lr_d": opts.lr_d, "batch_size": opts.batch_size, "sim_weight": opts.sim_weight,
+            "pixel_weight": opts.pixel_weight}
+    if resumed is not None and "init_g" in resumed.meta:
+        meta["init_g"] = resumed.meta["init_g"]
+    elif initial is not None:
+        meta["init_g"] = {"file": Path(opts.init_g).name, "sha256": sha256_file(opts.init_g),
+                          "steps": initial.meta.get("steps")}
     noise_rng = torch.Generator().manual_seed(opts.seed * 1_000_003 + step)
 
     start = time.monotonic()

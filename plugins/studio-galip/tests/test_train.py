@@ -174,3 +174,37 @@ def test_a_few_steps_lower_the_d_loss_and_give_finite_images(tmp_path):
     # generate() fails the job on NaN/inf or a single-colour image, so returning is the check.
     images = gen.generate([Request("a red square", s) for s in range(3)], lambda done, total: None)
     assert len({np.asarray(r.image).tobytes() for r in images}) == 3
+
+
+def test_pixel_discriminator_trains_with_its_own_terms_and_resumes(tmp_path):
+    """NetP adds errP (D side) and G_adv_P (G side), moves, and is saved with the run."""
+    clip = make_tiny_clip()
+    cfg = default_config(clip, ngf=8, code_ch=16, mid_ch=8, d_ch=32, c_hidden=16)
+    run = tmp_path / "run"
+    card = train_galip(run, ToyColours(), clip, config=cfg, steps=2, batch_size=4, sample_every=100,
+                       show_progress=False, log_every=1, pixel_weight=1.0)
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"errP", "G_adv_P"} <= set(last) and card["pixel_weight"] == 1.0
+    p_state = torch.load(run / "checkpoint.pt", weights_only=True)["netP"]
+    card = train_galip(run, ToyColours(), clip, steps=4, batch_size=4, sample_every=100, show_progress=False,
+                       pixel_weight=1.0)
+    assert card["steps"] == 4
+    moved = torch.load(run / "checkpoint.pt", weights_only=True)["netP"]
+    assert any(not torch.equal(p_state[k], moved[k]) for k in p_state)
+    with pytest.raises(Exception, match="without the pixel discriminator"):
+        train_galip(tmp_path / "run2", ToyColours(), clip, config=cfg, steps=1, batch_size=4, show_progress=False)
+        train_galip(tmp_path / "run2", ToyColours(), clip, steps=2, batch_size=4, show_progress=False, pixel_weight=1.0)
+
+
+def test_init_g_starts_from_a_weights_file(tmp_path):
+    clip = make_tiny_clip()
+    cfg = default_config(clip, ngf=8, code_ch=16, mid_ch=8, d_ch=32, c_hidden=16)
+    first = train_galip(tmp_path / "a", ToyColours(), clip, config=cfg, steps=2, batch_size=4, sample_every=100,
+                        show_progress=False)
+    source = tmp_path / "a" / "galip.safetensors"
+    card = train_galip(tmp_path / "b", ToyColours(), clip, steps=1, batch_size=4, sample_every=100,
+                       show_progress=False, init_g=str(source), lr_g=1e-12, lr_d=1e-12)
+    assert card["init_g"]["sha256"] == first["weights_sha256"] and card["config"] == cfg.to_dict()
+    before, after = read_studio(source).states["netG"], read_studio(tmp_path / "b" / "galip.safetensors").states["netG"]
+    assert before.keys() == after.keys()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
