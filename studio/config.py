@@ -12,11 +12,11 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from studio.errors import ConfigError
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class ConfigError(ValueError):
-    """A setting that cannot be used; the message is shown to the user as is."""
 
 
 def _default_home() -> Path:

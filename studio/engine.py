@@ -37,6 +37,7 @@ from studio.errors import NotFound, StudioError, UsageError
 from studio.generators import GenerationError, JobCanceled, ModelSpec, ParamError, Request
 from studio.loader import GeneratorCache, generators
 from studio.plugins import Registry, UnknownModel, fire_job_finished, get_registry
+from studio.records import ImageInfo, JobInfo
 
 log = logging.getLogger(__name__)
 
@@ -47,71 +48,6 @@ PROGRESS_INTERVAL_S = 0.25  # how often progress is written and cancellation che
 PROGRESS_SCALE = 1000  # progress_total = count * PROGRESS_SCALE
 #: Errors that mean "the database is unreachable right now", not "the job is bad".
 DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    """A snapshot of a job row, safe to hand to plugins and to print."""
-
-    id: str
-    prompt: str
-    model_id: str
-    params: dict[str, Any]
-    seed: int
-    count: int
-    status: str
-    priority: int
-    attempts: int
-    error: str | None
-    progress_done: int
-    progress_total: int
-    cancel_requested: bool
-    worker_id: str | None
-    parent_id: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-    @classmethod
-    def from_row(cls, row: Job) -> "JobInfo":
-        return cls(**{f.name: getattr(row, f.name) for f in dataclasses.fields(cls)})
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED
-
-    @property
-    def fraction(self) -> float:
-        if self.status == JobStatus.succeeded.value:
-            return 1.0
-        return self.progress_done / self.progress_total if self.progress_total else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        for key in ("created_at", "started_at", "finished_at"):
-            data[key] = data[key].isoformat() if data[key] else None
-        data["progress"] = round(self.fraction, 4)
-        return data
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    id: str
-    job_id: str
-    index: int
-    seed: int
-    sha256: str
-    path: str
-    width: int
-    height: int
-    recipe: dict[str, Any]
-
-    @classmethod
-    def from_row(cls, row: Image) -> "ImageInfo":
-        return cls(**{f.name: getattr(row, f.name) for f in dataclasses.fields(cls)})
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 ProgressHook = Callable[[JobInfo, float], None]

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import pluggy
 
 from studio import hookspecs
+from studio.errors import UnknownModel
 from studio.generators import DatasetSpec, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,6 @@ ENTRY_POINT_GROUP = "studio"
 BUILTIN = "studio"  # the name Studio's own hook implementations are registered under
 
 
-class UnknownModel(LookupError):
-    """A model id nobody registered; the message lists the known ones."""
 
 
 @dataclass

@@ -209,9 +209,8 @@ def vary(app: App, ident, count, seed, as_json) -> None:
 def print_tree(app: App, ident: str, as_json: bool) -> None:
     """``studio show ID --tree``: the family of a job, the asked-for one highlighted."""
     from rich.markup import escape
-    from rich.tree import Tree
 
-    from studio.gallery.lineage import lineage
+    from studio.gallery.lineage import lineage, rich_tree
 
     family = lineage(app.engine.db, ident)
     if as_json:
@@ -227,13 +226,7 @@ def print_tree(app: App, ident: str, as_json: bool) -> None:
             text += f"  [dim]({escape(', '.join(changes))})[/]"
         return f"[reverse]{text}[/]" if node.job_id == family.focus else text
 
-    tree = Tree(label(family.root, None))
-    stack = [(family.root, tree)]
-    while stack:
-        node, branch = stack.pop()
-        for child in node.children:
-            stack.append((child, branch.add(label(child, node))))
-    ui().console.print(tree)
+    ui().console.print(rich_tree(family, label))
     if family.truncated:
         ui().err_console.print("(the family is larger; the rest is left out)")
 

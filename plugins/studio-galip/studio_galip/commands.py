@@ -55,7 +55,7 @@ def train_command(dataset, clip_file, clip_arch, out_dir, minutes, steps, batch_
         raise click.UsageError("give --minutes or --steps")
     import torch
 
-    from studio.ml.clip_load import WeightsError
+    from studio.api import WeightsError
 
     from .generator import open_clip_model
     from .train import default_config, train_galip
@@ -90,7 +90,8 @@ def _evaluate_run(out_dir: Path, card: dict, clip_arch: str, clip_file: Path, n:
     """
     from studio.ml.evaluate import BUNDLED_ARCH, evaluate_generator
 
-    from .checkpoint import atomic_path
+    from studio.api import atomic_path
+
     from .generator import GalipGenerator, GalipSource
 
     generator = GalipGenerator(GalipSource("run", out_dir / "galip.safetensors", clip_arch, clip_file))

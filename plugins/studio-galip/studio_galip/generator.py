@@ -165,7 +165,7 @@ class GalipGenerator:
     # ---- Generator protocol -----------------------------------------------------------------
 
     def load(self, device: str = "cpu") -> None:
-        from studio.ml.clip_load import WeightsError
+        from studio.api import WeightsError
 
         from .checkpoint import check_clip_fits, infer_config, load_into, read_weights
         from .model import build_nets
@@ -374,7 +374,7 @@ class GalipGenerator:
 
 
 def _verified_sha(model_id: str, path: Path, expected: str | None) -> str:
-    from .checkpoint import sha256_file
+    from studio.api import sha256_file
 
     actual = sha256_file(path)
     if expected and actual != expected:
