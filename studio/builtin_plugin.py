@@ -1,4 +1,4 @@
-"""Studio's own hook implementations: the datasets and the CLIP commands every install has.
+"""Studio's own hook implementations: the datasets every install has.
 
 Registered through the same hooks as any plugin. Nothing here imports torch at import time;
 the ML layer (``studio.ml``) is imported inside the functions that need it.
@@ -37,11 +37,3 @@ def register_datasets(register):
             description="folder:PATH, images with captions (image.png + image.txt, or captions.jsonl/.csv)",
         )
     )
-
-
-@hookimpl
-def register_commands(cli):
-    from studio.ml_commands import eval_command, train_group
-
-    cli.add_command(train_group)
-    cli.add_command(eval_command)

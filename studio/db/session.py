@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from studio.config import redact
 from studio.db import migrate
 from studio.errors import DatabaseError
 from studio.plumbing import one_line
@@ -26,13 +27,6 @@ from studio.plumbing import one_line
 SQLITE_BUSY_TIMEOUT_S = 60
 
 
-
-
-def redact(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -12,9 +12,6 @@ import os
 import random
 import time
 
-import click
-from PIL import Image
-
 from studio.generators import GenerationError, ModelSpec, Param, Result
 from studio.hookspecs import hookimpl
 
@@ -81,13 +78,15 @@ class TestGenerator:
         return results
 
 
-def render(prompt: str, seed: int, size: int) -> Image.Image:
+def render(prompt: str, seed: int, size: int):
     rng = random.Random(seed)
     r, g, b = base_colour(prompt)
     pixels = bytearray()
     for _ in range(size * size):
         jitter = rng.randrange(-8, 9)
         pixels += bytes((min(255, max(0, r + jitter)), min(255, max(0, g + jitter)), min(255, max(0, b + jitter))))
+    from PIL import Image  # imported when an image is made: loading the plugin stays cheap
+
     return Image.frombytes("RGB", (size, size), bytes(pixels))
 
 
@@ -113,6 +112,8 @@ def register_models(register):
 
 @hookimpl
 def register_commands(cli):
+    import click
+
     @cli.command(name="testgen-hello")
     @click.argument("name")
     def hello(name):
