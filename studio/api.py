@@ -87,7 +87,7 @@ _LAZY = {
     "uses_broker": "studio.executors",
     "resolve_input": "studio.inputs",
     "store_input": "studio.inputs",
-    "open_dataset": "studio.datasets",
+    "open_dataset": "studio.ml.datasets",  # torch: loaded only when a dataset is opened
 }
 
 

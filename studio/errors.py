@@ -47,7 +47,7 @@ class UnknownModel(UsageError, LookupError):
     """A model id nobody registered; the message lists the known ones."""
 
 
-class UnknownDataset(UsageError, LookupError):
+class UnknownDataset(UsageError, LookupError, ValueError):
     """A dataset name nobody registered; the message lists the known ones."""
 
 

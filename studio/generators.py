@@ -122,7 +122,6 @@ class ModelSpec:
     weights: str = ""  # where the weights come from, for `studio models`
     description: str = ""
     max_batch: int = 16  # the largest batch the engine hands to generate()
-    default_steps: int = 1  # progress steps per image, for display only
 
     def param(self, name: str) -> Param:
         for p in self.params:

@@ -15,7 +15,7 @@ from studio.cli.common import cli, parse_params
 
 @cli.group(name="train")
 def train_group() -> None:
-    """Train models (plugins add their own trainers, e.g. `studio galip train`)."""
+    """Train models (plugins add their own, e.g. `studio NAME train`)."""
 
 
 def _clip_configs() -> list[str]:

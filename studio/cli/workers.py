@@ -21,7 +21,7 @@ def require_broker(app: App) -> None:
 
 
 def parse_models(app: App, queues: str | None) -> tuple[str, ...]:
-    """Model ids from ``--queues`` (``galip,clip-gen`` or ``studio.galip``); default: every model."""
+    """Model ids from ``--queues`` (``a,b`` or ``studio.a``); default: every model."""
     from studio.executors.celery import QUEUE_PREFIX
 
     known = sorted(app.engine.registry.models)

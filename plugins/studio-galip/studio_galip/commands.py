@@ -124,10 +124,7 @@ def interpolate_command(prompts, model_id, seeds, frames, what, out_dir, device)
     Each frame is an ordinary job of the model whose parameters (interp_to, interp_seed_to,
     interp_t) say where it lies on the path, so `studio show` and `studio regen` make it again.
     """
-    from studio.config import load_settings
-    from studio.engine import Engine
-    from studio.errors import StudioError
-    from studio.executors import uses_broker
+    from studio.api import StudioError, dispatch, engine as open_engine, load_settings, uses_broker
 
     from .generator import interpolation_requests
 
@@ -141,7 +138,7 @@ def interpolate_command(prompts, model_id, seeds, frames, what, out_dir, device)
     broker = uses_broker(settings)
     if broker and device:
         raise click.ClickException("--device applies to in-process runs; with a broker the workers choose")
-    engine = Engine(settings)
+    engine = open_engine(settings)
     files = []
     try:
         _check_galip_model(engine, model_id)
@@ -155,15 +152,12 @@ def interpolate_command(prompts, model_id, seeds, frames, what, out_dir, device)
         def submit(request):
             return engine.submit(request.prompt, model_id, seed=request.seed, params=request.params)
 
-        if broker:
-            from studio.executors.celery import enqueue
+        def start(request):
+            return dispatch(engine, submit(request), lambda job: engine.run(job.id, device=device))
 
-            queued = [submit(request) for request in requests]
-            for job in queued:
-                enqueue(settings, job)
-            finished = (engine.wait(job.id) for job in queued)
-        else:
-            finished = (engine.run(submit(request).id, device=device) for request in requests)
+        # With a broker every frame is queued first, so the workers make them together.
+        started = [start(request) for request in requests] if broker else map(start, requests)
+        finished = (engine.wait(job.id) for job in started) if broker else started
         jobs = []
         for i, job in enumerate(finished):
             if job.status != "succeeded":
@@ -215,7 +209,7 @@ def import_command(name, checkpoint, clip_file, clip_arch, copy_clip, force) -> 
     """Import GALIP weights as model galip-NAME (checks they fit, converts to safetensors)."""
     from rich.console import Console
 
-    from studio.config import load_settings
+    from studio.api import load_settings
 
     from .installed import ModelImportError, import_model
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from studio.generators import GenerationError, ProgressCallback, Request, Result
+from studio.api import GenerationError, ProgressCallback, Request, Result
 
 #: ``clip_arch`` value for Studio's own small CLIP files (read by studio.ml.clip_configs).
 BUNDLED_CLIP = "studio-bundled"

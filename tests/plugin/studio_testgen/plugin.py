@@ -12,7 +12,7 @@ import os
 import random
 import time
 
-from studio.generators import GenerationError, ModelSpec, Param, Result
+from studio.generators import DatasetSpec, GenerationError, ModelSpec, Param, Result
 from studio.hookspecs import hookimpl
 
 COLOURS = {
@@ -119,6 +119,26 @@ def register_commands(cli):
     def hello(name):
         """A command added by the test plugin."""
         click.echo(f"hello {name} from testgen")
+
+
+def colour_squares(size: int = 16, length: int = 8, **_options):
+    """A tiny training set: plain squares of the known colours, captioned with the colour's name."""
+    import torch
+
+    names = sorted(COLOURS)
+    items = []
+    for i in range(length):
+        name = names[i % len(names)]
+        rgb = torch.tensor(COLOURS[name], dtype=torch.float32).div(127.5).sub(1.0)
+        items.append({"image": rgb[:, None, None].expand(3, size, size).clone(), "caption": f"a {name} square",
+                      "attrs": None})
+    return items
+
+
+@hookimpl
+def register_datasets(register):
+    register(DatasetSpec(name="testgen-colours", plugin="testgen", factory=colour_squares,
+                         description="plain squares of eight colours, captioned with the colour"))
 
 
 @hookimpl
