@@ -211,7 +211,7 @@ def import_command(name, checkpoint, clip_file, clip_arch, copy_clip, force) -> 
 
     from studio.api import load_settings
 
-    from .installed import ModelImportError, import_model
+    from .model_dir import ModelImportError, import_model
 
     try:
         card = import_model(name, checkpoint, clip_file, clip_arch, load_settings().models_dir,

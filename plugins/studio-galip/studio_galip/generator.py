@@ -167,7 +167,7 @@ class GalipGenerator:
     def load(self, device: str = "cpu") -> None:
         from studio.api import WeightsError
 
-        from .checkpoint import check_clip_fits, infer_config, load_into, read_weights
+        from .checkpoints import check_clip_fits, infer_config, load_into, read_weights
         from .model import build_nets
 
         self.device = device

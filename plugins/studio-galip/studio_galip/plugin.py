@@ -12,7 +12,7 @@ import logging
 from studio.api import GenerationError, ModelSpec, Param, hookimpl, load_settings
 
 from .generator import NO_SEED, GalipGenerator
-from .installed import BUNDLED_ID, BUNDLED_WEIGHTS, ModelCard, bundled_card, imported_cards
+from .model_dir import BUNDLED_ID, BUNDLED_WEIGHTS, ModelCard, bundled_card, imported_cards
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from studio.ml.clip_features import image_features, sentence_embedding, to_clip_
 
 from studio.api import atomic_path, sha256_file
 
-from .checkpoint import load_into, read_official, save_studio
+from .checkpoints import load_into, read_official, save_studio
 from .generator import noise_for, to_uint8
 from .model import GalipConfig, Nets, build_nets, condition
 

@@ -127,7 +127,7 @@ def import_model(name: str, checkpoint: Path, clip_file: Path, clip_arch: str, m
     """
     from studio.api import WeightsError, atomic_path, sha256_file
 
-    from .checkpoint import check_clip_fits, infer_config, load_into, read_weights, save_studio, trunk_matches_clip
+    from .checkpoints import check_clip_fits, infer_config, load_into, read_weights, save_studio, trunk_matches_clip
     from .model import build_nets
 
     if not _NAME.match(name):
