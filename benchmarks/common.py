@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,21 +29,10 @@ def best_time(fn, repeat: int, min_seconds: float = 0.0, max_runs: int = 50) -> 
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
-    if "torch" in sys.modules:
-        torch = sys.modules["torch"]
-        info["torch"] = torch.__version__
-        info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-        info["threads"] = torch.get_num_threads()
-    return info
+    """The machine facts every result file carries (``studio.plumbing.hardware``)."""
+    from studio.plumbing import hardware
+
+    return hardware()
 
 
 def report(name: str, title: str, columns: list[str], rows: list[list[Any]], extra: dict[str, Any] | None = None) -> Path:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from common import report
 
+from studio.plumbing import one_line
+
 WORDS = "red green blue yellow purple orange circle square triangle star large small above below left right beside a the".split()
 IMAGES_PER_JOB = 4
 PAGE = 24  # 6 x 4 tiles: an ordinary terminal
@@ -197,7 +199,7 @@ def postgres_database():
         with admin.connect() as conn:
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     except Exception as exc:  # noqa: BLE001 - any failure (no driver, no server): nothing to measure
-        return None, str(exc).splitlines()[0]
+        return None, one_line(exc)
 
     def drop():
         with admin.connect() as conn:

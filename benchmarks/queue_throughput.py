@@ -32,6 +32,8 @@ from pathlib import Path
 
 from common import report
 
+from studio.plumbing import one_line
+
 POSTGRES_ADMIN_URL = os.environ.get("STUDIO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("STUDIO_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 FAST = {"size": 4, "steps": 1}
@@ -165,7 +167,7 @@ def galip_usable(engine) -> str | None:
     try:
         job = engine.run(engine.submit("a red circle", "galip", seed=0).id)
     except Exception as exc:  # noqa: BLE001 - not installed, unknown model...
-        return str(exc).splitlines()[0]
+        return one_line(exc)
     return None if job.status == "succeeded" else (job.error or job.status)
 
 
@@ -189,7 +191,7 @@ def main() -> None:
         raise SystemExit(f"queue_throughput: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - services absent: say so and leave
         if "connect" in str(exc).lower():
-            print(f"skipped: Redis or PostgreSQL not reachable ({str(exc).splitlines()[0]})")
+            print(f"skipped: Redis or PostgreSQL not reachable ({one_line(exc)})")
             return
         raise
     report("queue_throughput", "Jobs end to end: Celery + Redis + PostgreSQL vs in-process (same generator)",

@@ -1,4 +1,4 @@
-"""Studio's own hook implementations: the datasets and the CLIP commands every install has.
+"""Studio's own hook implementations: the datasets every install has.
 
 Registered through the same hooks as any plugin. Nothing here imports torch at import time;
 the ML layer (``studio.ml``) is imported inside the functions that need it.
@@ -10,13 +10,16 @@ from studio.generators import DatasetSpec
 from studio.hookspecs import hookimpl
 
 
-def _open(name: str):
-    def factory(**options):
-        from studio.ml.datasets import open_dataset
+def _shapes(**options):
+    from studio.ml.datasets import builtin_dataset
 
-        return open_dataset(name, **options)
+    return builtin_dataset("shapes", **options)
 
-    return factory
+
+def _folder(path: str = "", **options):
+    from studio.ml.datasets import builtin_dataset
+
+    return builtin_dataset(f"folder:{path}", **options)
 
 
 @hookimpl
@@ -25,7 +28,7 @@ def register_datasets(register):
         DatasetSpec(
             name="shapes",
             plugin="studio",
-            factory=_open("shapes"),
+            factory=_shapes,
             description="procedural coloured shapes with exact captions (generated from a seed, nothing stored)",
         )
     )
@@ -33,15 +36,7 @@ def register_datasets(register):
         DatasetSpec(
             name="folder",
             plugin="studio",
-            factory=lambda path, **options: _open(f"folder:{path}")(**options),
+            factory=_folder,
             description="folder:PATH, images with captions (image.png + image.txt, or captions.jsonl/.csv)",
         )
     )
-
-
-@hookimpl
-def register_commands(cli):
-    from studio.ml_commands import eval_command, train_group
-
-    cli.add_command(train_group)
-    cli.add_command(eval_command)

@@ -12,11 +12,11 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from studio.errors import ConfigError
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class ConfigError(ValueError):
-    """A setting that cannot be used; the message is shown to the user as is."""
 
 
 def _default_home() -> Path:
@@ -38,6 +38,7 @@ class Settings:
     device: str
     load_plugins: tuple[str, ...] | None  # None: every installed plugin
     max_attempts: int
+    default_model: str | None = None  # the model of `studio submit` without --model
     source: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -55,6 +56,19 @@ class Settings:
         if data["load_plugins"] is not None:
             data["load_plugins"] = list(data["load_plugins"])
         return data
+
+    def database_missing(self) -> bool:
+        """Whether the database is a SQLite file that does not exist yet (so it holds no jobs).
+
+        Lets read-only commands answer "nothing yet" on a fresh home without loading the
+        database layer; the file is created, and migrated, by the first command that writes.
+        """
+        url = self.database_url
+        for prefix in ("sqlite:///", "sqlite+pysqlite:///"):
+            if url.startswith(prefix):
+                path = url[len(prefix):].split("?", 1)[0]
+                return bool(path) and path != ":memory:" and not Path(path).exists()
+        return False
 
     def ensure_home(self) -> Path:
         self.images_dir.mkdir(parents=True, exist_ok=True)
@@ -121,6 +135,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     except ValueError:
         raise ConfigError(f"STUDIO_MAX_ATTEMPTS must be a positive integer, got {attempts_raw!r}") from None
 
+    default_model = (pick("default_model", "STUDIO_DEFAULT_MODEL", None) or "").strip() or None
+
     if "STUDIO_LOAD_PLUGINS" in env:
         raw = env["STUDIO_LOAD_PLUGINS"]
         load_plugins: tuple[str, ...] | None = tuple(p.strip() for p in raw.split(",") if p.strip())
@@ -136,5 +152,21 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         device=device,
         load_plugins=load_plugins,
         max_attempts=max_attempts,
+        default_model=default_model,
         source=source,
     )
+
+
+def redact(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for messages and `studio config`."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if not parts.password:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))

@@ -10,22 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
+from studio.errors import GenerationError, JobCanceled, ParamError
+
 #: Called by a generator after each step: ``progress(done, total)``. The engine's callback
 #: raises :class:`JobCanceled` when the job was canceled, so a generator stops at the next step
 #: boundary simply by calling it.
 ProgressCallback = Callable[[int, int], None]
 
 
-class JobCanceled(Exception):
-    """Raised from a progress callback to stop a running job at a step boundary."""
-
-
-class GenerationError(Exception):
-    """A generator's way to fail a job with a clear message (bad output, unusable weights...)."""
-
-
-class ParamError(ValueError):
-    """A parameter value that does not fit the model's schema; the message is user-facing."""
 
 
 #: ``image``: a file path at submit time, stored by the engine as ``inputs/<sha256>.png`` (see
@@ -130,7 +122,6 @@ class ModelSpec:
     weights: str = ""  # where the weights come from, for `studio models`
     description: str = ""
     max_batch: int = 16  # the largest batch the engine hands to generate()
-    default_steps: int = 1  # progress steps per image, for display only
 
     def param(self, name: str) -> Param:
         for p in self.params:

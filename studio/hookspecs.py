@@ -37,7 +37,7 @@ def register_datasets(register):
 def job_finished(job, images):
     """Fire-and-forget event after a job ends (any final status).
 
-    ``job`` is a :class:`studio.engine.JobInfo` snapshot, ``images`` a list of
-    :class:`studio.engine.ImageInfo`. Exceptions raised here are logged and never change
+    ``job`` is a :class:`studio.api.JobInfo` snapshot, ``images`` a list of
+    :class:`studio.api.ImageInfo`. Exceptions raised here are logged and never change
     the job's outcome.
     """

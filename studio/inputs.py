@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
 from studio.config import Settings
+from studio.errors import InputError
+from studio.plumbing import one_line, write_atomic
 
 INPUTS_DIR = "inputs"
 #: Larger images are refused before decoding (decompression bombs); conditioning needs far less.
@@ -26,8 +26,6 @@ MAX_PIXELS = 4096 * 4096
 _REFERENCE = re.compile(r"^inputs/[0-9a-f]{64}\.png$")
 
 
-class InputError(ValueError):
-    """An input file that cannot be used; the message is one user-facing line."""
 
 
 def is_reference(value: str) -> bool:
@@ -44,15 +42,7 @@ def store_input(settings: Settings, value: str) -> str:
     folder = settings.home / INPUTS_DIR
     target = folder / f"{digest}.png"
     if not target.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".input.", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(png)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomic(target, png)
     return f"{INPUTS_DIR}/{digest}.png"
 
 
@@ -81,7 +71,7 @@ def _as_png(path: Path, shown: str) -> bytes:
     except InputError:
         raise
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputError(f"image {shown!r} cannot be read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise InputError(f"image {shown!r} cannot be read: {one_line(exc)}") from None
     out = io.BytesIO()
     rgb.save(out, format="PNG")
     return out.getvalue()

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import pluggy
 
 from studio import hookspecs
+from studio.errors import UnknownDataset, UnknownModel, UsageError
 from studio.generators import DatasetSpec, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,6 @@ ENTRY_POINT_GROUP = "studio"
 BUILTIN = "studio"  # the name Studio's own hook implementations are registered under
 
 
-class UnknownModel(LookupError):
-    """A model id nobody registered; the message lists the known ones."""
 
 
 @dataclass
@@ -57,9 +56,18 @@ class Registry:
         except KeyError:
             known = ", ".join(sorted(self.models)) or "none installed"
             hint = ""
-            if model_id in ("galip", "clip-gen"):
-                hint = f" (the {model_id} plugin is not installed: pip install -e plugins/studio-{model_id})"
+            if model_id not in self.plugins and model_id in _entry_point_names():
+                hint = f" (the {model_id} plugin is not installed, or not loaded: see `studio plugins`)"
             raise UnknownModel(f"unknown model {model_id!r}{hint}; known models: {known}") from None
+
+    def default_model(self, setting: str | None = None) -> ModelSpec:
+        """The model of a job that names none: the ``default_model`` setting, or the only one installed."""
+        if setting:
+            return self.model(setting)
+        if len(self.models) == 1:
+            return next(iter(self.models.values()))
+        known = ", ".join(sorted(self.models)) or "none installed"
+        raise UsageError(f"no model given: use --model ID or set STUDIO_DEFAULT_MODEL (installed models: {known})")
 
     def dataset(self, name: str) -> DatasetSpec:
         key = name.split(":", 1)[0]
@@ -67,7 +75,7 @@ class Registry:
             return self.datasets[key]
         except KeyError:
             known = ", ".join(sorted(self.datasets)) or "none"
-            raise LookupError(f"unknown dataset {name!r}; known datasets: {known}") from None
+            raise UnknownDataset(f"unknown dataset {name!r}; known datasets: {known}") from None
 
     def call_each(self, hook_name: str, kwargs_for: Callable[[str], dict[str, Any]]) -> None:
         """Call one hook on every plugin separately, pinning any failure on its plugin.
@@ -88,6 +96,10 @@ class Registry:
     def _fail(self, name: str, message: str) -> None:
         info = self.plugins.setdefault(name, PluginInfo(name=name, module="?"))
         info.error = message if info.error is None else f"{info.error}; {message}"
+
+
+def _entry_point_names() -> set[str]:
+    return {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def _load_entry_points(pm: pluggy.PluginManager, plugins: dict[str, PluginInfo], only: tuple[str, ...] | None) -> None:

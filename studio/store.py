@@ -8,23 +8,21 @@ enough to re-generate or import an image.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from studio.errors import StoreError
+from studio.plumbing import one_line, write_atomic
+
 RECIPE_CHUNK = "studio"
 
 
-class StoreError(ValueError):
-    """A file that cannot be read as a Studio image; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -50,22 +48,6 @@ def relative_path(sha256: str) -> str:
     return f"images/{sha256[:2]}/{sha256}.png"
 
 
-def write_atomic(target: Path, data: bytes) -> None:
-    """Write ``data`` to ``target`` so readers see either nothing or the whole file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def save_image(home: Path, image: Image.Image, recipe: dict[str, Any]) -> StoredFile:
     """Store one image under ``home``; storing the same bytes twice keeps one file."""
     data = encode_png(image, recipe)
@@ -73,7 +55,7 @@ def save_image(home: Path, image: Image.Image, recipe: dict[str, Any]) -> Stored
     rel = relative_path(digest)
     target = home / rel
     if not (target.is_file() and target.stat().st_size == len(data)):
-        write_atomic(target, data)
+        write_atomic(target, data, fsync=True)
     return StoredFile(sha256=digest, path=rel, width=image.width, height=image.height)
 
 
@@ -129,7 +111,7 @@ def parse_png(data: bytes, name: str) -> tuple[dict[str, Any], int, int]:
             text = getattr(img, "text", {}).get(RECIPE_CHUNK)
             width, height = img.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = one_line(exc)
         raise StoreError(f"{name}: not a readable PNG ({reason})") from None
     if text is None:
         raise StoreError(f"{name}: no Studio recipe in this PNG (text chunk {RECIPE_CHUNK!r} missing)")

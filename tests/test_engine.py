@@ -143,7 +143,7 @@ def test_a_result_from_a_worker_that_lost_the_job_is_dropped(engine):
     job = engine.submit("p", "testgen")
     engine.claim(job.id, "old")
     engine.claim(job.id, "new", reclaim_running=True)
-    late = engine._execute(engine.get(job.id), "old", "cpu", None)
+    late = engine.runner.execute([engine.get(job.id)], "old", "cpu", None, raise_unavailable=False)[0]
     assert late.worker_id == "new" and late.status == "running"
     assert engine.images(job.id) == []
 

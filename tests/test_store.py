@@ -3,7 +3,7 @@ import hashlib
 import pytest
 from PIL import Image
 
-from studio import store
+from studio import plumbing, store
 
 
 def picture(colour=(200, 10, 10), size=8):
@@ -32,7 +32,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     def broken_fsync(_fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(store.os, "fsync", broken_fsync)
+    monkeypatch.setattr(plumbing.os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="disk full"):
         store.save_image(tmp_path, picture(), {})
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

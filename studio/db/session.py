@@ -19,20 +19,14 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from studio.config import redact
 from studio.db import migrate
+from studio.errors import DatabaseError
+from studio.plumbing import one_line
 
 SQLITE_BUSY_TIMEOUT_S = 60
 
 
-class DatabaseError(RuntimeError):
-    """The database cannot be used; the message is user-facing and names the URL (sans password)."""
-
-
-def redact(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -108,7 +102,7 @@ def open_database(url: str, *, upgrade: bool = True, lock_dir: Path | None = Non
             migrate.ensure_current(db, lock_dir=lock_dir)
     except OperationalError as exc:
         engine.dispose()
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        reason = one_line(exc.orig) if exc.orig else str(exc)
         raise DatabaseError(f"cannot reach database {redact(url)}: {reason}") from None
     return db
 

@@ -12,6 +12,7 @@ from studio.db.models import Job, JobStatus, utcnow
 from studio.engine import JobInfo
 from studio.executors import broker, liveness
 from studio.executors.celery import queue_name
+from studio.plumbing import one_line
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -88,7 +89,7 @@ def gather(app: "Celery", db: "Database", registry: "Registry") -> Overview:
         with broker.redis_channel(app) as channel:
             waiting = {m: broker.depth(channel, queue_name(m)) for m in models}
     except Exception as exc:  # noqa: BLE001 - show the database's view anyway
-        overview.broker_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        overview.broker_error = one_line(exc)
     for model in models:
         overview.queues.append(
             QueueRow(queue_name(model), model, waiting.get(model), counts.get((model, "queued"), 0), counts.get((model, "running"), 0))

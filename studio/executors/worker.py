@@ -20,6 +20,7 @@ from celery.signals import worker_process_init
 from studio.db import open_database
 from studio.executors import liveness, reconcile
 from studio.executors.celery import WorkerContext, make_app, queue_name
+from studio.plumbing import one_line
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class Housekeeping(bootsteps.StartStopStep):
                 stopped=stopped,
             )
         except Exception as exc:  # noqa: BLE001 - the database may be briefly away; next beat retries
-            log.warning("heartbeat failed: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            log.warning("heartbeat failed: %s", one_line(exc))
 
     def _reconcile(self, worker, locked: bool) -> None:
         context: WorkerContext = worker.app.studio
@@ -100,7 +101,7 @@ class Housekeeping(bootsteps.StartStopStep):
             if done is not None:
                 liveness.forget_workers(self.db)
         except Exception as exc:  # noqa: BLE001 - retried at the next interval
-            log.warning("reconcile failed: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            log.warning("reconcile failed: %s", one_line(exc))
             return
         if done is not None and done.total:
             log.warning("re-enqueued %d lost and %d orphaned jobs", len(done.lost), len(done.orphaned))

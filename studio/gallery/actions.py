@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import exists, select
@@ -17,6 +17,7 @@ from sqlalchemy import exists, select
 from studio import store
 from studio.engine import Engine, ImageInfo, JobInfo
 from studio.errors import StudioError, UsageError
+from studio.executors import dispatch
 from studio.gallery.query import locate
 
 SEED_SPACE = 2**32
@@ -88,18 +89,6 @@ def vary(engine: Engine, src: Source, count: int = 4, *, seed: int | None = None
         if seed <= src.seed < seed + count:
             seed = (src.seed + count) % SEED_SPACE  # never repeat the source's own seed
     return engine.submit(src.prompt, src.model_id, seed=seed, count=count, params=src.params, parent_id=src.job.id)
-
-
-def dispatch(engine: Engine, job: JobInfo, run_here: Callable[[JobInfo], JobInfo] | None = None) -> JobInfo:
-    """Start a submitted job: on the workers when a broker is configured, else in this process."""
-    from studio.executors import uses_broker
-
-    if uses_broker(engine.settings):
-        from studio.executors.celery import enqueue
-
-        enqueue(engine.settings, job)
-        return engine.get(job.id)
-    return run_here(job) if run_here is not None else engine.run(job.id)
 
 
 # ---- verify ------------------------------------------------------------------------------

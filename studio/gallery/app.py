@@ -39,12 +39,12 @@ from studio.errors import StudioError
 from studio.gallery import actions, lineage, transfer
 from studio.gallery.query import STATUSES, Entry, Filters, Gallery, Key, Page, parse_date_range
 from studio.gallery.thumbs import Cells, ThumbnailCache, placeholder
+from studio.records import status_style
 from studio.store import StoreError
 
 ZOOM = [(10, 5), (16, 8), (24, 12), (32, 16)]  # thumbnail size in cells (width, height)
 DEFAULT_ZOOM = 1
 SEARCH_DELAY_S = 0.3
-STATUS_STYLE = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red", "canceled": "magenta"}
 
 
 BORDERS = {  # selected: (corners and edges, style)
@@ -58,7 +58,7 @@ def caption(entry: Entry, width: int) -> list[Segment]:
     """One line under a thumbnail: the prompt, after a coloured dot unless it succeeded."""
     segments, room = [], width
     if entry.status != "succeeded":
-        segments.append(Segment("● ", Style.parse(STATUS_STYLE.get(entry.status, "white"))))
+        segments.append(Segment("● ", Style.parse(status_style(entry.status))))
         room -= 2
     prompt = " ".join(entry.prompt.split())
     if cell_len(prompt) > room:
@@ -200,7 +200,7 @@ class TileGrid(Widget, can_focus=True):
         if entry.path:
             picture = self.thumbs.get(entry.path, cols, rows)
         else:
-            picture = placeholder(entry.status, cols, rows, STATUS_STYLE.get(entry.status, "white"))
+            picture = placeholder(entry.status, cols, rows, status_style(entry.status))
         (tl, edge, tr, side, bl, br), style = BORDERS[selected]
         border = Style.parse(style)
         wall = Segment(side, border)
@@ -316,7 +316,7 @@ class Details(Screen):
         if entry.path:
             picture = app.thumbs.get(entry.path, width, height)
         else:
-            picture = placeholder(entry.status, width, height, STATUS_STYLE.get(entry.status, "white"))
+            picture = placeholder(entry.status, width, height, status_style(entry.status))
         self.query_one("#picture", Static).update(picture)
         self.query_one("#fields", Static).update(fields_table(entry, app.view.home))
         recipe = app.recipe_of(entry)
@@ -337,7 +337,7 @@ def fields_table(entry: Entry, home: Path) -> Table:
         ("job", f"{entry.job_id}" + (f"  image {entry.index}" if entry.index is not None else "")),
         ("prompt", escape(entry.prompt)),
         ("model", entry.model_id),
-        ("status", f"[{STATUS_STYLE.get(entry.status, 'white')}]{entry.status}[/]"),
+        ("status", f"[{status_style(entry.status)}]{entry.status}[/]"),
         ("seed", str(entry.seed)),
         ("created", f"{entry.created_at:%Y-%m-%d %H:%M:%S}"),
     ]
@@ -356,23 +356,16 @@ def fields_table(entry: Entry, home: Path) -> Table:
 
 
 def lineage_renderable(app: "GalleryApp", entry: Entry) -> RenderableType:
-    from rich.tree import Tree
-
     family = lineage.lineage(app.view.db, entry.job_id)
 
     def label(node: lineage.Node, parent: lineage.Node | None) -> str:
         changes = node.changes_from(parent)
-        text = f"{node.job_id[-8:]} [{STATUS_STYLE.get(node.status, 'white')}]{node.status}[/] seed {node.seed} x{node.count}"
+        text = f"{node.job_id[-8:]} [{status_style(node.status)}]{node.status}[/] seed {node.seed} x{node.count}"
         if changes:
             text += f" [dim]({escape(', '.join(changes))})[/]"
         return f"[reverse]{text}[/]" if node.job_id == family.focus else text
 
-    tree = Tree(label(family.root, None))
-    stack = [(family.root, tree)]
-    while stack:
-        node, branch = stack.pop()
-        for child in node.children:
-            stack.append((child, branch.add(label(child, node))))
+    tree = lineage.rich_tree(family, label)
     if family.size == 1:
         return Group(tree, Text("no parent, no children yet", style="grey50"))
     return tree

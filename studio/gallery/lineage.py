@@ -9,7 +9,7 @@ corrupt cycle from a crafted import) cannot stall a command.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -118,3 +118,16 @@ def lineage(db: Database, ident: str) -> Lineage:
                 nodes[child.parent_id].children.append(node)
                 level.append(node)
         return Lineage(root=root, focus=job.id, truncated=truncated)
+
+
+def rich_tree(family: Lineage, label: Callable[[Node, Node | None], str]):
+    """The family as a ``rich`` tree; ``label(node, parent)`` writes each line (parent None at the root)."""
+    from rich.tree import Tree
+
+    tree = Tree(label(family.root, None))
+    stack = [(family.root, tree)]
+    while stack:
+        node, branch = stack.pop()
+        for child in node.children:
+            stack.append((child, branch.add(label(child, node))))
+    return tree

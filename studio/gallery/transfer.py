@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,6 +27,7 @@ from studio.engine import Engine, core_version
 from studio.errors import UsageError
 from studio.gallery.query import Entry
 from studio.gallery.sources import EXPORT_FORMAT, MANIFEST, Candidate, candidates
+from studio.plumbing import atomic_path
 from studio.store import StoreError
 
 MANIFEST_VERSION = 1
@@ -108,17 +107,10 @@ def _recipes(engine: Engine, image_ids: list[str]) -> dict[str, dict[str, Any]]:
 def _write_zip(target: Path, files: list[tuple[str, Path]], manifest: bytes) -> None:
     if target.exists():
         raise UsageError(f"{target} already exists; choose another name")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".zip.part", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as archive:
-            for name, source in files:
-                archive.write(source, name)  # PNGs are compressed already
-            archive.writestr(MANIFEST, manifest, compress_type=zipfile.ZIP_DEFLATED)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(target, suffix=".zip.part") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+        for name, source in files:
+            archive.write(source, name)  # PNGs are compressed already
+        archive.writestr(MANIFEST, manifest, compress_type=zipfile.ZIP_DEFLATED)
 
 
 def _write_folder(target: Path, files: list[tuple[str, Path]], manifest: bytes) -> None:

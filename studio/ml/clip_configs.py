@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from studio.plumbing import atomic_path
+
 _TINY_VISION = {"image_size": 64, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32}
 _TINY_TEXT = {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4}
 
@@ -131,10 +133,8 @@ def export_bundled_clip(checkpoint_dir: str | Path, out_path: str | Path, keep_i
         "step": str(info.get("step", "")),
     }
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    tmp.replace(out_path)
+    with atomic_path(out_path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
     return {"path": str(out_path), "bytes": out_path.stat().st_size, "rows_kept": int(ids.numel()), "config": config_name,
             "step": info.get("step")}
 

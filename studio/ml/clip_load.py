@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import logging
 import pickle
-import re
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -28,12 +27,13 @@ from typing import Any
 
 import torch
 
+from studio.errors import WeightsError
+from studio.plumbing import load_checkpoint, one_line
+
 #: Keys that OpenAI archives carry as metadata next to the weights.
 _OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
-class WeightsError(ValueError):
-    """A weights file that cannot be used; the message is one line, shown to the user as is."""
 
 
 # ---- reading files ------------------------------------------------------------------------------
@@ -58,41 +58,11 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return dict(load_file(str(path), device="cpu"))
     except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise WeightsError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+        raise WeightsError(f"{path}: not a readable safetensors file ({one_line(exc, 200)})") from None
 
 
 def _read_torch_pickle(path: Path) -> dict[str, torch.Tensor]:
-    return unwrap_state_dict(torch_load_weights_only(path), path)
-
-
-def torch_load_weights_only(path: str | Path) -> Any:
-    """``torch.load(weights_only=True)`` on the CPU, every failure a one-line :class:`WeightsError`.
-
-    A file that holds Python objects besides tensors and containers is refused before any of
-    its code runs.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if _looks_like_pickle(path):
-            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-            what = f" ({found.group(1)})" if found else ""
-            raise WeightsError(
-                f"{path}: holds Python objects besides tensors (a pickle payload{what}); refused, nothing was executed"
-            ) from None
-        raise WeightsError(f"{path}: not a checkpoint (neither a torch file, a pickle nor safetensors)") from None
-    except Exception as exc:  # the unpickler fails in many ways on arbitrary bytes
-        raise WeightsError(f"{path}: not a checkpoint or truncated ({_first_line(exc)})") from None
-
-
-def _looks_like_pickle(path: Path) -> bool:
-    """A torch zip archive or a raw pickle (protocol >= 2 starts with the PROTO opcode)."""
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+    return unwrap_state_dict(load_checkpoint(path), path)
 
 
 def unwrap_state_dict(obj: Any, path: str | Path = "<memory>") -> dict[str, torch.Tensor]:
@@ -114,11 +84,6 @@ def _is_flat_tensor_dict(obj: dict) -> bool:
 def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """Remove a leading ``prefix`` (e.g. ``module.`` from DataParallel) from every key that has it."""
     return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 # ---- TorchScript archives without running their code ---------------------------------------------
@@ -206,7 +171,7 @@ def _read_torchscript_archive(path: Path) -> dict[str, torch.Tensor]:
     except StopIteration:
         raise WeightsError(f"{path}: TorchScript archive without data.pkl") from None
     except Exception as exc:  # arbitrary bytes fail in many ways; none of them runs code
-        raise WeightsError(f"{path}: unreadable TorchScript archive ({_first_line(exc)})") from None
+        raise WeightsError(f"{path}: unreadable TorchScript archive ({one_line(exc, 200)})") from None
     state: dict[str, torch.Tensor] = {}
     _collect_tensors(root, "", state)
     if not state:
@@ -322,7 +287,7 @@ def load_bundled_clip(path: str | Path, device: str = "cpu", dtype: torch.dtype 
     except WeightsError:
         raise
     except Exception as exc:  # safetensors, json and config errors alike: the file is unusable
-        raise WeightsError(f"{path}: not a Studio small-CLIP file ({_first_line(exc)})") from None
+        raise WeightsError(f"{path}: not a Studio small-CLIP file ({one_line(exc, 200)})") from None
     model = loaded[0] if isinstance(loaded, tuple) else loaded
     return freeze(model, device, dtype)
 

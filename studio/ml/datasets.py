@@ -105,11 +105,23 @@ class FolderDataset(Dataset):
 
 
 def open_dataset(name: str, size: int = 64, **options) -> Dataset:
-    """A dataset by name: ``shapes`` or ``folder:PATH``.
+    """A dataset by name, taken from the plugin registry: ``shapes``, ``folder:PATH``, or any
+    dataset a plugin registered (``register_datasets``), so every trainer can use every dataset.
 
+    ``NAME:ARG`` hands ``ARG`` to the dataset's factory as its first argument (``folder:PATH``).
     ``size`` is the square image size of every item. ``shapes`` options: ``seed``, ``split``
     (``train``/``eval``), ``length``, ``two_object_share``, ``canonical_captions``.
     """
+    from studio.config import load_settings
+    from studio.plugins import get_registry
+
+    spec = get_registry(load_settings().load_plugins).dataset(name)
+    _key, sep, arg = name.partition(":")
+    return spec.factory(arg, size=size, **options) if sep else spec.factory(size=size, **options)
+
+
+def builtin_dataset(name: str, size: int = 64, **options) -> Dataset:
+    """Studio's own datasets, ``shapes`` and ``folder:PATH`` (registered by the builtin plugin)."""
     if name == "shapes":
         return ShapesDataset(size=size, **options)
     if name.startswith("folder:"):

@@ -35,9 +35,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -49,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from studio.ml import shapes
+from studio.plumbing import append_jsonl, atomic_dir, hardware, load_checkpoint
 from studio.ml.clip_configs import CONFIGS, DEFAULT_CONFIG, create_small_clip, get_tokenizer
 from studio.ml.clip_features import to_clip_input
 from studio.ml.datasets import claim_caption, collate, open_dataset
@@ -214,22 +212,14 @@ def save_checkpoint(folder: Path, model, optimizer, state: dict) -> None:
     """Write weights + training state to ``folder`` atomically (temp folder, then rename)."""
     from safetensors.torch import save_file
 
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS),
-              metadata={"config_name": state["config"]["model"], "step": str(state["step"])})
-    torch.save({**state, "optimizer": optimizer.state_dict() if optimizer is not None else None}, tmp / STATE)
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(folder) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS),
+                  metadata={"config_name": state["config"]["model"], "step": str(state["step"])})
+        torch.save({**state, "optimizer": optimizer.state_dict() if optimizer is not None else None}, tmp / STATE)
 
 
 def read_train_state(folder: Path) -> dict:
-    return torch.load(Path(folder) / STATE, map_location="cpu", weights_only=True)
+    return load_checkpoint(Path(folder) / STATE)
 
 
 def load_checkpoint_model(path: str | Path):
@@ -249,26 +239,6 @@ def load_checkpoint_model(path: str | Path):
 
 
 # ---- logging and the model card ---------------------------------------------------------------
-
-
-def _append_jsonl(path: Path, record: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def hardware() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def write_model_card(out_dir: Path, config: TrainConfig, state: dict, evaluation: dict | None) -> None:
@@ -428,7 +398,7 @@ def train_clip(
     bar = _progress_bar(steps, minutes * 60 if minutes else None, start_step) if progress is None else None
     if bar:
         bar[0].start()
-    _append_jsonl(metrics_path, {"event": "start", "step": state["step"], "config": dataclasses.asdict(config),
+    append_jsonl(metrics_path, {"event": "start", "step": state["step"], "config": dataclasses.asdict(config),
                                  "hardware": hardware(), "time": time.time()})
     gen = torch.Generator().manual_seed(config.seed)
     window_t, window_steps, loss_avg = time.monotonic(), 0, None
@@ -493,7 +463,7 @@ def train_clip(
                           **{k: round(v, 4) for k, v in parts.items()}, "lr": optimizer.param_groups[0]["lr"],
                           "scale": round(scale.item(), 2), "steps_per_s": round(rate, 3),
                           "elapsed": round(state["_elapsed_base"] + now - start_time, 1)}
-                _append_jsonl(metrics_path, record)
+                append_jsonl(metrics_path, record)
                 window_t, window_steps = now, 0
                 if progress is not None:
                     progress(record)
@@ -517,7 +487,7 @@ def train_clip(
                "wall_time_s": round(state["elapsed"], 1), "run_time_s": round(run_time, 1),
                "steps_per_s": round((state["step"] - start_step) / max(run_time, 1e-9), 3),
                "loss": loss_avg, "evaluation": state["last_eval"], "best_score": state["best_score"]}
-    _append_jsonl(metrics_path, {"event": "end", **summary, "time": time.time()})
+    append_jsonl(metrics_path, {"event": "end", **summary, "time": time.time()})
     return summary
 
 
@@ -548,7 +518,7 @@ def _evaluate(model, config: TrainConfig, state: dict, metrics_path: Path, out_d
     result["eval_s"] = round(time.monotonic() - t, 1)
     state["last_eval"] = result
     saved = _with_elapsed(state, since_start)
-    _append_jsonl(metrics_path, {"event": "eval", "step": state["step"], "elapsed": round(saved["elapsed"], 1), **result})
+    append_jsonl(metrics_path, {"event": "eval", "step": state["step"], "elapsed": round(saved["elapsed"], 1), **result})
     score = result["score"]
     if score > state["best_score"]:
         state["best_score"] = score

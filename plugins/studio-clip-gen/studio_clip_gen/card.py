@@ -16,10 +16,10 @@ Every number is measured on the packaged files themselves, on held-out `shapes` 
 from __future__ import annotations
 
 import json
-import os
-import platform
 from pathlib import Path
 from typing import Any
+
+from studio.api import hardware
 
 CARD_JSON = "model_card.json"
 
@@ -64,13 +64,6 @@ def vqgan_report(vqgan, n: int = 256, seed: int = 1) -> dict[str, Any]:
     perplexity = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
     return {"n": n, "psnr_db": round(psnr(images, rebuilt), 2), "codes": vqgan.config.n_embed,
             "codes_used": int((counts > 0).sum()), "perplexity": round(perplexity, 1)}
-
-
-def hardware() -> dict[str, Any]:
-    import torch
-
-    return {"machine": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "device": "cpu", "torch": torch.__version__}
 
 
 def write_card(root: Path, *, eval_n: int, candidates: int, sources: dict[str, Path], extra: dict | None = None,

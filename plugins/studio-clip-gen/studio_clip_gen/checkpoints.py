@@ -26,9 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import pickle
-import tempfile
 import types
 import zipfile
 from pathlib import Path
@@ -36,7 +34,7 @@ from typing import Any, Iterator
 
 import torch
 
-from studio.ml.clip_load import WeightsError
+from studio.api import WeightsError, atomic_path, one_line
 
 from .vqgan import VQConfig, VQModel
 
@@ -56,11 +54,6 @@ __all__ = [
 
 #: Modules torch refuses even when allow-listed; a file naming them is refused here too.
 _BLOCKED_MODULES = ("sys", "os", "posix", "nt")
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
 
 
 # ---- placeholders ------------------------------------------------------------------------------
@@ -136,7 +129,7 @@ def _load_weights_only(path: Path) -> Any:
     except pickle.UnpicklingError:
         raise
     except Exception as exc:  # a broken zip fails in many ways; none of them ran code
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint or truncated ({_first_line(exc)})") from None
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint or truncated ({one_line(exc, 200)})") from None
     _refuse_blocked(path, unknown)
     allowed = [(placeholder_class(fqn), fqn) for fqn in sorted(unknown)]
     try:
@@ -145,7 +138,7 @@ def _load_weights_only(path: Path) -> Any:
     except pickle.UnpicklingError:
         raise
     except Exception as exc:
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint or truncated ({_first_line(exc)})") from None
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint or truncated ({one_line(exc, 200)})") from None
 
 
 def _refuse_blocked(path: Path, names: Any) -> None:
@@ -192,9 +185,9 @@ def _load_restricted(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RESTRICTED_PICKLE)
     except _Refused as exc:
-        raise WeightsError(f"{path}: {_first_line(exc)}") from None
+        raise WeightsError(f"{path}: {one_line(exc, 200)}") from None
     except Exception as exc:  # arbitrary bytes fail in many ways; none of them ran code
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint or truncated ({_first_line(exc)})") from None
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint or truncated ({one_line(exc, 200)})") from None
 
 
 def extract_state_dict(obj: Any, path: str | Path = "<memory>") -> dict[str, torch.Tensor]:
@@ -234,15 +227,8 @@ def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: 
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata={"studio": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata={"studio": json.dumps(meta)})
     return path
 
 
@@ -256,7 +242,7 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
             raw = (f.metadata() or {}).get("studio")
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise WeightsError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+        raise WeightsError(f"{path}: not a readable safetensors file ({one_line(exc, 200)})") from None
     try:
         meta = json.loads(raw) if raw else {}
     except ValueError:

@@ -22,7 +22,9 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 def _fail(exc: Exception) -> click.ClickException:
-    return click.ClickException(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    from studio.api import one_line
+
+    return click.ClickException(one_line(exc))
 
 
 def _dataset(name: str, size: int):

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from studio.generators import GenerationError, ProgressCallback, Request, Result
+from studio.api import GenerationError, ProgressCallback, Request, Result
 
 from .plugin import DEFAULTS
 
@@ -135,8 +135,7 @@ class ClipGenGenerator:
         import torch
         from PIL import Image, UnidentifiedImageError
 
-        from studio.config import load_settings
-        from studio.inputs import InputError, resolve_input
+        from studio.api import InputError, load_settings, resolve_input
 
         try:
             with Image.open(resolve_input(load_settings(), image_path)) as im:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import torch
+
+from studio.api import atomic_path
 
 
 def to_pil(image: torch.Tensor):
@@ -34,15 +34,8 @@ def grid(rows: Sequence[torch.Tensor], pad: int = 2):
 def save_png(image, path: str | Path) -> Path:
     """Write a PIL image atomically (temp file, then rename): readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from studio.api import atomic_dir, one_line
 
 FORMAT = "studio-clip-gen-1"
 MODEL_JSON = "model.json"
@@ -109,7 +109,7 @@ def read_vqgan(path: Path, config_yaml: Path | None):
         try:
             cfg = VQConfig.from_taming_yaml(yaml.safe_load(config_yaml.read_text()))
         except (OSError, ValueError, yaml.YAMLError) as exc:
-            raise WeightsError(f"{config_yaml}: {str(exc).splitlines()[0]}") from None
+            raise WeightsError(f"{config_yaml}: {one_line(exc)}") from None
     elif path.suffix != ".safetensors":
         # No yaml: taming's ImageNet f16 network, with the codebook size and width of the file.
         state = extract_state_dict(read_checkpoint(path), path)
@@ -175,9 +175,7 @@ def assemble(
     except ValueError as exc:
         raise WeightsError(f"the parts do not fit together: {exc}") from None
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as tmp:
         write_safetensors(tmp / "vqgan.safetensors", vq_state, {"vqgan": vq_cfg.to_dict(), "source": vqgan.name})
         write_safetensors(tmp / "transformer.safetensors", gpt_state,
                           {**gpt_meta, "gpt": gpt_cfg.to_dict(), "clip": clip_spec, "source": transformer.name})
@@ -189,10 +187,4 @@ def assemble(
                     "clip": clip_spec, "resolution": vq_cfg.resolution, "grid": vq_cfg.grid,
                     "source": source or {}}
         (tmp / MODEL_JSON).write_text(json.dumps(manifest, indent=2) + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return {**manifest, "path": str(dest), "weights_sha256": weights_sha256(dest, manifest)}

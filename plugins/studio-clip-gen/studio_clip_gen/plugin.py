@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from studio.generators import GenerationError, ModelSpec, Param
-from studio.hookspecs import hookimpl
+from studio.api import GenerationError, ModelSpec, Param, hookimpl
 
 BUNDLED_DIR = Path(__file__).parent / "weights"
 MODEL_JSON = "model.json"
@@ -28,7 +27,7 @@ DEFAULTS = {p.name: p.default for p in PARAMS}
 
 
 def imported_root() -> Path | None:
-    from studio.config import ConfigError, load_settings
+    from studio.api import ConfigError, load_settings
 
     try:
         return load_settings().models_dir / "clip-gen"

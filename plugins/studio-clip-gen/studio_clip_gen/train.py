@@ -21,10 +21,7 @@ the exported safetensors file. Every file is written atomically.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +30,8 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from studio.api import MetricsLog, load_checkpoint, save_checkpoint
 
 from .checkpoints import write_safetensors
 from .gpt import GPT, GPTConfig, sample
@@ -77,36 +76,6 @@ def _collate(items: list[dict], resolution: int, device: str) -> tuple[torch.Ten
 
 
 # ---- run files ----------------------------------------------------------------------------------
-
-
-def _save_checkpoint(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _load_checkpoint(path: Path) -> dict | None:
-    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
-
-
-class _Metrics:
-    """Append-only JSONL (one object per logged step), flushed per line so a killed run keeps its log."""
-
-    def __init__(self, path: Path, echo: Callable[[dict], None] | None) -> None:
-        self.path, self.echo, self.last = path, echo, {}
-
-    def write(self, record: dict) -> None:
-        record = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        self.last = record
-        if self.echo is not None:
-            self.echo(record)
 
 
 class _Window:
@@ -227,7 +196,7 @@ def train_vqgan(
     if perceptual is not None:
         perceptual = perceptual.to(device).eval()
     step, usage = 0, torch.zeros(vq.n_embed, dtype=torch.long)
-    state = _load_checkpoint(out / "checkpoint.pt") if resume else None
+    state = load_checkpoint(out / "checkpoint.pt", missing_ok=True) if resume else None
     if state is not None:
         if VQConfig.from_dict(state["vq"]) != vq:
             raise ValueError(f"{out}: the checkpoint was trained with another VQGAN config")
@@ -239,7 +208,7 @@ def train_vqgan(
     prior_s = state.get("train_seconds", 0.0) if state is not None else 0.0
     generator = torch.Generator().manual_seed(cfg.seed + step)
     data = batches(dataset, cfg.batch_size, vq.resolution, seed=cfg.seed + step, device=device)
-    metrics = _Metrics(out / "metrics.jsonl", echo)
+    metrics = MetricsLog(out / "metrics.jsonl", echo)
 
     if step == 0 and cfg.kmeans_init:
         points = torch.cat([_encoder_outputs(model, next(data)[0]).cpu() for _ in range(cfg.kmeans_batches)])
@@ -247,7 +216,7 @@ def train_vqgan(
             model.quantize.embedding.weight.copy_(kmeans(points, vq.n_embed, generator=generator))
 
     def save() -> None:
-        _save_checkpoint({"step": step, "model": model.state_dict(), "disc": disc.state_dict(),
+        save_checkpoint({"step": step, "model": model.state_dict(), "disc": disc.state_dict(),
                           "opt_ae": opt_ae.state_dict(), "opt_d": opt_d.state_dict(), "usage": usage,
                           "vq": vq.to_dict(), "train": dataclasses.asdict(cfg),
                           "train_seconds": prior_s + time.monotonic() - started}, out / "checkpoint.pt")
@@ -409,7 +378,7 @@ def train_transformer(
     model = GPT(gpt).to(device)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
     step = 0
-    state = _load_checkpoint(out / "checkpoint.pt") if resume else None
+    state = load_checkpoint(out / "checkpoint.pt", missing_ok=True) if resume else None
     if state is not None:
         if GPTConfig.from_dict(state["gpt"]) != gpt:
             raise ValueError(f"{out}: the checkpoint was trained with another transformer config")
@@ -419,10 +388,10 @@ def train_transformer(
     prior_s = state.get("train_seconds", 0.0) if state is not None else 0.0
     generator = torch.Generator().manual_seed(cfg.seed + step)
     data = batches(dataset, cfg.batch_size, vqgan.config.resolution, seed=cfg.seed + step, device=device)
-    metrics = _Metrics(out / "metrics.jsonl", echo)
+    metrics = MetricsLog(out / "metrics.jsonl", echo)
 
     def save() -> None:
-        _save_checkpoint({"step": step, "model": model.state_dict(), "opt": opt.state_dict(), "gpt": gpt.to_dict(),
+        save_checkpoint({"step": step, "model": model.state_dict(), "opt": opt.state_dict(), "gpt": gpt.to_dict(),
                           "train": dataclasses.asdict(cfg), "train_seconds": prior_s + time.monotonic() - started},
                          out / "checkpoint.pt")
 

@@ -62,7 +62,7 @@ def train_command(dataset, clip_file, clip_arch, out_dir, minutes, steps, batch_
         raise click.UsageError("give --minutes or --steps")
     import torch
 
-    from studio.ml.clip_load import WeightsError
+    from studio.api import WeightsError
 
     from .generator import open_clip_model
     from .train import default_config, train_galip
@@ -98,7 +98,8 @@ def _evaluate_run(out_dir: Path, card: dict, clip_arch: str, clip_file: Path, n:
     """
     from studio.ml.evaluate import BUNDLED_ARCH, evaluate_generator
 
-    from .checkpoint import atomic_path
+    from studio.api import atomic_path
+
     from .generator import GalipGenerator, GalipSource
 
     generator = GalipGenerator(GalipSource("run", out_dir / "galip.safetensors", clip_arch, clip_file))
@@ -131,10 +132,7 @@ def interpolate_command(prompts, model_id, seeds, frames, what, out_dir, device)
     Each frame is an ordinary job of the model whose parameters (interp_to, interp_seed_to,
     interp_t) say where it lies on the path, so `studio show` and `studio regen` make it again.
     """
-    from studio.config import load_settings
-    from studio.engine import Engine
-    from studio.errors import StudioError
-    from studio.executors import uses_broker
+    from studio.api import StudioError, dispatch, engine as open_engine, load_settings, uses_broker
 
     from .generator import interpolation_requests
 
@@ -148,7 +146,7 @@ def interpolate_command(prompts, model_id, seeds, frames, what, out_dir, device)
     broker = uses_broker(settings)
     if broker and device:
         raise click.ClickException("--device applies to in-process runs; with a broker the workers choose")
-    engine = Engine(settings)
+    engine = open_engine(settings)
     files = []
     try:
         _check_galip_model(engine, model_id)
@@ -162,15 +160,12 @@ def interpolate_command(prompts, model_id, seeds, frames, what, out_dir, device)
         def submit(request):
             return engine.submit(request.prompt, model_id, seed=request.seed, params=request.params)
 
-        if broker:
-            from studio.executors.celery import enqueue
+        def start(request):
+            return dispatch(engine, submit(request), lambda job: engine.run(job.id, device=device))
 
-            queued = [submit(request) for request in requests]
-            for job in queued:
-                enqueue(settings, job)
-            finished = (engine.wait(job.id) for job in queued)
-        else:
-            finished = (engine.run(submit(request).id, device=device) for request in requests)
+        # With a broker every frame is queued first, so the workers make them together.
+        started = [start(request) for request in requests] if broker else map(start, requests)
+        finished = (engine.wait(job.id) for job in started) if broker else started
         jobs = []
         for i, job in enumerate(finished):
             if job.status != "succeeded":
@@ -222,9 +217,9 @@ def import_command(name, checkpoint, clip_file, clip_arch, copy_clip, force) -> 
     """Import GALIP weights as model galip-NAME (checks they fit, converts to safetensors)."""
     from rich.console import Console
 
-    from studio.config import load_settings
+    from studio.api import load_settings
 
-    from .installed import ModelImportError, import_model
+    from .model_dir import ModelImportError, import_model
 
     try:
         card = import_model(name, checkpoint, clip_file, clip_arch, load_settings().models_dir,

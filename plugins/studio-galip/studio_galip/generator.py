@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from studio.generators import GenerationError, ProgressCallback, Request, Result
+from studio.api import GenerationError, ProgressCallback, Request, Result
 
 #: ``clip_arch`` value for Studio's own small CLIP files (read by studio.ml.clip_configs).
 BUNDLED_CLIP = "studio-bundled"
@@ -165,9 +165,9 @@ class GalipGenerator:
     # ---- Generator protocol -----------------------------------------------------------------
 
     def load(self, device: str = "cpu") -> None:
-        from studio.ml.clip_load import WeightsError
+        from studio.api import WeightsError
 
-        from .checkpoint import check_clip_fits, infer_config, load_into, read_weights
+        from .checkpoints import check_clip_fits, infer_config, load_into, read_weights
         from .model import build_nets
 
         self.device = device
@@ -374,7 +374,7 @@ class GalipGenerator:
 
 
 def _verified_sha(model_id: str, path: Path, expected: str | None) -> str:
-    from .checkpoint import sha256_file
+    from studio.api import sha256_file
 
     actual = sha256_file(path)
     if expected and actual != expected:

@@ -9,12 +9,10 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 
-from studio.config import load_settings
-from studio.generators import GenerationError, ModelSpec, Param
-from studio.hookspecs import hookimpl
+from studio.api import GenerationError, ModelSpec, Param, hookimpl, load_settings
 
 from .generator import NO_SEED, GalipGenerator
-from .installed import BUNDLED_ID, BUNDLED_WEIGHTS, ModelCard, bundled_card, imported_cards
+from .model_dir import BUNDLED_ID, BUNDLED_WEIGHTS, ModelCard, bundled_card, imported_cards
 
 log = logging.getLogger(__name__)
 

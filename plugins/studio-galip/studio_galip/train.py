@@ -43,9 +43,9 @@ import torch.nn.functional as F
 
 from studio.ml.clip_features import image_features, sentence_embedding, to_clip_input, tokenize_for
 
-from studio.ml.clip_load import WeightsError
+from studio.api import WeightsError, atomic_path, sha256_file
 
-from .checkpoint import atomic_path, load_into, read_official, read_weights, save_studio, sha256_file
+from .checkpoints import load_into, read_official, read_weights, save_studio
 from .generator import noise_for, to_uint8
 from .model import GalipConfig, Nets, build_nets, condition
 

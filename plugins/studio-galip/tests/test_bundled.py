@@ -14,7 +14,7 @@ import pytest
 
 from studio.generators import Request
 from studio.ml import checker, shapes
-from studio_galip import installed, plugin
+from studio_galip import model_dir, plugin
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def galip():
     specs = {}
     plugin.register_models(register=lambda spec: specs.setdefault(spec.id, spec))
     spec = specs["galip"]
-    assert installed.BUNDLED_WEIGHTS.is_file(), "the bundled GALIP weights are missing from the package"
+    assert model_dir.BUNDLED_WEIGHTS.is_file(), "the bundled GALIP weights are missing from the package"
     generator = spec.factory()
     generator.load("cpu")
     return generator
@@ -35,10 +35,10 @@ def draw(generator, prompts, seeds):
 
 
 def test_card_describes_the_bundled_weights():
-    card = json.loads(installed.BUNDLED_CARD.read_text())
+    card = json.loads(model_dir.BUNDLED_CARD.read_text())
     assert card["clip"]["arch"] == "studio-bundled"
     assert card["eval"]["colour"]["value"] >= 0.7
-    assert installed.BUNDLED_WEIGHTS.stat().st_size < 20_000_000
+    assert model_dir.BUNDLED_WEIGHTS.stat().st_size < 20_000_000
 
 
 def test_same_seed_same_pixels_and_batching_changes_nothing(galip):

@@ -9,7 +9,7 @@ import torch
 from galip_helpers import TINY_ARCH, make_tiny_clip, make_tiny_nets, save_clip, save_official_checkpoint
 
 from studio.ml.clip_load import WeightsError, load_clip
-from studio_galip.checkpoint import (
+from studio_galip.checkpoints import (
     check_clip_fits, load_into, read_official, read_studio, read_weights, save_studio, sha256_file,
 )
 from studio_galip.model import GalipConfig, build_nets
@@ -136,7 +136,7 @@ def test_clip_must_fit_the_generator(tmp_path, tiny_nets):
 def test_official_config_is_inferred_from_shapes():
     import open_clip
 
-    from studio_galip.checkpoint import GalipWeights, infer_config
+    from studio_galip.checkpoints import GalipWeights, infer_config
 
     with torch.device("meta"):
         clip = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None, device="meta")

@@ -14,8 +14,8 @@ from galip_helpers import TINY_ARCH, make_tiny_clip, make_tiny_nets, save_clip, 
 
 from studio.config import load_settings
 from studio.generators import GenerationError, ModelSpec, Request
-from studio_galip import installed, plugin
-from studio_galip.checkpoint import save_studio
+from studio_galip import model_dir, plugin
+from studio_galip.checkpoints import save_studio
 from studio_galip.generator import GalipGenerator
 
 
@@ -27,8 +27,8 @@ def registered() -> dict[str, ModelSpec]:
 
 @pytest.fixture
 def no_bundled(monkeypatch, tmp_path):
-    monkeypatch.setattr(installed, "BUNDLED_CARD", tmp_path / "absent.json")
-    monkeypatch.setattr(installed, "BUNDLED_WEIGHTS", tmp_path / "absent.safetensors")
+    monkeypatch.setattr(model_dir, "BUNDLED_CARD", tmp_path / "absent.json")
+    monkeypatch.setattr(model_dir, "BUNDLED_WEIGHTS", tmp_path / "absent.safetensors")
 
 
 @pytest.fixture
@@ -58,8 +58,8 @@ def test_bundled_model_loads_when_present(monkeypatch, tmp_path):
     save_studio(folder / "galip-shapes.safetensors", nets)
     save_clip(folder / "clip.pt", clip)
     (folder / "galip-shapes.json").write_text(json.dumps({"clip": {"arch": TINY_ARCH, "file": "clip.pt"}}))
-    monkeypatch.setattr(installed, "BUNDLED_CARD", folder / "galip-shapes.json")
-    monkeypatch.setattr(installed, "BUNDLED_WEIGHTS", folder / "galip-shapes.safetensors")
+    monkeypatch.setattr(model_dir, "BUNDLED_CARD", folder / "galip-shapes.json")
+    monkeypatch.setattr(model_dir, "BUNDLED_WEIGHTS", folder / "galip-shapes.safetensors")
     gen = registered()["galip"].factory()
     gen.load("cpu")
     result = gen.generate([Request("a red circle", 1)], lambda d, t: None)[0]
@@ -72,7 +72,7 @@ def test_bundled_model_loads_when_present(monkeypatch, tmp_path):
 
 def test_import_then_generate_gives_the_source_pixels(no_bundled, official_files):
     nets, ckpt, clip_file = official_files
-    card = installed.import_model("tiny", ckpt, clip_file, TINY_ARCH, load_settings().models_dir)
+    card = model_dir.import_model("tiny", ckpt, clip_file, TINY_ARCH, load_settings().models_dir)
     assert card.id == "galip-tiny"
     data = json.loads((card.folder / "model.json").read_text())
     assert data["clip"]["arch"] == TINY_ARCH and len(data["clip"]["sha256"]) == 64
@@ -87,14 +87,14 @@ def test_import_then_generate_gives_the_source_pixels(no_bundled, official_files
     ref.load("cpu")
     for a, b in zip(ours, ref.generate(requests, lambda d, t: None)):
         assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
-    with pytest.raises(installed.ModelImportError, match="already exists"):
-        installed.import_model("tiny", ckpt, clip_file, TINY_ARCH, load_settings().models_dir)
+    with pytest.raises(model_dir.ModelImportError, match="already exists"):
+        model_dir.import_model("tiny", ckpt, clip_file, TINY_ARCH, load_settings().models_dir)
 
 
 def test_import_keeps_a_trunk_that_differs_from_the_clip_file(no_bundled, tmp_path, official_files):
     nets, ckpt, _ = official_files
     other_clip = save_clip(tmp_path / "other_clip.pt", make_tiny_clip(seed=8))  # another trunk
-    card = installed.import_model("mixed", ckpt, other_clip, TINY_ARCH, load_settings().models_dir)
+    card = model_dir.import_model("mixed", ckpt, other_clip, TINY_ARCH, load_settings().models_dir)
     assert card.data["trunk"].startswith("included")
 
 
@@ -217,7 +217,7 @@ def test_interpolation_frames_are_stored_reproducible_jobs(no_bundled, fresh_pro
     from studio.store import read_recipe
 
     _, ckpt, clip_file = official_files
-    installed.import_model("tiny", ckpt, clip_file, TINY_ARCH, load_settings().models_dir)
+    model_dir.import_model("tiny", ckpt, clip_file, TINY_ARCH, load_settings().models_dir)
     out = tmp_path / "frames"
     result = CliRunner().invoke(make_cli(), ["galip", "interpolate", "a red square", "a blue square", "-m",
                                              "galip-tiny", "--seed", "3", "--seed", "8", "--frames", "3",
@@ -258,7 +258,7 @@ def test_interpolate_without_out_only_stores(no_bundled, fresh_process, tmp_path
     from studio.engine import Engine
 
     _, ckpt, clip_file = official_files
-    installed.import_model("tiny", ckpt, clip_file, TINY_ARCH, load_settings().models_dir)
+    model_dir.import_model("tiny", ckpt, clip_file, TINY_ARCH, load_settings().models_dir)
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(make_cli(), ["galip", "interpolate", "a red square", "-m", "galip-tiny",
                                              "--what", "noise", "--frames", "2"])
@@ -286,7 +286,7 @@ def test_plugin_import_does_not_import_torch():
 
 def test_changed_weights_are_detected(no_bundled, official_files):
     _, ckpt, clip_file = official_files
-    card = installed.import_model("tiny", ckpt, clip_file, TINY_ARCH, load_settings().models_dir)
+    card = model_dir.import_model("tiny", ckpt, clip_file, TINY_ARCH, load_settings().models_dir)
     with open(card.weights, "r+b") as fh:  # flip bytes inside a tensor: still a valid file
         fh.seek(-8, 2)
         fh.write(b"\x01\x02\x03\x04\x05\x06\x07\x08")
@@ -298,9 +298,9 @@ def test_changed_weights_are_detected(no_bundled, official_files):
 def test_card_clip_file_may_live_in_another_package(tmp_path):
     import studio_galip
 
-    card = installed.ModelCard("x", tmp_path, {"clip": {"arch": "a", "package": "studio_galip", "file": "plugin.py"}})
-    assert card.clip_file == installed.Path(studio_galip.__file__).parent / "plugin.py"
-    card = installed.ModelCard("x", tmp_path, {"clip": {"arch": "a", "file": "clip.pt"}})
+    card = model_dir.ModelCard("x", tmp_path, {"clip": {"arch": "a", "package": "studio_galip", "file": "plugin.py"}})
+    assert card.clip_file == model_dir.Path(studio_galip.__file__).parent / "plugin.py"
+    card = model_dir.ModelCard("x", tmp_path, {"clip": {"arch": "a", "file": "clip.pt"}})
     assert card.clip_file == tmp_path / "clip.pt"
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from galip_helpers import make_tiny_clip, make_tiny_nets
 
-from studio_galip.checkpoint import read_official, read_studio
+from studio_galip.checkpoints import read_official, read_studio
 from studio_galip.model import GalipConfig
 from studio_galip.train import (
     BETAS, TrainOptions, default_config, default_lr_g, ma_gp, mismatched, train_galip, train_step,
@@ -146,7 +146,7 @@ def test_a_few_steps_lower_the_d_loss_and_give_finite_images(tmp_path):
     import numpy as np
 
     from studio.generators import Request
-    from studio_galip.checkpoint import load_into, read_weights
+    from studio_galip.checkpoints import load_into, read_weights
     from studio_galip.generator import GalipGenerator
     from studio_galip.model import build_nets
 

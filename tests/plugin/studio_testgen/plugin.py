@@ -12,10 +12,7 @@ import os
 import random
 import time
 
-import click
-from PIL import Image
-
-from studio.generators import GenerationError, ModelSpec, Param, Result
+from studio.generators import DatasetSpec, GenerationError, ModelSpec, Param, Result
 from studio.hookspecs import hookimpl
 
 COLOURS = {
@@ -81,13 +78,15 @@ class TestGenerator:
         return results
 
 
-def render(prompt: str, seed: int, size: int) -> Image.Image:
+def render(prompt: str, seed: int, size: int):
     rng = random.Random(seed)
     r, g, b = base_colour(prompt)
     pixels = bytearray()
     for _ in range(size * size):
         jitter = rng.randrange(-8, 9)
         pixels += bytes((min(255, max(0, r + jitter)), min(255, max(0, g + jitter)), min(255, max(0, b + jitter))))
+    from PIL import Image  # imported when an image is made: loading the plugin stays cheap
+
     return Image.frombytes("RGB", (size, size), bytes(pixels))
 
 
@@ -113,11 +112,33 @@ def register_models(register):
 
 @hookimpl
 def register_commands(cli):
+    import click
+
     @cli.command(name="testgen-hello")
     @click.argument("name")
     def hello(name):
         """A command added by the test plugin."""
         click.echo(f"hello {name} from testgen")
+
+
+def colour_squares(size: int = 16, length: int = 8, **_options):
+    """A tiny training set: plain squares of the known colours, captioned with the colour's name."""
+    import torch
+
+    names = sorted(COLOURS)
+    items = []
+    for i in range(length):
+        name = names[i % len(names)]
+        rgb = torch.tensor(COLOURS[name], dtype=torch.float32).div(127.5).sub(1.0)
+        items.append({"image": rgb[:, None, None].expand(3, size, size).clone(), "caption": f"a {name} square",
+                      "attrs": None})
+    return items
+
+
+@hookimpl
+def register_datasets(register):
+    register(DatasetSpec(name="testgen-colours", plugin="testgen", factory=colour_squares,
+                         description="plain squares of eight colours, captioned with the colour"))
 
 
 @hookimpl

@@ -12,30 +12,20 @@ Every problem is a one-line :class:`WeightsError` naming the file and what does 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from studio.ml.clip_load import WeightsError, first_misfit, strip_prefix, torch_load_weights_only
+from studio.api import WeightsError, atomic_path, load_checkpoint, one_line, sha256_file
+from studio.ml.clip_load import first_misfit, strip_prefix
 
 from .model import GalipConfig, Nets, NetG, is_trunk_key
 
 FORMAT = "studio-galip/1"
 NETS = ("netG", "netD", "netC")
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _to_fp32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -58,7 +48,7 @@ class GalipWeights:
 def read_official(path: str | Path) -> GalipWeights:
     """An official (or Studio training) checkpoint: ``{'model': {'netG', 'netD', 'netC'}, ...}``."""
     path = Path(path)
-    obj = torch_load_weights_only(path)
+    obj = load_checkpoint(path)
     if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict) or "netG" not in obj["model"]:
         raise WeightsError(f"{path}: not a GALIP checkpoint (expected {{'model': {{'netG', 'netD', 'netC'}}}})")
     states = {}
@@ -88,7 +78,7 @@ def read_studio(path: str | Path) -> GalipWeights:
             header = fh.metadata() or {}
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise WeightsError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:200]})") from None
+        raise WeightsError(f"{path}: not a readable safetensors file ({one_line(exc, 200)})") from None
     if header.get("format") != FORMAT:
         raise WeightsError(f"{path}: not a Studio GALIP weights file (format {header.get('format')!r})")
     try:
@@ -225,23 +215,3 @@ def save_studio(path: str | Path, nets: Nets, meta: dict[str, Any] | None = None
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
     return sha256_file(path)
-
-
-class atomic_path:
-    """Context manager yielding a temp path next to ``path``; renamed over it on success."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-
-    def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(name)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)

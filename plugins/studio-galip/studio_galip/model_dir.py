@@ -125,12 +125,9 @@ def import_model(name: str, checkpoint: Path, clip_file: Path, clip_arch: str, m
     from the CLIP file's). ``model.json`` records the architecture, both sha256s and the
     weights' terms. The CLIP file is referenced in place unless ``copy_clip``.
     """
-    from studio.ml.clip_load import WeightsError
+    from studio.api import WeightsError, atomic_path, sha256_file
 
-    from .checkpoint import (
-        atomic_path, check_clip_fits, infer_config, load_into, read_weights, save_studio, sha256_file,
-        trunk_matches_clip,
-    )
+    from .checkpoints import check_clip_fits, infer_config, load_into, read_weights, save_studio, trunk_matches_clip
     from .model import build_nets
 
     if not _NAME.match(name):

@@ -1,43 +1,29 @@
-"""Click commands of the gallery: gallery, regen, vary, export, import, and ``show --tree``.
+"""``studio gallery``, ``regen``, ``vary``, ``export``, ``import`` and ``show --tree``.
 
-This module is imported when ``studio`` starts, so it imports only click and the CLI
-helpers at the top; the database, the engine and Textual load inside the commands.
+The database, the engine and Textual load inside the commands.
 """
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
+from studio.cli.common import (
+    STATUS_CHOICES,
+    App,
+    cli,
+    console,
+    err_console,
+    parse_params,
+    pass_app,
+    print_json,
+    report_finished,
+    run_here,
+    status_style,
+)
 from studio.errors import StudioError, UsageError
-
-if TYPE_CHECKING:
-    from studio.cli import App
-
-STATUS_CHOICES = ["queued", "running", "succeeded", "failed", "canceled"]
-
-
-def pass_app(func):
-    """``studio.cli.pass_app``, resolved at call time: studio.cli imports this module."""
-
-    @click.pass_context
-    def run(ctx: click.Context, *args, **kwargs):
-        from studio.cli import App
-
-        return ctx.invoke(func, ctx.ensure_object(App), *args, **kwargs)
-
-    return functools.update_wrapper(run, func)
-
-
-def ui():
-    """The CLI's consoles and helpers (studio.cli), imported when first needed."""
-    import studio.cli
-
-    return studio.cli
 
 
 def filter_options(func):
@@ -71,7 +57,7 @@ def open_gallery(app: App):
 # ---- gallery -----------------------------------------------------------------------------
 
 
-@click.command()
+@cli.command()
 @filter_options
 @click.option("--plain", is_flag=True, help="Print a table instead of the interactive browser.")
 @click.option("--json", "as_json", is_flag=True, help="Print entries as JSON.")
@@ -95,13 +81,13 @@ def gallery(app: App, text, model, status, since, until, plain, as_json, limit, 
         except ModuleNotFoundError as exc:
             if exc.name != "textual":
                 raise
-            ui().err_console.print("the interactive browser needs Textual (pip install 'studio[gallery]'); here is a table")
+            err_console.print("the interactive browser needs Textual (pip install 'studio[gallery]'); here is a table")
         else:
             run_gallery(app.engine, view, filters)
             return
     page = view.page(filters, after=Key.parse(after) if after else None, limit=limit)
     if as_json:
-        ui().print_json([e.as_dict(view.home) for e in page.entries])
+        print_json([e.as_dict(view.home) for e in page.entries])
         return
     print_table(page, filters)
 
@@ -115,11 +101,11 @@ def print_table(page, filters) -> None:
         table.add_column(column, no_wrap=True, overflow="ellipsis")
     table.add_column("prompt", overflow="fold", min_width=12)
     for e in page.entries:
-        style = ui().status_style(e.status)
+        style = status_style(e.status)
         table.add_row(e.id, e.model_id, str(e.seed), f"[{style}]{e.status}[/]", e.prompt)
-    ui().console.print(table)
+    console.print(table)
     if page.has_after and page.last is not None:
-        ui().err_console.print(f"more: studio gallery --plain --after {page.last}", highlight=False, soft_wrap=True)
+        err_console.print(f"more: studio gallery --plain --after {page.last}", highlight=False, soft_wrap=True)
 
 
 # ---- regen, vary -------------------------------------------------------------------------
@@ -127,22 +113,19 @@ def print_table(page, filters) -> None:
 
 def run_job(app: App, job, as_json: bool):
     """Start a new job: on the workers with a broker, else here (with a progress bar unless JSON)."""
-    from studio.executors.local import run_local
-    from studio.gallery.actions import dispatch
+    from studio.executors import dispatch
 
-    return dispatch(app.engine, job, lambda j: run_local(app.engine, j, ui().err_console, show_progress=not as_json))
+    return dispatch(app.engine, job, run_here(app.engine, show_progress=not as_json))
 
 
 def report_job(app: App, job, as_json: bool) -> None:
-    from studio.cli import report_finished
-
     if job.status in ("queued", "running"):
-        ui().print_json(job.as_dict()) if as_json else ui().console.print(f"queued [bold]{job.id}[/] (child of {job.parent_id})")
+        print_json(job.as_dict()) if as_json else console.print(f"queued [bold]{job.id}[/] (child of {job.parent_id})")
         return
     report_finished(app.engine, job, None, as_json)
 
 
-@click.command()
+@cli.command()
 @click.argument("ident", metavar="ID")
 @click.option("-s", "--seed", type=int, help="Another seed (default: the original one).")
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Change a model parameter.")
@@ -159,13 +142,13 @@ def regen(app: App, ident, seed, params, verify, as_json) -> None:
             raise UsageError("--verify re-runs the recipe unchanged; drop --seed and --param")
         report_verification(app, actions.verify(app.engine, src), as_json)
         return
-    job = actions.regenerate(app.engine, src, seed=seed, params=ui().parse_params(params))
+    job = actions.regenerate(app.engine, src, seed=seed, params=parse_params(params))
     report_job(app, run_job(app, job, as_json), as_json)
 
 
 def report_verification(app: App, result, as_json: bool) -> None:
     if as_json:
-        ui().print_json(result.as_dict())
+        print_json(result.as_dict())
     else:
         from rich.table import Table
 
@@ -175,9 +158,9 @@ def report_verification(app: App, result, as_json: bool) -> None:
         for check in result.checks:
             mark = "[green]match[/]" if check.match else "[red]differs[/]"
             table.add_row(str(check.index), str(check.seed), check.expected[:16], (check.actual or "-")[:16], mark)
-        ui().console.print(table)
+        console.print(table)
         for note in result.differences:
-            ui().err_console.print(f"  changed since: {note}", highlight=False)
+            err_console.print(f"  changed since: {note}", highlight=False)
     if result.job.status != "succeeded":
         raise StudioError(f"job {result.job.id} {result.job.status}: {result.job.error or 'no reason recorded'}")
     if not result.ok:
@@ -185,10 +168,10 @@ def report_verification(app: App, result, as_json: bool) -> None:
         raise StudioError(f"{differing} of {len(result.checks)} images differ from the originals")
     if not as_json:
         n = len(result.checks)
-        ui().err_console.print(f"[green]{'the image matches' if n == 1 else f'all {n} images match'} bit for bit[/]")
+        err_console.print(f"[green]{'the image matches' if n == 1 else f'all {n} images match'} bit for bit[/]")
 
 
-@click.command()
+@cli.command()
 @click.argument("ident", metavar="ID")
 @click.option("-n", "--count", type=click.IntRange(1, 256), default=4, show_default=True)
 @click.option("-s", "--seed", type=int, help="First seed of the variations (default: random).")
@@ -209,17 +192,16 @@ def vary(app: App, ident, count, seed, as_json) -> None:
 def print_tree(app: App, ident: str, as_json: bool) -> None:
     """``studio show ID --tree``: the family of a job, the asked-for one highlighted."""
     from rich.markup import escape
-    from rich.tree import Tree
 
-    from studio.gallery.lineage import lineage
+    from studio.gallery.lineage import lineage, rich_tree
 
     family = lineage(app.engine.db, ident)
     if as_json:
-        ui().print_json(family.as_dict())
+        print_json(family.as_dict())
         return
 
     def label(node, parent) -> str:
-        style = ui().status_style(node.status)
+        style = status_style(node.status)
         prompt = node.prompt if len(node.prompt) <= 50 else node.prompt[:49] + "…"
         changes = node.changes_from(parent)
         text = f"{node.job_id} [{style}]{node.status}[/] x{node.count} seed {node.seed}  {escape(prompt)}"
@@ -227,21 +209,15 @@ def print_tree(app: App, ident: str, as_json: bool) -> None:
             text += f"  [dim]({escape(', '.join(changes))})[/]"
         return f"[reverse]{text}[/]" if node.job_id == family.focus else text
 
-    tree = Tree(label(family.root, None))
-    stack = [(family.root, tree)]
-    while stack:
-        node, branch = stack.pop()
-        for child in node.children:
-            stack.append((child, branch.add(label(child, node))))
-    ui().console.print(tree)
+    console.print(rich_tree(family, label))
     if family.truncated:
-        ui().err_console.print("(the family is larger; the rest is left out)")
+        err_console.print("(the family is larger; the rest is left out)")
 
 
 # ---- export, import ----------------------------------------------------------------------
 
 
-@click.command(name="export")
+@cli.command(name="export")
 @click.argument("idents", nargs=-1, metavar="[ID]...")
 @filter_options
 @click.option("--all", "everything", is_flag=True, help="Export every image.")
@@ -264,12 +240,12 @@ def export_command(app: App, idents, text, model, status, since, until, everythi
         entries = view.iter_entries(filters)
     done = export(app.engine, entries, target)
     if as_json:
-        ui().print_json(done.as_dict())
+        print_json(done.as_dict())
     else:
-        ui().console.print(f"exported {done.images} image{'s' if done.images != 1 else ''} to {done.target}", soft_wrap=True)
+        console.print(f"exported {done.images} image{'s' if done.images != 1 else ''} to {done.target}", soft_wrap=True)
 
 
-@click.command(name="import")
+@cli.command(name="import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
@@ -279,14 +255,9 @@ def import_command(app: App, paths, as_json) -> None:
 
     done = import_paths(app.engine, paths)
     if as_json:
-        ui().print_json(done.as_dict())
+        print_json(done.as_dict())
         return
-    ui().console.print(
+    console.print(
         f"imported {done.images} image{'s' if done.images != 1 else ''} in {done.jobs} job{'s' if done.jobs != 1 else ''}"
         + (f"; {done.duplicates} already in the gallery" if done.duplicates else "")
     )
-
-
-def register(group: click.Group) -> None:
-    for command in (gallery, regen, vary, export_command, import_command):
-        group.add_command(command)

@@ -1,44 +1,27 @@
-"""Click commands of the Celery executor: ``studio worker``, ``studio queue [reconcile]``.
+"""``studio worker`` and ``studio queue [reconcile|ping]``: the Celery executor's commands.
 
-Imported when ``studio`` starts, so only click is imported at the top; Celery, the
-database and the engine load inside the commands.
+Celery, the database and the engine load inside the commands.
 """
 
 from __future__ import annotations
 
-import functools
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 
 import click
 
-from studio.errors import UsageError
-
-if TYPE_CHECKING:
-    from studio.cli import App
+from studio.cli.common import App, cli, console, pass_app, print_json, status_style
+from studio.errors import StudioError, UsageError
 
 LOGLEVELS = ["debug", "info", "warning", "error"]
 
 
-def pass_app(func):
-    """``studio.cli.pass_app``, resolved at call time: studio.cli imports this module."""
-
-    @click.pass_context
-    def run(ctx: click.Context, *args, **kwargs):
-        from studio.cli import App
-
-        return ctx.invoke(func, ctx.ensure_object(App), *args, **kwargs)
-
-    return functools.update_wrapper(run, func)
-
-
-def require_broker(app: "App") -> None:
+def require_broker(app: App) -> None:
     if not app.settings.broker_url:
         raise UsageError("no broker configured: set STUDIO_BROKER_URL (e.g. redis://127.0.0.1:6379/0)")
 
 
-def parse_models(app: "App", queues: str | None) -> tuple[str, ...]:
-    """Model ids from ``--queues`` (``galip,clip-gen`` or ``studio.galip``); default: every model."""
+def parse_models(app: App, queues: str | None) -> tuple[str, ...]:
+    """Model ids from ``--queues`` (``a,b`` or ``studio.a``); default: every model."""
     from studio.executors.celery import QUEUE_PREFIX
 
     known = sorted(app.engine.registry.models)
@@ -69,7 +52,7 @@ def check_device(device: str | None) -> str | None:
     raise UsageError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
 
 
-@click.command()
+@cli.command()
 @click.option("-Q", "--queues", metavar="MODELS", help="Comma-separated model ids to serve (default: every installed model).")
 @click.option("-c", "--concurrency", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Jobs run at once; one process each, each loading its models once.")
@@ -82,7 +65,7 @@ def check_device(device: str | None) -> str | None:
               help="Seconds between checks for jobs the broker lost or whose worker died.")
 @click.option("--loglevel", type=click.Choice(LOGLEVELS), default="info", show_default=True)
 @pass_app
-def worker(app: "App", queues, concurrency, device, batch, heartbeat_s, reconcile_s, loglevel) -> None:
+def worker(app: App, queues, concurrency, device, batch, heartbeat_s, reconcile_s, loglevel) -> None:
     """Run queued jobs: a Celery worker on the models' queues (needs STUDIO_BROKER_URL).
 
     SIGTERM or Ctrl-C stops it after the running jobs finish; a worker killed outright
@@ -102,15 +85,13 @@ def worker(app: "App", queues, concurrency, device, batch, heartbeat_s, reconcil
     )
 
 
-@click.group(invoke_without_command=True)
+@cli.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def queue(ctx: click.Context, as_json) -> None:
     """The distributed queue: depth per model, running jobs, workers seen recently, failures."""
     if ctx.invoked_subcommand is not None:
         return
-    from studio.cli import App
-
     app = ctx.ensure_object(App)
     require_broker(app)
     from studio.executors.celery import make_app
@@ -118,8 +99,6 @@ def queue(ctx: click.Context, as_json) -> None:
 
     overview = gather(make_app(app.settings), app.engine.db, app.engine.registry)
     if as_json:
-        from studio.cli import print_json
-
         print_json(overview.as_dict())
         return
     show_overview(overview)
@@ -127,33 +106,28 @@ def queue(ctx: click.Context, as_json) -> None:
 
 @queue.command(name="reconcile")
 @pass_app
-def queue_reconcile(app: "App") -> None:
+def queue_reconcile(app: App) -> None:
     """Re-enqueue queued jobs the broker lost and running jobs whose worker died."""
     require_broker(app)
     from studio.executors.celery import make_app
     from studio.executors.reconcile import reconcile
 
     done = reconcile(make_app(app.settings), app.engine.db)
-    from studio.cli import console
-
     console.print(f"re-enqueued {len(done.lost)} lost and {len(done.orphaned)} orphaned jobs")
 
 
 @queue.command(name="ping")
 @pass_app
-def queue_ping(app: "App") -> None:
+def queue_ping(app: App) -> None:
     """Exit 0 if a worker on this machine sent a heartbeat recently (for container healthchecks)."""
     import socket
 
-    from studio.errors import StudioError
     from studio.executors import liveness
 
     host = socket.gethostname()
     alive = [w for w in liveness.recent_workers(app.engine.db, within_s=600) if w.hostname == host and liveness.alive(w)]
     if not alive:
         raise StudioError(f"no worker on {host} sent a heartbeat recently")
-    from studio.cli import console
-
     console.print(f"alive: {', '.join(w.id for w in alive)}", soft_wrap=True)
 
 
@@ -170,8 +144,6 @@ def ago(when: datetime | None) -> str:
 
 def show_overview(overview) -> None:
     from rich.table import Table
-
-    from studio.cli import console, status_style
 
     if overview.broker_error:
         console.print(f"[yellow]broker unreachable:[/] {overview.broker_error}", soft_wrap=True)
@@ -203,8 +175,3 @@ def show_overview(overview) -> None:
     for job in overview.failures:
         table.add_row(job.id, job.model_id, ago(job.finished_at), f"[{status_style('failed')}]{job.error or ''}[/]")
     console.print(table if overview.failures else "no failures in the last 24 hours")
-
-
-def register(group: click.Group) -> None:
-    for command in (worker, queue):
-        group.add_command(command)

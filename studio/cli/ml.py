@@ -10,10 +10,12 @@ from pathlib import Path
 
 import click
 
+from studio.cli.common import cli, parse_params
 
-@click.group(name="train")
+
+@cli.group(name="train")
 def train_group() -> None:
-    """Train models (plugins add their own trainers, e.g. `studio galip train`)."""
+    """Train models (plugins add their own, e.g. `studio NAME train`)."""
 
 
 def _clip_configs() -> list[str]:
@@ -77,7 +79,7 @@ def export_clip_command(run_dir, out, checkpoint) -> None:
     click.echo(json.dumps({"path": str(out), **card["zero_shot"]}, indent=2))
 
 
-@click.command(name="eval")
+@cli.command(name="eval")
 @click.option("-m", "--model", "model_id", required=True, help="Model id to evaluate.")
 @click.option("--n", "count", type=click.IntRange(1, 100_000), default=512, show_default=True, help="Number of prompts.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prompt list and of the images.")
@@ -99,7 +101,6 @@ def eval_command(model_id, count, seed, clip_name, out_path, params, fd_n, as_js
 
     from rich.progress import Progress
 
-    from studio.cli import parse_params
     from studio.config import load_settings
     from studio.generators import ParamError
     from studio.ml.evaluate import LOWER_IS_BETTER, EvalError, evaluate_model

@@ -1,0 +1,233 @@
+"""What every command module of the CLI shares: the ``studio`` group, the per-invocation
+:class:`App`, the consoles, ``pass_app`` and the output helpers.
+
+Imported when ``studio`` starts: click, rich and the standard library only at the top; the
+engine, the database and the store load inside the commands that need them. Errors are one
+family (:class:`studio.errors.StudioError`), so the group catches that one type; SQLAlchemy's
+errors are recognised only once SQLAlchemy is loaded, so a command that never touches the
+database imports nothing of it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import click
+
+from studio.config import Settings, load_settings
+from studio.errors import ConfigError, StudioError, UsageError
+
+if TYPE_CHECKING:
+    from studio.engine import Engine
+    from studio.records import JobInfo
+
+__all__ = ["App", "CommandError", "add_plugin_commands", "cli", "console", "err_console", "pass_app", "print_json",
+           "parse_params", "status_style", "short_time", "follow", "report_finished", "run_here", "STATUS_CHOICES"]
+
+class _Console:
+    """A rich ``Console`` made on first use: commands that print nothing never import rich."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
+console: Any = _Console()
+err_console: Any = _Console(stderr=True)
+STATUS_CHOICES = ["queued", "running", "succeeded", "failed", "canceled"]
+
+
+class App:
+    """Per-invocation state, created lazily so ``--help`` costs nothing."""
+
+    def __init__(self) -> None:
+        self._settings: Settings | None = None
+        self._engine = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings()
+        return self._settings
+
+    @property
+    def engine(self) -> "Engine":
+        if self._engine is None:
+            from studio.engine import Engine
+
+            self._engine = Engine(self.settings)
+        return self._engine
+
+
+pass_app = click.make_pass_decorator(App, ensure=True)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def parse_params(items: tuple[str, ...]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--param takes key=value, got {item!r}")
+        params[key.strip()] = value
+    return params
+
+
+def status_style(status: str) -> str:
+    from studio.records import status_style as style  # the job records, loaded when a status is shown
+
+    return style(status)
+
+
+def short_time(value) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+class CommandError(click.ClickException):
+    """One red line on stderr and an exit code; how every expected failure ends."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file=None) -> None:
+        err_console.print(f"[red]error:[/] {self.format_message()}", highlight=False, soft_wrap=True)
+
+
+def database_error(exc: BaseException) -> str | None:
+    """The one-line reason of a SQLAlchemy error, or None for anything else (SQLAlchemy not imported here)."""
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    if sa_exc is None or not isinstance(exc, sa_exc.SQLAlchemyError):
+        return None
+    from studio.plumbing import one_line
+
+    return one_line(getattr(exc, "orig", None) or exc)
+
+
+def add_plugin_commands(group: click.Group) -> None:
+    """Let every loaded plugin add its commands (a failure is shown by `studio plugins`)."""
+    from studio.plugins import get_registry
+
+    group.plugins_added = True
+    try:
+        settings = load_settings()
+    except ConfigError:
+        return  # reported when a command needs the settings
+    registry = get_registry(settings.load_plugins)
+    registry.call_each("register_commands", lambda _name: {"cli": group})
+
+
+class StudioGroup(click.Group):
+    """Turns Studio's errors, in core and plugin commands alike, into :class:`CommandError`.
+
+    Plugin commands are added on demand: a plain core command (``jobs``, ``config``...) runs
+    without loading any plugin; listing the commands, a core group (plugins add subcommands
+    to ``train`` and ``models import``) or a name the core does not know loads them first.
+    """
+
+    plugins_added = False
+
+    def _with_plugins(self) -> None:
+        if not self.plugins_added:
+            add_plugin_commands(self)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._with_plugins()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None or isinstance(command, click.Group):
+            self._with_plugins()
+            command = super().get_command(ctx, name)
+        return command
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except StudioError as exc:
+            raise CommandError(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise click.exceptions.Abort() from None
+        except Exception as exc:
+            reason = database_error(exc)
+            if reason is None:
+                raise
+            raise CommandError(f"database error: {reason}") from None
+
+
+@click.group(cls=StudioGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="studio", prog_name="studio")
+def cli() -> None:
+    """Studio: text-to-image generation with pluggable models, a job queue and a gallery.
+
+    Every image keeps its full recipe (prompt, model, weights, seed, parameters), so any of
+    them can be made again exactly.
+    """
+
+
+# ---- running jobs and showing how they ended ----------------------------------------------------
+
+
+def run_here(engine: "Engine", show_progress: bool = True) -> "Callable[[JobInfo], JobInfo]":
+    """How a job runs in this process when there is no broker: with a progress bar on the terminal."""
+    from studio.executors.local import run_local
+
+    return lambda job: run_local(engine, job, err_console, show_progress=show_progress)
+
+
+def follow(engine: "Engine", job_id: str) -> "JobInfo":
+    """Wait for a job with a progress bar on the terminal."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+    if not err_console.is_terminal:
+        return engine.wait(job_id)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task(job_id, total=1.0)
+
+        def update(job) -> None:
+            bar.update(task, completed=job.fraction, description=f"{job.id} {job.status}")
+
+        return engine.wait(job_id, on_update=update)
+
+
+def report_finished(engine: "Engine", job: "JobInfo", out_dir: Path | None, as_json: bool) -> None:
+    """Print a finished job's images (paths, or JSON), copy them to ``out_dir``; exit 1 unless it succeeded."""
+    import shutil
+
+    images = engine.images(job.id) if job.status == "succeeded" else []
+    home = engine.settings.home
+    copies = []
+    if out_dir is not None and images:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for image in images:
+            target = out_dir / f"{job.id}-{image.index}.png"
+            shutil.copyfile(home / image.path, target)
+            copies.append(str(target))
+    if as_json:
+        data = job.as_dict()
+        data["images"] = [dict(i.as_dict(), file=str(home / i.path)) for i in images]
+        if copies:
+            data["copies"] = copies
+        print_json(data)
+    elif job.status == "succeeded":
+        for image in images:
+            console.print(str(home / image.path), soft_wrap=True)
+        for copy in copies:
+            console.print(f"copied to {copy}", soft_wrap=True)
+        err_console.print(f"[green]job {job.id} succeeded[/] ({len(images)} image{'s' if len(images) != 1 else ''})")
+    if job.status != "succeeded":
+        raise StudioError(f"job {job.id} {job.status}: {job.error or 'no reason recorded'}")

@@ -1,0 +1,184 @@
+"""``studio submit``, ``jobs``, ``show``, ``wait``, ``cancel``, ``retry``: the life of a job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from studio.cli.common import (
+    STATUS_CHOICES,
+    App,
+    cli,
+    console,
+    err_console,
+    follow,
+    parse_params,
+    pass_app,
+    print_json,
+    report_finished,
+    run_here,
+    short_time,
+    status_style,
+)
+from studio.errors import StudioError
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option("-m", "--model", "model_id", help="Model id (see `studio models`) [default: the default_model setting].")
+@click.option("-s", "--seed", type=int, help="Seed of the first image; image k uses seed+k. Random if omitted.")
+@click.option("-n", "--count", type=int, default=1, show_default=True, help="Number of images.")
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Model parameter (repeatable).")
+@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first on workers.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Also copy the images here.")
+@click.option("--wait/--no-wait", default=None, help="With a broker: follow the job to its end (default: no).")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@pass_app
+def submit(app: App, prompt, model_id, seed, count, params, priority, out_dir, wait, as_json) -> None:
+    """Make images from PROMPT. Without a broker the job runs here and now."""
+    from studio.executors import dispatch, uses_broker
+
+    engine = app.engine
+    model_id = model_id or engine.registry.default_model(app.settings.default_model).id
+    job = engine.submit(prompt, model_id, seed=seed, count=count, params=parse_params(params), priority=priority)
+    job = dispatch(engine, job, run_here(engine, show_progress=not as_json))
+    if uses_broker(app.settings):
+        if not wait:
+            print_json(job.as_dict()) if as_json else console.print(f"queued [bold]{job.id}[/]")
+            return
+        job = follow(engine, job.id)
+    report_finished(engine, job, out_dir, as_json)
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option("--status", type=click.Choice(STATUS_CHOICES))
+@click.option("-m", "--model", "model_id", help="Only jobs of this model.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def jobs(app: App, limit, status, model_id, as_json) -> None:
+    """Recent jobs, newest first, with status and progress."""
+    from rich.table import Table
+
+    if app.settings.database_missing():
+        rows = []  # a fresh home: no database yet, so no jobs (and no need to load the database layer)
+    else:
+        app.engine.reap_orphans()
+        rows = app.engine.list_jobs(limit=limit, status=status, model_id=model_id)
+    if as_json:
+        print_json([job.as_dict() for job in rows])
+        return
+    table = Table(title=None if rows else "no jobs yet")
+    for column in ("id", "created", "model", "n", "status", "prompt"):
+        table.add_column(column, overflow="fold" if column == "prompt" else "ellipsis", no_wrap=column != "prompt")
+    for job in rows:
+        style = status_style(job.status)
+        status = job.status if job.status != "running" else f"running {job.fraction:.0%}"
+        table.add_row(
+            job.id,
+            job.created_at.strftime("%m-%d %H:%M"),
+            job.model_id,
+            str(job.count),
+            f"[{style}]{status}[/]",
+            job.prompt,
+        )
+    console.print(table)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--tree", is_flag=True, help="Show the lineage: what JOB_ID came from and what came from it.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def show(app: App, job_id, tree, as_json) -> None:
+    """A job's details, its images and their recipes (or, with --tree, its lineage)."""
+    from rich.table import Table
+
+    engine = app.engine
+    engine.reap_orphans()
+    if tree:
+        from studio.cli.gallery import print_tree
+
+        print_tree(app, job_id, as_json)
+        return
+    job = engine.get(job_id)
+    images = engine.images(job.id)
+    home = engine.settings.home
+    if as_json:
+        data = job.as_dict()
+        data["images"] = [dict(i.as_dict(), file=str(home / i.path)) for i in images]
+        print_json(data)
+        return
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    fields = [
+        ("id", job.id),
+        ("prompt", job.prompt),
+        ("model", job.model_id),
+        ("status", f"[{status_style(job.status)}]{job.status}[/]"),
+        ("progress", f"{job.fraction:.0%}"),
+        ("seed", f"{job.seed} (+0..{job.count - 1})" if job.count > 1 else str(job.seed)),
+        ("params", json.dumps(job.params, sort_keys=True)),
+        ("attempts", str(job.attempts)),
+        ("created", short_time(job.created_at)),
+        ("finished", short_time(job.finished_at)),
+    ]
+    if job.error:
+        fields.append(("error", f"[red]{job.error}[/]"))
+    if job.parent_id:
+        fields.append(("parent", job.parent_id))
+    if job.worker_id:
+        fields.append(("worker", job.worker_id))
+    for key, value in fields:
+        table.add_row(key, value)
+    console.print(table)
+    for image in images:
+        console.print(f"\n[bold]image {image.index}[/] seed {image.seed}  {image.width}x{image.height}  sha256 {image.sha256[:16]}")
+        console.print(str(home / image.path), soft_wrap=True)
+        console.print_json(json.dumps(image.recipe, sort_keys=True))
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--timeout", type=float, help="Give up after this many seconds (exit 1).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def wait(app: App, job_id, timeout, as_json) -> None:
+    """Wait until a job is finished; exit 1 unless it succeeded."""
+    engine = app.engine
+    engine.reap_orphans()
+    job = engine.get(job_id)
+    job = engine.wait(job.id, timeout=timeout) if (timeout is not None or as_json) else follow(engine, job.id)
+    if not job.finished:
+        raise StudioError(f"job {job.id} is still {job.status} after {timeout} s")
+    report_finished(engine, job, None, as_json)
+
+
+@cli.command()
+@click.argument("job_id")
+@pass_app
+def cancel(app: App, job_id) -> None:
+    """Cancel a job: a queued job never starts, a running one stops at its next step."""
+    job = app.engine.cancel(job_id)
+    if job.status == "canceled":
+        console.print(f"job {job.id} canceled")
+    else:
+        console.print(f"job {job.id} will stop at its next step")
+
+
+@cli.command()
+@click.argument("job_id")
+@pass_app
+def retry(app: App, job_id) -> None:
+    """Queue a failed or canceled job again (and run it here when there is no broker)."""
+    from studio.executors import dispatch, uses_broker
+
+    engine = app.engine
+    job = dispatch(engine, engine.retry(job_id), run_here(engine))
+    if uses_broker(app.settings):
+        console.print(f"queued [bold]{job.id}[/] again")
+        return
+    report_finished(engine, job, None, False)

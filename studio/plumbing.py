@@ -1,0 +1,281 @@
+"""The small helpers every part of Studio needs, written once.
+
+- :func:`atomic_path`, :func:`write_atomic`, :func:`atomic_dir`: write to a temporary name next
+  to the target, then rename over it, so readers see either nothing or the whole thing. The
+  result has the permissions a plain ``open()`` would give it (the umask's), not ``mkstemp``'s 0600.
+- :func:`sha256_file`: the hex digest of a file, read in chunks.
+- :func:`one_line`: the first line of an exception's text (or its type name), for one-line errors.
+- :func:`load_checkpoint`: the one safe loader for torch/pickle checkpoint files
+  (``torch.load(weights_only=True)``, every failure a one-line :class:`WeightsError`).
+- :func:`hardware`: the machine a run or a benchmark ran on.
+- :class:`TrainingRun`: a training run's folder: checkpoint and resume, training time carried
+  across resumed legs, metrics as JSON lines.
+
+Standard library only at import time; torch is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from studio.errors import WeightsError
+
+__all__ = [
+    "WeightsError",
+    "atomic_dir",
+    "atomic_path",
+    "hardware",
+    "load_checkpoint",
+    "MetricsLog",
+    "one_line",
+    "sha256_file",
+    "TrainingRun",
+    "write_atomic",
+]
+
+
+# ---- atomic writes ---------------------------------------------------------------------------
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the platform allows."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it back at once
+    os.umask(mask)
+    return mask
+
+
+def _as_if_created(path: str | Path, directory: bool = False) -> None:
+    """Give a temp file (0600) or folder (0700) the mode ``open()``/``mkdir()`` would have given it."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; it is renamed over ``path`` if the block succeeds.
+
+    For writers that want a file name (``torch.save``, ``safetensors``, ``PIL``); the block may
+    write the path or leave it empty. On an exception the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        _as_if_created(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def write_atomic(path: str | Path, data: bytes | str, *, fsync: bool = False) -> Path:
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` atomically; returns ``path``."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; on success it replaces ``path`` (and what was there)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    old = path.with_name(f".{path.name}.old")
+    try:
+        yield tmp
+        _as_if_created(tmp, directory=True)
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            path.rename(old)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---- files and errors ------------------------------------------------------------------------
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def one_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first non-empty line of ``exc``'s text, or its type name when it has none."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0].strip() if lines else type(exc).__name__
+    return text[:limit] if limit else text
+
+
+# ---- checkpoint files ------------------------------------------------------------------------
+
+
+def load_checkpoint(path: str | Path, *, missing_ok: bool = False) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU; every failure is a one-line :class:`WeightsError`.
+
+    The one way Studio reads torch/pickle checkpoint files: tensors and plain containers are
+    rebuilt, anything else in the pickle is refused before it runs. ``missing_ok``: a missing
+    file gives None (a run that has no checkpoint yet).
+    """
+    import pickle
+    import re
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        if missing_ok and not path.exists():
+            return None
+        raise WeightsError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if _looks_like_pickle(path):
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+            what = f" ({found.group(1)})" if found else ""
+            raise WeightsError(
+                f"{path}: holds Python objects besides tensors (a pickle payload{what}); refused, nothing was executed"
+            ) from None
+        raise WeightsError(f"{path}: not a checkpoint (neither a torch file, a pickle nor safetensors)") from None
+    except Exception as exc:  # noqa: BLE001 - the unpickler fails in many ways on arbitrary bytes
+        raise WeightsError(f"{path}: not a checkpoint or truncated ({one_line(exc, 200)})") from None
+
+
+def _looks_like_pickle(path: Path) -> bool:
+    """A torch zip archive or a raw pickle (protocol >= 2 starts with the PROTO opcode)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
+# ---- hardware --------------------------------------------------------------------------------
+
+
+def hardware() -> dict[str, Any]:
+    """The machine: cpu model, cores, python; with torch loaded also its version, threads, device."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "machine": platform.machine(), "cores": os.cpu_count(),
+                            "python": platform.python_version()}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        info["torch"] = torch.__version__
+        info["threads"] = torch.get_num_threads()
+        info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return info
+
+
+# ---- training runs ---------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """Append-only JSON lines (one object per logged step), flushed per line so a killed run keeps its log.
+
+    Floats are rounded to 6 digits; ``last`` is the last record written; ``echo`` (optional)
+    sees every record (a progress display, or ``--json`` lines for machines).
+    """
+
+    def __init__(self, path: str | Path, echo: Callable[[dict], None] | None = None) -> None:
+        self.path, self.echo, self.last = Path(path), echo, {}
+
+    def write(self, record: dict) -> dict:
+        record = append_jsonl(self.path, record, digits=6)
+        self.last = record
+        if self.echo is not None:
+            self.echo(record)
+        return record
+
+
+class TrainingRun:
+    """A training run's folder: ``checkpoint.pt`` (resumable), ``metrics.jsonl``, training time.
+
+    The time a run has trained is carried across resumed legs: a checkpoint written through
+    :meth:`save` stores ``train_seconds`` (earlier legs plus this one), and :meth:`resume`
+    reads it back, so a model card states the whole run's time.
+    """
+
+    def __init__(self, folder: str | Path, *, checkpoint: str = "checkpoint.pt", metrics: str = "metrics.jsonl",
+                 echo: Callable[[dict], None] | None = None) -> None:
+        self.folder = Path(folder)
+        self.checkpoint_path = self.folder / checkpoint
+        self.metrics = MetricsLog(self.folder / metrics, echo)
+        self.prior_seconds = 0.0
+        self.started = time.monotonic()
+
+    def resume(self) -> dict | None:
+        """The last checkpoint (None when there is none); its training time counts from now on."""
+        state = load_checkpoint(self.checkpoint_path, missing_ok=True)
+        self.prior_seconds = float(state.get("train_seconds", 0.0)) if isinstance(state, dict) else 0.0
+        return state
+
+    @property
+    def leg_seconds(self) -> float:
+        """Seconds since this leg started."""
+        return time.monotonic() - self.started
+
+    @property
+    def train_seconds(self) -> float:
+        """Seconds trained in all legs so far, this one included."""
+        return self.prior_seconds + self.leg_seconds
+
+    def save(self, state: dict) -> None:
+        """Write a checkpoint atomically, with the run's training time so far."""
+        save_checkpoint({**state, "train_seconds": self.train_seconds}, self.checkpoint_path)
+
+    def log(self, record: dict) -> dict:
+        """Append one record to ``metrics.jsonl`` (see :class:`MetricsLog`)."""
+        return self.metrics.write(record)
+
+
+def save_checkpoint(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj, path)`` atomically; read back with :func:`load_checkpoint`."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def append_jsonl(path: str | Path, record: dict, digits: int | None = None) -> dict:
+    """Append one JSON line (floats rounded to ``digits`` when given); returns the record as written."""
+    if digits is not None:
+        record = {k: (round(v, digits) if isinstance(v, float) else v) for k, v in record.items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    return record

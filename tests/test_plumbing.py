@@ -1,0 +1,118 @@
+"""The shared helpers: atomic writes (with the umask's permissions), sha256, one-line errors,
+the safe checkpoint loader, hardware facts and the training-run bookkeeping."""
+
+import hashlib
+import json
+import os
+import stat
+
+import pytest
+
+from studio import plumbing
+from studio.errors import StudioError, WeightsError
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def mode(path):
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_atomic_writes_get_the_umask_permissions_not_0600(tmp_path, umask_022):
+    plumbing.write_atomic(tmp_path / "a.bin", b"x")
+    with plumbing.atomic_path(tmp_path / "b.txt") as tmp:
+        tmp.write_text("y")
+    with plumbing.atomic_dir(tmp_path / "folder") as tmp:
+        (tmp / "inside").write_text("z")
+    assert mode(tmp_path / "a.bin") == 0o644
+    assert mode(tmp_path / "b.txt") == 0o644
+    assert mode(tmp_path / "folder") == 0o755
+    assert (tmp_path / "folder" / "inside").read_text() == "z"
+
+
+def test_atomic_writes_follow_a_stricter_umask(tmp_path):
+    old = os.umask(0o077)
+    try:
+        plumbing.write_atomic(tmp_path / "private", "text")
+    finally:
+        os.umask(old)
+    assert mode(tmp_path / "private") == 0o600
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temp(tmp_path):
+    target = tmp_path / "keep.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with plumbing.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError):
+        with plumbing.atomic_dir(tmp_path / "dir"):
+            raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_atomic_dir_replaces_what_was_there(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "old").write_text("1")
+    with plumbing.atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "new").write_text("2")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_sha256_file(tmp_path):
+    data = os.urandom(3 << 20)
+    (tmp_path / "f").write_bytes(data)
+    assert plumbing.sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+
+
+def test_one_line():
+    assert plumbing.one_line(ValueError("first\nsecond")) == "first"
+    assert plumbing.one_line(ValueError("\n  spaced  \nx")) == "spaced"
+    assert plumbing.one_line(KeyError()) == "KeyError"
+    assert plumbing.one_line(ValueError("abcdef"), 3) == "abc"
+
+
+def test_the_safe_loader_refuses_pickled_code(tmp_path):
+    torch = pytest.importorskip("torch")
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.ones(2), "step": 3}, good)
+    assert plumbing.load_checkpoint(good)["step"] == 3
+    evil = tmp_path / "evil.pt"
+    torch.save({"f": os.getcwd}, evil)  # a global the weights-only unpickler refuses
+    with pytest.raises(WeightsError, match="refused, nothing was executed") as info:
+        plumbing.load_checkpoint(evil)
+    assert isinstance(info.value, StudioError) and "\n" not in str(info.value)
+    (tmp_path / "junk").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(WeightsError, match="not a checkpoint"):
+        plumbing.load_checkpoint(tmp_path / "junk")
+    assert plumbing.load_checkpoint(tmp_path / "missing.pt", missing_ok=True) is None
+    with pytest.raises(WeightsError, match="no such file"):
+        plumbing.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_hardware_names_the_machine():
+    info = plumbing.hardware()
+    assert info["cores"] == os.cpu_count() and info["cpu"] and info["python"]
+
+
+def test_a_training_run_carries_its_time_across_resumes(tmp_path):
+    pytest.importorskip("torch")
+    echoed = []
+    run = plumbing.TrainingRun(tmp_path, echo=echoed.append)
+    assert run.resume() is None and run.prior_seconds == 0.0
+    run.started -= 10  # as if this leg had trained for ten seconds
+    run.save({"step": 5})
+    run.log({"step": 5, "loss": 0.1234567891})
+    again = plumbing.TrainingRun(tmp_path)
+    state = again.resume()
+    assert state["step"] == 5 and again.prior_seconds >= 10 and again.train_seconds >= 10
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [{"step": 5, "loss": 0.123457}] and echoed == lines
