@@ -31,6 +31,14 @@ def register_datasets(register):
     )
     register(
         DatasetSpec(
+            name="emoji",
+            plugin="studio",
+            factory=_open("emoji"),
+            description="named emoji artwork in three styles, built from installed packages (pip install 'studio[emoji]')",
+        )
+    )
+    register(
+        DatasetSpec(
             name="folder",
             plugin="studio",
             factory=lambda path, **options: _open(f"folder:{path}")(**options),

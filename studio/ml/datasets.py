@@ -105,18 +105,23 @@ class FolderDataset(Dataset):
 
 
 def open_dataset(name: str, size: int = 64, **options) -> Dataset:
-    """A dataset by name: ``shapes`` or ``folder:PATH``.
+    """A dataset by name: ``shapes``, ``emoji`` or ``folder:PATH``.
 
     ``size`` is the square image size of every item. ``shapes`` options: ``seed``, ``split``
-    (``train``/``eval``), ``length``, ``two_object_share``, ``canonical_captions``.
+    (``train``/``eval``), ``length``, ``two_object_share``, ``canonical_captions``. ``emoji``
+    options: see :class:`studio.ml.emoji_dataset.EmojiDataset`.
     """
     if name == "shapes":
         return ShapesDataset(size=size, **options)
+    if name == "emoji":
+        from studio.ml.emoji_dataset import EmojiDataset
+
+        return EmojiDataset(size=size, **options)
     if name.startswith("folder:"):
         if options:
             raise TypeError(f"folder datasets take no options besides size (got {', '.join(options)})")
         return FolderDataset(name[len("folder:"):], size=size)
-    raise ValueError(f"unknown dataset {name!r} (expected 'shapes' or 'folder:PATH')")
+    raise ValueError(f"unknown dataset {name!r} (expected 'shapes', 'emoji' or 'folder:PATH')")
 
 
 def collate(items: list[dict]) -> dict:
