@@ -16,6 +16,12 @@ def _shapes(**options):
     return builtin_dataset("shapes", **options)
 
 
+def _emoji(**options):
+    from studio.ml.datasets import builtin_dataset
+
+    return builtin_dataset("emoji", **options)
+
+
 def _folder(path: str = "", **options):
     from studio.ml.datasets import builtin_dataset
 
@@ -30,6 +36,14 @@ def register_datasets(register):
             plugin="studio",
             factory=_shapes,
             description="procedural coloured shapes with exact captions (generated from a seed, nothing stored)",
+        )
+    )
+    register(
+        DatasetSpec(
+            name="emoji",
+            plugin="studio",
+            factory=_emoji,
+            description="named emoji artwork in three styles, built from installed packages (pip install 'studio[emoji]')",
         )
     )
     register(

@@ -25,7 +25,7 @@ def _clip_configs() -> list[str]:
 
 
 @train_group.command(name="clip")
-@click.option("--dataset", default="shapes", show_default=True, help="shapes, or folder:PATH")
+@click.option("--dataset", default="shapes", show_default=True, help="shapes, emoji, or folder:PATH")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run directory (checkpoints, logs, model card).")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), help="Stop after this much wall time.")
 @click.option("--steps", type=click.IntRange(min=1), help="Stop after this many optimiser steps.")

@@ -105,12 +105,13 @@ class FolderDataset(Dataset):
 
 
 def open_dataset(name: str, size: int = 64, **options) -> Dataset:
-    """A dataset by name, taken from the plugin registry: ``shapes``, ``folder:PATH``, or any
-    dataset a plugin registered (``register_datasets``), so every trainer can use every dataset.
+    """A dataset by name, taken from the plugin registry: ``shapes``, ``emoji``, ``folder:PATH``,
+    or any dataset a plugin registered (``register_datasets``), so every trainer can use every dataset.
 
     ``NAME:ARG`` hands ``ARG`` to the dataset's factory as its first argument (``folder:PATH``).
     ``size`` is the square image size of every item. ``shapes`` options: ``seed``, ``split``
-    (``train``/``eval``), ``length``, ``two_object_share``, ``canonical_captions``.
+    (``train``/``eval``), ``length``, ``two_object_share``, ``canonical_captions``. ``emoji``
+    options: see :class:`studio.ml.emoji_dataset.EmojiDataset`.
     """
     from studio.config import load_settings
     from studio.plugins import get_registry
@@ -121,14 +122,18 @@ def open_dataset(name: str, size: int = 64, **options) -> Dataset:
 
 
 def builtin_dataset(name: str, size: int = 64, **options) -> Dataset:
-    """Studio's own datasets, ``shapes`` and ``folder:PATH`` (registered by the builtin plugin)."""
+    """Studio's own datasets, ``shapes``, ``emoji`` and ``folder:PATH`` (registered by the builtin plugin)."""
     if name == "shapes":
         return ShapesDataset(size=size, **options)
+    if name == "emoji":
+        from studio.ml.emoji_dataset import EmojiDataset
+
+        return EmojiDataset(size=size, **options)
     if name.startswith("folder:"):
         if options:
             raise TypeError(f"folder datasets take no options besides size (got {', '.join(options)})")
         return FolderDataset(name[len("folder:"):], size=size)
-    raise ValueError(f"unknown dataset {name!r} (expected 'shapes' or 'folder:PATH')")
+    raise ValueError(f"unknown dataset {name!r} (expected 'shapes', 'emoji' or 'folder:PATH')")
 
 
 def collate(items: list[dict]) -> dict:
