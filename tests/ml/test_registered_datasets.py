@@ -19,7 +19,7 @@ def test_open_dataset_takes_a_plugins_dataset_from_the_registry(monkeypatch):
 def test_the_builtin_datasets_are_registered_like_any_other(monkeypatch):
     monkeypatch.setenv("STUDIO_LOAD_PLUGINS", "")
     assert open_dataset("shapes", size=16, seed=0)[0]["image"].shape == (3, 16, 16)
-    with pytest.raises(UnknownDataset, match="known datasets: folder, shapes"):
+    with pytest.raises(UnknownDataset, match="known datasets: emoji, folder, shapes"):
         open_dataset("testgen-colours")
 
 
