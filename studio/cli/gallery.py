@@ -159,6 +159,8 @@ def report_verification(app: App, result, as_json: bool) -> None:
             table.add_column(column)
         for check in result.checks:
             mark = "[green]match[/]" if check.match else "[red]differs[/]"
+            if check.match and check.expected != check.actual:
+                mark += " (pixels and recipe; the original has the older PNG layout)"
             table.add_row(str(check.index), str(check.seed), check.expected[:16], (check.actual or "-")[:16], mark)
         console.print(table)
         for note in result.differences:
