@@ -64,8 +64,8 @@ def test_plain_submit_prints_image_paths(run, studio_home):
         (["submit", "x", "-m", "testgen", "-p", "size=big"], 2, "must be int"),
         (["submit", "x", "-m", "testgen", "-p", "size"], 2, "takes key=value"),
         (["submit", "x", "-m", "testgen", "-p", "fail=error"], 1, "failed: testgen was asked to fail"),
-        (["show", "01XXXXXXXXXXXXXXXXXXXXXXXX"], 1, "no job with id"),
-        (["cancel", "nope"], 1, "no job with id"),
+        (["show", "01XXXXXXXXXXXXXXXXXXXXXXXX"], 1, "no job or image with id"),
+        (["cancel", "nope"], 1, "no job or image with id"),
         (["submit", "x", "--seed", "abc"], 2, "is not a valid integer"),
     ],
 )
