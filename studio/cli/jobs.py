@@ -44,6 +44,7 @@ def submit(app: App, prompt, model_id, seed, count, params, priority, out_dir, w
     engine = app.engine
     model_id = model_id or engine.registry.default_model(app.settings.default_model).id
     job = engine.submit(prompt, model_id, seed=seed, count=count, params=parse_params(params), priority=priority)
+    warn_unknown_words(engine.registry.models.get(job.model_id), job.prompt)
     job = dispatch(engine, job, run_here(engine, show_progress=not as_json))
     if uses_broker(app.settings):
         if not wait:
@@ -51,6 +52,15 @@ def submit(app: App, prompt, model_id, seed, count, params, priority, out_dir, w
             return
         job = follow(engine, job.id)
     report_finished(engine, job, out_dir, as_json)
+
+
+def warn_unknown_words(spec, prompt: str) -> None:
+    """One line when the prompt has words the model was never trained on; the job still runs."""
+    unknown = spec.unknown_words(prompt) if spec is not None else []
+    if unknown:
+        draws = spec.draws or "only the words it was trained on (see `studio models show " + spec.id + "`)"
+        err_console.print(f"the {spec.id} model draws {draws}; unknown words: {', '.join(unknown)}",
+                          style="yellow", markup=False, highlight=False, soft_wrap=True)
 
 
 @cli.command()
