@@ -128,6 +128,7 @@ class ModelSpec:
     vocabulary: tuple[str, ...] | None = None
     draws: str = ""  # what the model can draw, in a few words ("coloured shapes")
     licence: str = ""  # the weights' licence or terms
+    weights_sha256: str = ""  # the expected sha256 of the file named in ``weights`` (checked by `studio doctor`)
     #: Figures from the model card (evaluation, training), shown by `studio models show`.
     card: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 

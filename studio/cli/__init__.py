@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 
-from studio.cli import common, db, gallery, jobs, ml, models, workers  # noqa: F401 - registers the core commands
+from studio.cli import common, db, doctor, gallery, jobs, ml, models, workers  # noqa: F401 - registers the core commands
 from studio.cli.common import App, CommandError, add_plugin_commands, cli, console, err_console, pass_app, print_json
 
 __all__ = ["App", "CommandError", "add_plugin_commands", "cli", "console", "err_console", "main", "pass_app",

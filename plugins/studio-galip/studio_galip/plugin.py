@@ -69,6 +69,7 @@ def _spec(card: ModelCard | None, model_id: str, description: str) -> ModelSpec:
         draws=data.get("draws", ""),
         licence=data.get("licence", "") or card.terms if card else "",
         card=card_figures(data),
+        weights_sha256=data.get("weights_sha256", "") if card else "",
     )
 
 
