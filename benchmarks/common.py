@@ -14,6 +14,18 @@ from rich.table import Table
 RESULTS = Path(__file__).parent / "results"
 
 
+def use_test_plugins() -> None:
+    """Install the test plugin for this process and its subprocesses only (``tests/plugin_env.py``),
+    as the test run does: nothing is left in the environment afterwards."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tests" / "plugin_env.py"
+    spec = importlib.util.spec_from_file_location("studio_plugin_env", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.activate()
+
+
 def best_time(fn, repeat: int, min_seconds: float = 0.0, max_runs: int = 50) -> float:
     """Best of at least ``repeat`` runs after a warm-up: the minimum is the figure least disturbed
     by other load. With ``min_seconds``, fast calls repeat until that much time has passed

@@ -2,7 +2,7 @@
 
 The test generator's own time is measured apart (generate() alone) and subtracted, so the
 figure is what the engine adds: validation, rows, progress, the PNG write, the final commit.
-Usage: python benchmarks/engine_overhead.py [--quick]   (needs: pip install -e tests/plugin)
+Usage: python benchmarks/engine_overhead.py [--quick]
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ import statistics
 import tempfile
 import time
 
-from common import report
+from common import report, use_test_plugins
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
+    use_test_plugins()  # the test plugin, for this run only
     jobs = 20 if args.quick else 200
 
     from studio.config import load_settings

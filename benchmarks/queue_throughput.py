@@ -13,7 +13,7 @@ The Celery rows are compared with the in-process row, each ``--batch 8`` row wit
 ``--batch 1`` row.
 Usage: python benchmarks/queue_throughput.py [--quick]
 (needs Redis and PostgreSQL on 127.0.0.1, or STUDIO_TEST_REDIS_URL / STUDIO_TEST_POSTGRES_URL;
-pip install -e ".[celery]" -e tests/plugin)
+pip install -e ".[celery]")
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from common import report
+from common import report, use_test_plugins
 
 from studio.plumbing import one_line
 
@@ -175,6 +175,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
+    use_test_plugins()  # the test plugin, for this run only
     n, latency_n, batch_n, galip_n = (30, 10, 24, 8) if args.quick else (300, 50, 160, 48)
 
     try:

@@ -53,6 +53,7 @@ from studio.plumbing import (
     load_checkpoint,
     one_line,
     save_checkpoint,
+    save_safetensors,
     sha256_file,
     write_atomic,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "resolve_input", "store_input", "open_dataset",
     # plumbing
     "atomic_path", "atomic_dir", "write_atomic", "sha256_file", "one_line", "load_checkpoint", "save_checkpoint",
+    "save_safetensors",
     "append_jsonl", "hardware", "MetricsLog", "TrainingRun",
 ]
 

@@ -26,13 +26,13 @@ from sqlalchemy.orm import Session
 from ulid import ULID
 
 from studio.config import Settings
-from studio.db import Database, Job, JobStatus, open_database
+from studio.db import Database, Image, Job, JobStatus, open_database
 from studio.db.models import utcnow
 from studio.errors import NotFound, UsageError
 from studio.generators import ParamError
 from studio.loader import GeneratorCache, generators
 from studio.plugins import Registry, UnknownModel, fire_job_finished, get_registry
-from studio.records import ImageInfo, JobInfo
+from studio.records import ImageInfo, JobInfo, status_phrase
 
 if TYPE_CHECKING:
     from studio.runner import Runner
@@ -175,18 +175,15 @@ class Engine:
 
     # ---- reading ----------------------------------------------------------------------
 
-    def _find(self, session: Session, job_id: str) -> Job:
-        job = session.get(Job, job_id)
-        if job is not None:
-            return job
-        job_id = job_id.strip().upper()
-        if len(job_id) >= 4:
-            matches = session.scalars(select(Job).where(Job.id.startswith(job_id)).limit(2)).all()
-            if len(matches) == 1:
-                return matches[0]
-            if len(matches) > 1:
-                raise UsageError(f"job id prefix {job_id!r} is ambiguous; give more characters")
-        raise NotFound(f"no job with id {job_id!r}")
+    def _find(self, session: Session, ident: str) -> Job:
+        """The job a job id, an image id, or a unique prefix of either names."""
+        return locate(session, ident)[0]
+
+    def lookup(self, ident: str) -> tuple[JobInfo, ImageInfo | None]:
+        """(the job, the image or None) that a job or image id, or a unique prefix of one, names."""
+        with self.db.session() as session:
+            job, image = locate(session, ident)
+            return JobInfo.from_row(job), ImageInfo.from_row(image) if image is not None else None
 
     def get(self, job_id: str) -> JobInfo:
         with self.db.session() as session:
@@ -256,7 +253,7 @@ class Engine:
             elif job.status == JobStatus.running.value:
                 job.cancel_requested = True
             else:
-                raise UsageError(f"job {job.id} has already {job.status}")
+                raise UsageError(f"job {job.id} {status_phrase(job.status, already=True)}")
             session.flush()
             info = JobInfo.from_row(job)
         if info.finished:
@@ -268,7 +265,7 @@ class Engine:
         with self.db.session() as session:
             job = self._find(session, job_id)
             if job.status not in (JobStatus.failed.value, JobStatus.canceled.value):
-                raise UsageError(f"only failed or canceled jobs can be retried; job {job.id} is {job.status}")
+                raise UsageError(f"only failed or canceled jobs can be retried; job {job.id} {status_phrase(job.status)}")
             job.status = JobStatus.queued.value
             job.error = None
             job.attempts = 0
@@ -305,6 +302,33 @@ class Engine:
 
     def renew_lease(self, worker_id: str) -> int:
         return self.runner.renew_lease(worker_id)
+
+
+MIN_PREFIX = 4  # the shortest id prefix looked up
+
+
+def locate(session: Session, ident: str) -> tuple[Job, Image | None]:
+    """Resolve a job id or an image id, or a unique prefix of either: (job, image or None).
+
+    A prefix is only a prefix: ``%`` and ``_`` in it are matched literally, never as wildcards.
+    """
+    ident = (ident or "").strip().upper()
+    if not ident:
+        raise UsageError("an image or job id is empty")
+    job = session.get(Job, ident)
+    if job is not None:
+        return job, None
+    image = session.get(Image, ident)
+    if image is not None:
+        return image.job, image
+    if len(ident) >= MIN_PREFIX:
+        jobs = session.scalars(select(Job).where(Job.id.startswith(ident, autoescape=True)).limit(2)).all()
+        images = session.scalars(select(Image).where(Image.id.startswith(ident, autoescape=True)).limit(2)).all()
+        if len(images) + len(jobs) == 1:
+            return (images[0].job, images[0]) if images else (jobs[0], None)
+        if images or jobs:
+            raise UsageError(f"id prefix {ident!r} is ambiguous (it starts several job or image ids); give more characters")
+    raise NotFound(f"no job or image with id {ident!r}")
 
 
 def finish_row(job: Job, status: JobStatus, error: str | None) -> None:

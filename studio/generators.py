@@ -7,6 +7,7 @@ through its factory the first time a job needs it, once per process.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
@@ -122,6 +123,25 @@ class ModelSpec:
     weights: str = ""  # where the weights come from, for `studio models`
     description: str = ""
     max_batch: int = 16  # the largest batch the engine hands to generate()
+    #: The words the model was trained on (lower case), or None for an open vocabulary. A prompt
+    #: with other words still runs; `studio submit` names them in one line.
+    vocabulary: tuple[str, ...] | None = None
+    draws: str = ""  # what the model can draw, in a few words ("coloured shapes")
+    licence: str = ""  # the weights' licence or terms
+    weights_sha256: str = ""  # the expected sha256 of the file named in ``weights`` (checked by `studio doctor`)
+    #: Figures from the model card (evaluation, training), shown by `studio models show`.
+    card: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        """The words of ``prompt`` outside the model's vocabulary, in order, each once."""
+        if self.vocabulary is None:
+            return []
+        known = set(self.vocabulary)
+        unknown: list[str] = []
+        for word in re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)?", prompt.lower()):
+            if word not in known and word not in unknown:
+                unknown.append(word)
+        return unknown
 
     def param(self, name: str) -> Param:
         for p in self.params:

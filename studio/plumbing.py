@@ -129,6 +129,31 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def safetensors_bytes(tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> bytes:
+    """A safetensors file's bytes, the same for the same tensors and metadata in every process.
+
+    ``safetensors`` writes its ``__metadata__`` from a hash map, so the key order of the header
+    (and the file's sha256) changes from one run to the next. The header is written again here
+    as JSON with sorted keys (padded with spaces to 8 bytes, as the format asks); the data
+    section is left exactly as safetensors wrote it.
+    """
+    import struct
+
+    from safetensors.torch import save
+
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + size :]
+
+
+def save_safetensors(path: str | Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> Path:
+    """Write tensors as safetensors atomically and byte-reproducibly (:func:`safetensors_bytes`)."""
+    return write_atomic(path, safetensors_bytes(tensors, metadata))
+
+
 def one_line(exc: BaseException, limit: int | None = None) -> str:
     """The first non-empty line of ``exc``'s text, or its type name when it has none."""
     lines = str(exc).strip().splitlines()

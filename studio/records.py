@@ -13,6 +13,28 @@ from typing import Any
 
 #: The statuses a job ends in (``studio.db.models.JobStatus`` has the full set).
 FINISHED = ("succeeded", "failed", "canceled")
+#: Characters of an id shown where space is short. Ids are ULIDs: 10 characters of time (ms)
+#: then 16 random ones, so ids made close together share their first ~8 characters; 14 keep
+#: 20 random bits, and every command takes a unique prefix, so a short id shown resolves.
+SHORT_ID = 14
+
+
+def short_id(ident: str) -> str:
+    """The start of an id, as shown in narrow places; any command takes it back."""
+    return ident[:SHORT_ID]
+
+
+_PHRASES = {"queued": "is queued", "running": "is running", "succeeded": "has succeeded",
+            "failed": "has failed", "canceled": "was canceled"}
+
+
+def status_phrase(status: str, already: bool = False) -> str:
+    """A status as English after "job X": "has succeeded", "is running", "was (already) canceled"."""
+    phrase = _PHRASES.get(status, f"is {status}")
+    if already:
+        verb, _, rest = phrase.partition(" ")
+        phrase = f"{verb} already {rest}"
+    return phrase
 
 
 @dataclass(frozen=True)

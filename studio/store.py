@@ -4,6 +4,19 @@ Files are content-addressed (``images/ab/abcdef....png``, the sha256 of the PNG 
 written to a temporary name then renamed, so a crash never leaves half a file. The full
 recipe travels inside the PNG as a text chunk named ``studio`` (JSON), so a file alone is
 enough to re-generate or import an image.
+
+Other tools read other conventions, so the same facts are also written for them (never read
+back by Studio: the ``studio`` chunk is the recipe):
+
+- ``parameters``: the de-facto text chunk of AUTOMATIC1111's web UI, which its "PNG Info",
+  ComfyUI, InvokeAI, image hosts and exiftool read: the prompt, then one line of
+  ``Key: value`` pairs (``Steps``, ``Sampler``, ``Seed``, ``Size``, ``Model hash``, ``Model``,
+  then Studio's own fields, with values that hold commas JSON-quoted);
+- ``Software`` and ``Description``, keywords of the PNG specification (``Description``: the prompt).
+
+Files made before these chunks existed hold only the ``studio`` chunk (format 1);
+:func:`format_digests` gives the sha256 a new file would have had in that format, so an old
+image still verifies bit for bit.
 """
 
 from __future__ import annotations
@@ -21,8 +34,9 @@ from studio.errors import StoreError
 from studio.plumbing import one_line, write_atomic
 
 RECIPE_CHUNK = "studio"
-
-
+PARAMETERS_CHUNK = "parameters"
+#: 1: the ``studio`` chunk alone; 2: plus ``parameters``, ``Software`` and ``Description``.
+PNG_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -33,15 +47,90 @@ class StoredFile:
     height: int
 
 
-def encode_png(image: Image.Image, recipe: dict[str, Any]) -> bytes:
+def recipe_text(recipe: dict[str, Any]) -> str:
+    """The exact text of the ``studio`` chunk for a recipe."""
+    return json.dumps(recipe, sort_keys=True, separators=(",", ":"))
+
+
+def encode_png(image: Image.Image, recipe: dict[str, Any], png_format: int = PNG_FORMAT) -> bytes:
     """PNG bytes with the recipe embedded. Deterministic: same pixels and recipe, same bytes."""
+    return _encode(image, recipe_text(recipe), recipe, png_format)
+
+
+def _encode(image: Image.Image, text: str, recipe: dict[str, Any], png_format: int) -> bytes:
     if image.mode != "RGB":
         image = image.convert("RGB")
     info = PngImagePlugin.PngInfo()
-    info.add_text(RECIPE_CHUNK, json.dumps(recipe, sort_keys=True, separators=(",", ":")), zip=True)
+    info.add_text(RECIPE_CHUNK, text, zip=True)
+    if png_format >= 2:
+        info.add_text(PARAMETERS_CHUNK, parameters_text(recipe, image.width, image.height))
+        info.add_text("Software", f"Studio {recipe.get('core_version') or ''}".strip())
+        info.add_text("Description", str(recipe.get("prompt", "")))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info, optimize=False, compress_level=6)
     return buffer.getvalue()
+
+
+def _quote(value: Any) -> str:
+    """A value of the ``parameters`` line: JSON-quoted when it holds what would split the line."""
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+    if any(ch in text for ch in ',:"\n') or text != text.strip():
+        return json.dumps(text)
+    return text
+
+
+def parameters_text(recipe: dict[str, Any], width: int, height: int) -> str:
+    """The ``parameters`` chunk: the prompt, then the ``Steps: .., Sampler: .., Seed: ..`` line."""
+    params = dict(recipe.get("params") or {})
+    generator = recipe.get("generator") or {}
+    weights = recipe.get("weights_sha256") or ""
+    fields: list[tuple[str, Any]] = [
+        ("Steps", params.get("steps", generator.get("steps", 1))),
+        ("Sampler", generator.get("sampler") or recipe.get("plugin") or recipe.get("model")),
+        ("Seed", recipe.get("seed")),
+        ("Size", f"{width}x{height}"),
+    ]
+    if weights:
+        fields.append(("Model hash", weights[:10]))
+    fields += [
+        ("Model", recipe.get("model")),
+        ("Version", f"Studio {recipe.get('core_version') or ''}".strip()),
+        ("Studio plugin", f"{recipe.get('plugin') or ''} {recipe.get('plugin_version') or ''}".strip()),
+        ("Studio device", recipe.get("device")),
+        ("Studio dtype", recipe.get("dtype")),
+    ]
+    if weights:
+        fields.append(("Studio weights sha256", weights))
+    if params:
+        fields.append(("Studio params", params))
+    line = ", ".join(f"{key}: {_quote(value)}" for key, value in fields if value not in (None, ""))
+    prompt = " ".join(str(recipe.get("prompt", "")).splitlines())  # one line: the reader splits on lines
+    return f"{prompt}\n{line}"
+
+
+def format_digests(data: bytes) -> set[str]:
+    """The sha256 of these PNG bytes and of the same image and recipe in every earlier format.
+
+    An image made before the interop chunks were written compares with its re-run through
+    this: same pixels and same ``studio`` chunk give the same bytes in that format.
+    """
+    digests = {hashlib.sha256(data).hexdigest()}
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
+            img.load()
+            text = getattr(img, "text", {}).get(RECIPE_CHUNK)
+            pixels = img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return digests
+    if text is None:
+        return digests
+    try:
+        recipe = json.loads(text)
+    except ValueError:
+        return digests
+    for png_format in range(1, PNG_FORMAT + 1):
+        digests.add(hashlib.sha256(_encode(pixels, text, recipe, png_format)).hexdigest())
+    return digests
 
 
 def relative_path(sha256: str) -> str:

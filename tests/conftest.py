@@ -52,7 +52,7 @@ def engine(settings):
 def testgen_installed():
     names = {ep.name for ep in importlib.metadata.entry_points(group="studio")}
     if "testgen" not in names:
-        pytest.fail("the test plugin is not installed: pip install -e tests/plugin (see README)")
+        pytest.fail("the test plugin is not on the path: run pytest from the repository (the root conftest.py installs it for the run)")
 
 
 @pytest.fixture

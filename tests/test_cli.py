@@ -64,8 +64,8 @@ def test_plain_submit_prints_image_paths(run, studio_home):
         (["submit", "x", "-m", "testgen", "-p", "size=big"], 2, "must be int"),
         (["submit", "x", "-m", "testgen", "-p", "size"], 2, "takes key=value"),
         (["submit", "x", "-m", "testgen", "-p", "fail=error"], 1, "failed: testgen was asked to fail"),
-        (["show", "01XXXXXXXXXXXXXXXXXXXXXXXX"], 1, "no job with id"),
-        (["cancel", "nope"], 1, "no job with id"),
+        (["show", "01XXXXXXXXXXXXXXXXXXXXXXXX"], 1, "no job or image with id"),
+        (["cancel", "nope"], 1, "no job or image with id"),
         (["submit", "x", "--seed", "abc"], 2, "is not a valid integer"),
     ],
 )
@@ -146,3 +146,18 @@ def test_eval_applies_params_to_every_image_and_rejects_bad_ones(run, studio_hom
         result = run("eval", "-m", "testgen", "--n", "4", *bad)
         assert result.exit_code != 0
         assert words in result.output and "Traceback" not in result.output
+
+
+def test_models_show_explains_a_model(run):
+    out = run("models", "show", "testgen")
+    assert out.exit_code == 0, out.output
+    assert "steps" in out.stdout and "1..1000" in out.stdout and "progress steps" in out.stdout
+    assert "vocabulary" in out.stdout
+    data = json.loads(run("models", "show", "testgen", "--json").stdout)
+    assert data["id"] == "testgen" and {p["name"] for p in data["params"]} >= {"steps", "size"}
+    assert run("models", "show", "nope").exit_code != 0
+
+
+def test_models_is_a_short_table(run):
+    out = run("models")
+    assert out.exit_code == 0 and "testgen" in out.stdout and "progress steps" not in out.stdout

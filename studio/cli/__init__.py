@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
-from studio.cli import db, gallery, jobs, ml, models, workers  # noqa: F401 - registers the core commands
+from studio.cli import common, db, doctor, gallery, jobs, ml, models, workers  # noqa: F401 - registers the core commands
 from studio.cli.common import App, CommandError, add_plugin_commands, cli, console, err_console, pass_app, print_json
 
 __all__ = ["App", "CommandError", "add_plugin_commands", "cli", "console", "err_console", "main", "pass_app",
@@ -33,15 +32,42 @@ class _OneLineFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        return text if self.debug else text.rstrip()
+        if self.debug:
+            return text
+        if record.name == "py.warnings":  # "file:line: Category: message" and the source line under it
+            return text.splitlines()[0]
+        return text.rstrip()
+
+
+class ConsoleHandler(logging.Handler):
+    """Log records printed through the stderr console, never straight onto the terminal.
+
+    A live display (a progress bar) owns that console, so a warning lands above the bar
+    instead of through it; while a full-screen app runs (the gallery), records are held and
+    printed when it ends (:func:`studio.cli.common.held_logs`).
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            held = common.held_records
+            if held is not None:
+                held.append(text)
+                return
+            err_console.print(text, markup=False, highlight=False, soft_wrap=True)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
 
 
 def setup_logging() -> None:
     debug = os.environ.get("STUDIO_DEBUG", "") not in ("", "0")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLineFormatter(debug))
     root = logging.getLogger()
+    if any(isinstance(h, ConsoleHandler) for h in root.handlers):
+        return
+    handler = ConsoleHandler()
+    handler.setFormatter(_OneLineFormatter(debug))
     root.addHandler(handler)
+    logging.captureWarnings(True)  # Python warnings take the same way, not a raw write to stderr
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from studio.records import JobInfo
 
 __all__ = ["App", "CommandError", "add_plugin_commands", "cli", "console", "err_console", "pass_app", "print_json",
-           "parse_params", "status_style", "short_time", "follow", "report_finished", "run_here", "STATUS_CHOICES"]
+           "parse_params", "status_style", "short_time", "follow", "report_finished", "run_here", "STATUS_CHOICES", "held_logs", "find_job"]
 
 class _Console:
     """A rich ``Console`` made on first use: commands that print nothing never import rich."""
@@ -45,6 +46,21 @@ class _Console:
 console: Any = _Console()
 err_console: Any = _Console(stderr=True)
 STATUS_CHOICES = ["queued", "running", "succeeded", "failed", "canceled"]
+#: Log lines kept back while a full-screen app owns the terminal (see :func:`held_logs`).
+held_records: list[str] | None = None
+
+
+@contextmanager
+def held_logs():
+    """Hold log lines while a full-screen app owns the terminal; print them once it is gone."""
+    global held_records
+    outer, held_records = held_records, []
+    try:
+        yield
+    finally:
+        lines, held_records = held_records, outer
+        for line in lines:
+            err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 class App:
@@ -177,6 +193,17 @@ def cli() -> None:
     Every image keeps its full recipe (prompt, model, weights, seed, parameters), so any of
     them can be made again exactly.
     """
+
+
+# ---- ids --------------------------------------------------------------------------------------
+
+
+def find_job(engine: "Engine", ident: str, quiet: bool = False):
+    """(job, image or None) for a job or image id (or a unique prefix); says so when it was an image."""
+    job, image = engine.lookup(ident)
+    if image is not None and not quiet:
+        err_console.print(f"{image.id} is image {image.index} of job {job.id}", highlight=False, soft_wrap=True)
+    return job, image
 
 
 # ---- running jobs and showing how they ended ----------------------------------------------------

@@ -16,6 +16,7 @@ from studio.cli.common import (
     cli,
     console,
     err_console,
+    held_logs,
     parse_params,
     pass_app,
     print_json,
@@ -83,7 +84,8 @@ def gallery(app: App, text, model, status, since, until, plain, as_json, limit, 
                 raise
             err_console.print("the interactive browser needs Textual (pip install 'studio[gallery]'); here is a table")
         else:
-            run_gallery(app.engine, view, filters)
+            with held_logs():  # a warning printed now would write over the browser's screen
+                run_gallery(app.engine, view, filters)
             return
     page = view.page(filters, after=Key.parse(after) if after else None, limit=limit)
     if as_json:
@@ -157,6 +159,8 @@ def report_verification(app: App, result, as_json: bool) -> None:
             table.add_column(column)
         for check in result.checks:
             mark = "[green]match[/]" if check.match else "[red]differs[/]"
+            if check.match and check.expected != check.actual:
+                mark += " (pixels and recipe; the original has the older PNG layout)"
             table.add_row(str(check.index), str(check.seed), check.expected[:16], (check.actual or "-")[:16], mark)
         console.print(table)
         for note in result.differences:

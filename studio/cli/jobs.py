@@ -13,6 +13,7 @@ from studio.cli.common import (
     cli,
     console,
     err_console,
+    find_job,
     follow,
     parse_params,
     pass_app,
@@ -43,6 +44,7 @@ def submit(app: App, prompt, model_id, seed, count, params, priority, out_dir, w
     engine = app.engine
     model_id = model_id or engine.registry.default_model(app.settings.default_model).id
     job = engine.submit(prompt, model_id, seed=seed, count=count, params=parse_params(params), priority=priority)
+    warn_unknown_words(engine.registry.models.get(job.model_id), job.prompt)
     job = dispatch(engine, job, run_here(engine, show_progress=not as_json))
     if uses_broker(app.settings):
         if not wait:
@@ -52,6 +54,15 @@ def submit(app: App, prompt, model_id, seed, count, params, priority, out_dir, w
     report_finished(engine, job, out_dir, as_json)
 
 
+def warn_unknown_words(spec, prompt: str) -> None:
+    """One line when the prompt has words the model was never trained on; the job still runs."""
+    unknown = spec.unknown_words(prompt) if spec is not None else []
+    if unknown:
+        draws = spec.draws or "only the words it was trained on (see `studio models show " + spec.id + "`)"
+        err_console.print(f"the {spec.id} model draws {draws}; unknown words: {', '.join(unknown)}",
+                          style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+
 @cli.command()
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
 @click.option("--status", type=click.Choice(STATUS_CHOICES))
@@ -59,7 +70,8 @@ def submit(app: App, prompt, model_id, seed, count, params, priority, out_dir, w
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def jobs(app: App, limit, status, model_id, as_json) -> None:
-    """Recent jobs, newest first, with status and progress."""
+    """Recent jobs, newest first, with status and progress (ids shortened to a prefix any command takes)."""
+    from rich.markup import escape
     from rich.table import Table
 
     if app.settings.database_missing():
@@ -70,30 +82,36 @@ def jobs(app: App, limit, status, model_id, as_json) -> None:
     if as_json:
         print_json([job.as_dict() for job in rows])
         return
-    table = Table(title=None if rows else "no jobs yet")
-    for column in ("id", "created", "model", "n", "status", "prompt"):
-        table.add_column(column, overflow="fold" if column == "prompt" else "ellipsis", no_wrap=column != "prompt")
+    from rich import box
+
+    from studio.records import short_id
+
+    table = Table(title=None if rows else "no jobs yet", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("id", "created", "model", "n", "status"):
+        table.add_column(column, no_wrap=True, overflow="ellipsis")
+    table.add_column("prompt", overflow="fold", min_width=20, ratio=1)
     for job in rows:
         style = status_style(job.status)
         status = job.status if job.status != "running" else f"running {job.fraction:.0%}"
         table.add_row(
-            job.id,
+            short_id(job.id),
             job.created_at.strftime("%m-%d %H:%M"),
             job.model_id,
             str(job.count),
             f"[{style}]{status}[/]",
-            job.prompt,
+            escape(job.prompt),
         )
     console.print(table)
 
 
 @cli.command()
-@click.argument("job_id")
-@click.option("--tree", is_flag=True, help="Show the lineage: what JOB_ID came from and what came from it.")
+@click.argument("ident", metavar="ID")
+@click.option("--tree", is_flag=True, help="Show the lineage: what ID came from and what came from it.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def show(app: App, job_id, tree, as_json) -> None:
-    """A job's details, its images and their recipes (or, with --tree, its lineage)."""
+def show(app: App, ident, tree, as_json) -> None:
+    """A job (ID: a job or an image id), its images and their recipe (or, with --tree, its lineage)."""
+    from rich.markup import escape
     from rich.table import Table
 
     engine = app.engine
@@ -101,14 +119,16 @@ def show(app: App, job_id, tree, as_json) -> None:
     if tree:
         from studio.cli.gallery import print_tree
 
-        print_tree(app, job_id, as_json)
+        print_tree(app, ident, as_json)
         return
-    job = engine.get(job_id)
-    images = engine.images(job.id)
+    job, image = find_job(engine, ident, quiet=as_json)
+    images = [image] if image is not None else engine.images(job.id)
     home = engine.settings.home
     if as_json:
         data = job.as_dict()
         data["images"] = [dict(i.as_dict(), file=str(home / i.path)) for i in images]
+        if image is not None:
+            data["found"] = {"image": image.id}
         print_json(data)
         return
     table = Table(show_header=False, box=None)
@@ -116,41 +136,65 @@ def show(app: App, job_id, tree, as_json) -> None:
     table.add_column(overflow="fold")
     fields = [
         ("id", job.id),
-        ("prompt", job.prompt),
+        ("prompt", escape(job.prompt)),
         ("model", job.model_id),
         ("status", f"[{status_style(job.status)}]{job.status}[/]"),
         ("progress", f"{job.fraction:.0%}"),
         ("seed", f"{job.seed} (+0..{job.count - 1})" if job.count > 1 else str(job.seed)),
-        ("params", json.dumps(job.params, sort_keys=True)),
+        ("params", escape(json.dumps(job.params, sort_keys=True))),
         ("attempts", str(job.attempts)),
         ("created", short_time(job.created_at)),
         ("finished", short_time(job.finished_at)),
     ]
     if job.error:
-        fields.append(("error", f"[red]{job.error}[/]"))
+        fields.append(("error", f"[red]{escape(job.error)}[/]"))
     if job.parent_id:
         fields.append(("parent", job.parent_id))
     if job.worker_id:
-        fields.append(("worker", job.worker_id))
+        fields.append(("worker", escape(job.worker_id)))
     for key, value in fields:
         table.add_row(key, value)
     console.print(table)
-    for image in images:
-        console.print(f"\n[bold]image {image.index}[/] seed {image.seed}  {image.width}x{image.height}  sha256 {image.sha256[:16]}")
-        console.print(str(home / image.path), soft_wrap=True)
-        console.print_json(json.dumps(image.recipe, sort_keys=True))
+    if not images:
+        return
+    console.print()
+    files = Table(box=None, pad_edge=False)
+    for column in ("image", "id", "seed", "size", "sha256"):
+        files.add_column(column, no_wrap=True)
+    files.add_column("file", overflow="fold")
+    for i in images:
+        files.add_row(str(i.index), i.id, str(i.seed), f"{i.width}x{i.height}", i.sha256[:16], str(home / i.path))
+    console.print(files)
+    shared, own = split_recipes([i.recipe for i in images])
+    title = "recipe" if len(images) == 1 else f"recipe (the same for all {len(images)} images but the seed)"
+    console.print(f"\n[bold]{title}[/]")
+    console.print_json(json.dumps(shared, sort_keys=True))
+    for i, rest in zip(images, own):
+        if rest:
+            console.print(f"[bold]image {i.index} also[/] {escape(json.dumps(rest, sort_keys=True))}", soft_wrap=True)
+
+
+def split_recipes(recipes: list[dict]) -> tuple[dict, list[dict]]:
+    """(what every recipe has in common, what each has of its own); the seed counts as its own
+    when the images have different seeds, and is then left out of both (the table shows it)."""
+    if not recipes:
+        return {}, []
+    first = recipes[0]
+    shared = {k: v for k, v in first.items() if all(k in r and r[k] == v for r in recipes[1:])}
+    own = [{k: v for k, v in r.items() if k not in shared and k != "seed"} for r in recipes]
+    return shared, own
 
 
 @cli.command()
-@click.argument("job_id")
+@click.argument("ident", metavar="ID")
 @click.option("--timeout", type=float, help="Give up after this many seconds (exit 1).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def wait(app: App, job_id, timeout, as_json) -> None:
-    """Wait until a job is finished; exit 1 unless it succeeded."""
+def wait(app: App, ident, timeout, as_json) -> None:
+    """Wait until a job (ID: a job or an image id) is finished; exit 1 unless it succeeded."""
     engine = app.engine
     engine.reap_orphans()
-    job = engine.get(job_id)
+    job, _image = find_job(engine, ident, quiet=as_json)
     job = engine.wait(job.id, timeout=timeout) if (timeout is not None or as_json) else follow(engine, job.id)
     if not job.finished:
         raise StudioError(f"job {job.id} is still {job.status} after {timeout} s")
@@ -158,11 +202,12 @@ def wait(app: App, job_id, timeout, as_json) -> None:
 
 
 @cli.command()
-@click.argument("job_id")
+@click.argument("ident", metavar="ID")
 @pass_app
-def cancel(app: App, job_id) -> None:
-    """Cancel a job: a queued job never starts, a running one stops at its next step."""
-    job = app.engine.cancel(job_id)
+def cancel(app: App, ident) -> None:
+    """Cancel a job (ID: a job or an image id): a queued job never starts, a running one stops at its next step."""
+    job, _image = find_job(app.engine, ident)
+    job = app.engine.cancel(job.id)
     if job.status == "canceled":
         console.print(f"job {job.id} canceled")
     else:
@@ -170,14 +215,15 @@ def cancel(app: App, job_id) -> None:
 
 
 @cli.command()
-@click.argument("job_id")
+@click.argument("ident", metavar="ID")
 @pass_app
-def retry(app: App, job_id) -> None:
-    """Queue a failed or canceled job again (and run it here when there is no broker)."""
+def retry(app: App, ident) -> None:
+    """Queue a failed or canceled job (ID: a job or an image id) again; without a broker it runs here."""
     from studio.executors import dispatch, uses_broker
 
     engine = app.engine
-    job = dispatch(engine, engine.retry(job_id), run_here(engine))
+    job, _image = find_job(engine, ident)
+    job = dispatch(engine, engine.retry(job.id), run_here(engine))
     if uses_broker(app.settings):
         console.print(f"queued [bold]{job.id}[/] again")
         return

@@ -39,7 +39,7 @@ from studio.errors import StudioError
 from studio.gallery import actions, lineage, transfer
 from studio.gallery.query import STATUSES, Entry, Filters, Gallery, Key, Page, parse_date_range
 from studio.gallery.thumbs import Cells, ThumbnailCache, placeholder
-from studio.records import status_style
+from studio.records import short_id, status_style
 from studio.store import StoreError
 
 ZOOM = [(10, 5), (16, 8), (24, 12), (32, 16)]  # thumbnail size in cells (width, height)
@@ -360,7 +360,7 @@ def lineage_renderable(app: "GalleryApp", entry: Entry) -> RenderableType:
 
     def label(node: lineage.Node, parent: lineage.Node | None) -> str:
         changes = node.changes_from(parent)
-        text = f"{node.job_id[-8:]} [{status_style(node.status)}]{node.status}[/] seed {node.seed} x{node.count}"
+        text = f"{short_id(node.job_id)} [{status_style(node.status)}]{node.status}[/] seed {node.seed} x{node.count}"
         if changes:
             text += f" [dim]({escape(', '.join(changes))})[/]"
         return f"[reverse]{text}[/]" if node.job_id == family.focus else text
@@ -631,7 +631,7 @@ class GalleryApp(App):
     def action_export_selected(self) -> None:
         entry = self.selected
         if entry is not None:
-            default = f"studio-{entry.id[-8:].lower()}.zip"
+            default = f"studio-{short_id(entry.id).lower()}.zip"
             self.push_screen(AskPath(f"Export {entry.id} to", default), lambda target: self.export(target, [entry]))
 
     def action_export_all(self) -> None:

@@ -21,12 +21,12 @@ from sqlalchemy.orm import Session
 from ulid import ULID
 
 from studio.db import Database, Image, Job, JobStatus
-from studio.errors import NotFound, UsageError
+from studio.engine import locate as engine_locate
+from studio.errors import UsageError
 from studio.gallery import search
 
 STATUSES = tuple(s.value for s in JobStatus)
 MAX_PAGE = 1000
-MIN_PREFIX = 4
 
 
 @dataclass(frozen=True)
@@ -285,23 +285,7 @@ def _entry(job: Job, image: Image | None) -> Entry:
 
 def locate(session: Session, ident: str) -> tuple[Job, Image | None]:
     """Resolve an image id or a job id, or a unique prefix of either; (job, image or None)."""
-    ident = (ident or "").strip().upper()
-    if not ident:
-        raise UsageError("an image or job id is empty")
-    image = session.get(Image, ident)
-    if image is not None:
-        return image.job, image
-    job = session.get(Job, ident)
-    if job is not None:
-        return job, None
-    if len(ident) >= MIN_PREFIX:
-        images = session.scalars(select(Image).where(Image.id.startswith(ident)).limit(2)).all()
-        jobs = session.scalars(select(Job).where(Job.id.startswith(ident)).limit(2)).all()
-        if len(images) + len(jobs) == 1:
-            return (images[0].job, images[0]) if images else (jobs[0], None)
-        if images or jobs:
-            raise UsageError(f"id prefix {ident!r} is ambiguous; give more characters")
-    raise NotFound(f"no image or job with id {ident!r}")
+    return engine_locate(session, ident)
 
 
 def filters_from(model=None, status=None, since=None, until=None, text="") -> Filters:

@@ -20,8 +20,6 @@ from pathlib import Path
 
 import torch
 
-from studio.plumbing import atomic_path
-
 _TINY_VISION = {"image_size": 64, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32}
 _TINY_TEXT = {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4}
 
@@ -115,9 +113,8 @@ def export_bundled_clip(checkpoint_dir: str | Path, out_path: str | Path, keep_i
     ``keep_ids``: token ids whose embedding rows are stored (default: the ``shapes`` grammar).
     Returns a summary with the size in bytes and the number of rows kept.
     """
-    from safetensors.torch import save_file
-
     from studio.ml.train_clip import load_checkpoint_model
+    from studio.plumbing import save_safetensors
 
     model, config_name, info = load_checkpoint_model(checkpoint_dir)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
@@ -133,8 +130,7 @@ def export_bundled_clip(checkpoint_dir: str | Path, out_path: str | Path, keep_i
         "step": str(info.get("step", "")),
     }
     out_path = Path(out_path)
-    with atomic_path(out_path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+    save_safetensors(out_path, state, metadata)
     return {"path": str(out_path), "bytes": out_path.stat().st_size, "rows_kept": int(ids.numel()), "config": config_name,
             "step": info.get("step")}
 

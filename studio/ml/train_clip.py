@@ -210,11 +210,11 @@ def encode_images(model, images: torch.Tensor, normalize: bool = True) -> torch.
 
 def save_checkpoint(folder: Path, model, optimizer, state: dict) -> None:
     """Write weights + training state to ``folder`` atomically (temp folder, then rename)."""
-    from safetensors.torch import save_file
+    from studio.plumbing import safetensors_bytes
 
     with atomic_dir(folder) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS),
-                  metadata={"config_name": state["config"]["model"], "step": str(state["step"])})
+        (tmp / WEIGHTS).write_bytes(safetensors_bytes(model.state_dict(),
+                                                      {"config_name": state["config"]["model"], "step": str(state["step"])}))
         torch.save({**state, "optimizer": optimizer.state_dict() if optimizer is not None else None}, tmp / STATE)
 
 

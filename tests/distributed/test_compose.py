@@ -101,12 +101,13 @@ def test_volumes_healthchecks_and_settings(compose):
             assert svc["healthcheck"]["test"], name
     for name, svc in workers(compose).items():
         assert "images:/data/images" in svc["volumes"], name
+        assert any(v.startswith("inputs:/data/inputs") for v in svc["volumes"]), name  # conditioning images
         env = svc["environment"]
         assert env["STUDIO_HOME"] == "/data"
-        assert env["STUDIO_BROKER_URL"].startswith("redis://redis:")
+        assert env["STUDIO_BROKER_URL"].startswith("redis://:${REDIS_PASSWORD:?") and "@redis:6379/" in env["STUDIO_BROKER_URL"]
         assert env["STUDIO_DATABASE_URL"].startswith("postgresql+psycopg://") and "@postgres:" in env["STUDIO_DATABASE_URL"]
         assert svc["stop_grace_period"]  # SIGTERM lets running jobs finish
-    assert compose["services"]["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert "redis-cli" in " ".join(compose["services"]["redis"]["healthcheck"]["test"])
     assert "pg_isready" in " ".join(compose["services"]["postgres"]["healthcheck"]["test"])
 
 
@@ -119,3 +120,21 @@ def test_the_image_builds_from_the_repository(compose):
     for svc in compose["services"].values():
         if "build" in svc:
             assert svc["build"]["context"] == "."
+
+
+def test_nothing_published_beyond_this_machine_and_no_credentials_committed(compose):
+    import re
+    import subprocess
+
+    text = (ROOT / "docker-compose.yml").read_text()
+    for name, svc in compose["services"].items():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("${STUDIO_PUBLISH_ADDR:-127.0.0.1}:"), (name, port)
+    assert "studio:studio@" not in text and "POSTGRES_PASSWORD: studio" not in text
+    for variable in ("POSTGRES_PASSWORD", "REDIS_PASSWORD"):
+        assert f"${{{variable}:?" in text  # compose refuses to start without it
+    example = (ROOT / ".env.example").read_text()
+    used = set(re.findall(r"\$\{([A-Z_]+)", text))
+    assert used <= set(re.findall(r"^([A-Z_]+)=", example, re.M)), used
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=ROOT).returncode
+    assert ignored == 0, ".env must be ignored by git"

@@ -15,6 +15,7 @@ from textual.widgets import Input, Select  # noqa: E402
 
 from studio.gallery.app import AskPath, Confirm, Details, GalleryApp, TileGrid  # noqa: E402
 from studio.gallery.query import Filters, Gallery  # noqa: E402
+from studio.records import short_id  # noqa: E402
 
 SIZE = (120, 40)  # 6 columns x 3 rows of tiles at the default zoom
 
@@ -128,7 +129,7 @@ def test_details_shows_recipe_and_lineage(gallery_app):
         assert isinstance(app.screen, Details)
         recipe = plain(app.screen.query_one("#recipe"))
         assert '"seed": 30' in recipe and '"prompt": "red thing 3"' in recipe and '"weights_sha256"' in recipe
-        assert app.query_one(TileGrid).entries[0].job_id[-8:] in plain(app.screen.query_one("#lineage"))
+        assert short_id(app.query_one(TileGrid).entries[0].job_id) in plain(app.screen.query_one("#lineage"))  # a prefix that resolves
         await pilot.press("right")
         assert "seed     31" in plain(app.screen.query_one("#fields"))
         await pilot.press("escape")

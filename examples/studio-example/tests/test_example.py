@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-pytest.importorskip("studio_example", reason="pip install -e examples/studio-example")
+pytest.importorskip("studio_example", reason="run from the repository: the root conftest.py installs the example for the test run")
 
 from studio import api  # noqa: E402
 

@@ -34,7 +34,7 @@ from typing import Any, Iterator
 
 import torch
 
-from studio.api import WeightsError, atomic_path, one_line
+from studio.api import WeightsError, one_line, save_safetensors
 
 from .vqgan import VQConfig, VQModel
 
@@ -224,11 +224,8 @@ def check_state_dict(expected: dict[str, torch.Tensor], state: dict[str, torch.T
 
 def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     """Write tensors plus a JSON ``meta`` (config, provenance) atomically: temp file, then rename."""
-    from safetensors.torch import save_file
-
     path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata={"studio": json.dumps(meta)})
+    save_safetensors(path, tensors, {"studio": json.dumps(meta)})  # byte-reproducible: same weights, same sha256
     return path
 
 

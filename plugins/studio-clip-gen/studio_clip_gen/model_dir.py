@@ -36,12 +36,29 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return data
 
 
+def clip_path(root: Path, spec: dict[str, Any]) -> Path:
+    """The CLIP file ``model.json`` names: in the model folder, or inside an installed package.
+
+    ``{"kind": "bundled", "package": "studio.ml", "file": "weights/clip-small.safetensors"}`` is
+    how the bundled model uses the small CLIP that Studio itself ships, so the file is
+    installed once.
+    """
+    if spec.get("package"):
+        from importlib.resources import files
+
+        return Path(str(files(spec["package"]).joinpath(spec["file"])))
+    return root / spec["file"]
+
+
 def weights_sha256(root: Path, manifest: dict[str, Any]) -> str:
-    """One digest for the model: sha256 over the sha256 of each weights file, in a fixed order."""
+    """One digest for the model: sha256 over the sha256 of each weights file, in a fixed order.
+
+    Only the files' contents count, not their names or places: the same files give the same digest.
+    """
     outer = hashlib.sha256()
-    for name in (manifest["vqgan"], manifest["transformer"], manifest["clip"]["file"]):
+    for path in (root / manifest["vqgan"], root / manifest["transformer"], clip_path(root, manifest["clip"])):
         inner = hashlib.sha256()
-        with (root / name).open("rb") as f:
+        with path.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 inner.update(chunk)
         outer.update(inner.hexdigest().encode())
@@ -54,7 +71,7 @@ def load_clip(root: Path, spec: dict[str, Any], device: str = "cpu"):
 
     from studio.ml import clip_load
 
-    path = root / spec["file"]
+    path = clip_path(root, spec)
     if spec.get("kind") == "bundled":
         return clip_load.load_bundled_clip(path, device=device, dtype=torch.float32)
     _register_small_clips()

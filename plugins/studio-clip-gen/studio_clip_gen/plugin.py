@@ -6,6 +6,7 @@ Models: ``clip-gen`` (the bundled default, from ``studio_clip_gen/weights``) and
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from studio.api import GenerationError, ModelSpec, Param, hookimpl
@@ -51,6 +52,26 @@ def _factory(model_id: str, root: Path):
     return build
 
 
+def read_card(folder: Path) -> dict:
+    """``model_card.json`` of a model folder (JSON only: registration stays cheap); {} when absent."""
+    try:
+        return json.loads((folder / "model_card.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def card_details(card: dict) -> dict:
+    """The ModelSpec fields a card fills: vocabulary, what it draws, licence, figures."""
+    figures = {key: card[key] for key in ("eval", "vqgan", "data", "defaults") if key in card}
+    training = card.get("training") or {}
+    for part in ("vqgan", "transformer"):
+        if isinstance(training.get(part), dict):
+            figures[f"{part}_training"] = {k: training[part][k] for k in ("steps", "minutes") if k in training[part]}
+    vocabulary = card.get("vocabulary")
+    return {"vocabulary": tuple(vocabulary) if vocabulary else None, "draws": card.get("draws", ""),
+            "licence": card.get("licence", ""), "card": figures}
+
+
 @hookimpl
 def register_models(register):
     bundled = (BUNDLED_DIR / MODEL_JSON).is_file()
@@ -63,6 +84,7 @@ def register_models(register):
             weights="bundled (studio_clip_gen/weights)" if bundled else "bundled weights not installed",
             description="CLIP-GEN: VQGAN tokens sampled by a transformer conditioned on CLIP (trained on images only)",
             max_batch=16,
+            **card_details(read_card(BUNDLED_DIR)),
         )
     )
     root = imported_root()
@@ -78,6 +100,7 @@ def register_models(register):
                 weights=f"imported ({folder})",
                 description=f"CLIP-GEN model imported as {folder.name}",
                 max_batch=16,
+                **card_details(read_card(folder)),
             )
         )
 

@@ -107,3 +107,11 @@ def test_image_conditioning_redraws_the_scene_of_the_image(clip_gen, tmp_path):
         image = draw(clip_gen, [""], [i], image=store_input(load_settings(), str(path)))[0]
         ok.append(checker.check_image(image, prompt.attrs).colour_ok)
     assert np.mean(ok) >= 0.75, ok
+
+
+def test_the_model_knows_the_words_it_was_trained_on():
+    specs = {}
+    plugin.register_models(register=lambda spec: specs.setdefault(spec.id, spec))
+    spec = specs["clip-gen"]
+    assert spec.vocabulary == tuple(shapes.vocabulary()) and spec.draws == "coloured shapes" and spec.licence
+    assert spec.unknown_words("a purple dog") == ["dog"] and "eval" in spec.card

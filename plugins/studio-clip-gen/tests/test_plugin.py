@@ -96,3 +96,19 @@ def test_package_writes_a_model_card_measured_on_the_packaged_files(parts, tmp_p
     manifest = json.loads((out / "model.json").read_text())
     assert manifest["source"] == {"vqgan": "vqgan.safetensors", "transformer": "transformer.safetensors",
                                   "clip": "clip.safetensors"}
+
+
+def test_the_bundled_model_uses_studios_own_small_clip_file():
+    """The small CLIP is shipped once (in studio.ml); the digest counts contents, not places."""
+    import hashlib
+
+    from studio_clip_gen import model_dir
+
+    root = Path(model_dir.__file__).parent / "weights"
+    manifest = model_dir.read_manifest(root)
+    assert not (root / "clip.safetensors").exists()
+    clip = model_dir.clip_path(root, manifest["clip"])
+    assert clip.name == "clip-small.safetensors" and clip.is_file()
+    inner = [hashlib.sha256((root / manifest[k]).read_bytes()).hexdigest() for k in ("vqgan", "transformer")]
+    inner.append(hashlib.sha256(clip.read_bytes()).hexdigest())
+    assert model_dir.weights_sha256(root, manifest) == hashlib.sha256("".join(inner).encode()).hexdigest()

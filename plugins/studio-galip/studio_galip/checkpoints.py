@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from studio.api import WeightsError, atomic_path, load_checkpoint, one_line, sha256_file
+from studio.api import WeightsError, load_checkpoint, one_line, save_safetensors, sha256_file
 from studio.ml.clip_load import first_misfit, strip_prefix
 
 from .model import GalipConfig, Nets, NetG, is_trunk_key
@@ -202,8 +202,6 @@ def trunk_matches_clip(state: dict[str, torch.Tensor], G: NetG) -> bool:
 def save_studio(path: str | Path, nets: Nets, meta: dict[str, Any] | None = None,
                 include_trunk: bool = False, include_d: bool = False) -> str:
     """Write Studio's safetensors file atomically; returns its sha256."""
-    from safetensors.torch import save_file
-
     g_state = nets.G.state_dict() if include_trunk else nets.G.learnable_state_dict()
     tensors = {f"netG.{k}": v for k, v in g_state.items()}
     if include_d:
@@ -212,6 +210,5 @@ def save_studio(path: str | Path, nets: Nets, meta: dict[str, Any] | None = None
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
     header = {"format": FORMAT, "config": json.dumps(nets.cfg.to_dict()), "meta": json.dumps(meta or {})}
     path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
+    save_safetensors(path, tensors, header)  # byte-reproducible: same weights, same sha256
     return sha256_file(path)

@@ -45,8 +45,18 @@ def _bundled_missing():
     )
 
 
+def card_figures(data: dict) -> dict:
+    """What `studio models show` prints from a card: its evaluation and how it was trained."""
+    figures = {key: data[key] for key in ("eval", "dataset", "steps", "clip_arch", "batch_size") if key in data}
+    if "seconds_this_run" in data:
+        figures["train_minutes"] = round(data["seconds_this_run"] / 60, 1)
+    return figures
+
+
 def _spec(card: ModelCard | None, model_id: str, description: str) -> ModelSpec:
     size = (card.data.get("config") or {}).get("image_size", 224) if card else 64
+    data = card.data if card else {}
+    vocabulary = data.get("vocabulary")
     return ModelSpec(
         id=model_id,
         plugin="galip",
@@ -55,6 +65,11 @@ def _spec(card: ModelCard | None, model_id: str, description: str) -> ModelSpec:
         weights=str(card.weights) if card else f"(not installed) {BUNDLED_WEIGHTS}",
         description=description,
         max_batch=32 if size <= 128 else 4,
+        vocabulary=tuple(vocabulary) if vocabulary else None,
+        draws=data.get("draws", ""),
+        licence=data.get("licence", "") or card.terms if card else "",
+        card=card_figures(data),
+        weights_sha256=data.get("weights_sha256", "") if card else "",
     )
 
 

@@ -61,3 +61,29 @@ def test_the_colour_asked_for_is_the_colour_drawn(galip):
     # and not by painting every colour everywhere: the asked colour leads in most images
     leads = np.mean([r.dominant == p.attrs["objects"][0]["colour"] for r, p in zip(results, prompts)])
     assert leads >= 0.5, f"asked colour dominant in {leads:.2f}"
+
+
+def test_the_model_knows_the_words_it_was_trained_on():
+    """The card's vocabulary is the shapes grammar's (written into the JSON; registration reads JSON only)."""
+    specs = {}
+    plugin.register_models(register=lambda spec: specs.setdefault(spec.id, spec))
+    spec = specs["galip"]
+    assert spec.vocabulary == tuple(shapes.vocabulary())
+    assert spec.draws == "coloured shapes" and spec.licence and spec.card["eval"]["colour"]["value"] > 0.9
+    assert spec.unknown_words("a red circle above a blue square") == []
+    assert spec.unknown_words("a red cat on a dark background") == ["cat"]
+
+
+def test_submit_with_unknown_words_says_so_in_one_line_and_runs(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from studio.cli import add_plugin_commands, cli
+
+    monkeypatch.setenv("STUDIO_HOME", str(tmp_path))
+    monkeypatch.setenv("STUDIO_LOAD_PLUGINS", "galip")
+    monkeypatch.setenv("STUDIO_DEVICE", "cpu")
+    add_plugin_commands(cli)
+    result = CliRunner().invoke(cli, ["submit", "a red cat", "-m", "galip", "--seed", "1"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if "unknown words" in line]
+    assert lines == ["the galip model draws coloured shapes; unknown words: cat"], result.stderr
