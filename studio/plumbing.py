@@ -5,6 +5,8 @@
   result has the permissions a plain ``open()`` would give it (the umask's), not ``mkstemp``'s 0600.
 - :func:`sha256_file`: the hex digest of a file, read in chunks.
 - :func:`one_line`: the first line of an exception's text (or its type name), for one-line errors.
+- :func:`visible`: text as a terminal may show it: control characters, terminal escapes, lone
+  surrogates and bidirectional overrides spelled out (``\\x1b``, ``\\u202e``), never sent raw.
 - :func:`load_checkpoint`: the one safe loader for torch/pickle checkpoint files
   (``torch.load(weights_only=True)``, every failure a one-line :class:`WeightsError`).
 - :func:`hardware`: the machine a run or a benchmark ran on.
@@ -40,6 +42,7 @@ __all__ = [
     "one_line",
     "sha256_file",
     "TrainingRun",
+    "visible",
     "write_atomic",
 ]
 
@@ -134,6 +137,42 @@ def one_line(exc: BaseException, limit: int | None = None) -> str:
     lines = str(exc).strip().splitlines()
     text = lines[0].strip() if lines else type(exc).__name__
     return text[:limit] if limit else text
+
+
+#: Format characters that reorder text on screen (bidirectional embeddings, overrides, isolates,
+#: marks): shown escaped so a prompt cannot make the text around it read differently.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _spelled(char: str) -> str:
+    code = ord(char)
+    if char in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[char]
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(value: object) -> str:
+    """``value`` as text that is safe to put on a terminal and reads as what it holds.
+
+    Control characters (C0, DEL, C1: ESC, BEL, OSC and CSI introducers...), line and paragraph
+    separators, lone surrogates (undecodable bytes from argv or a file name) and bidirectional
+    controls become backslash escapes; everything else, right-to-left scripts included, stays.
+    The result is one line. It is plain text: rich markup still needs escaping on top.
+    """
+    import unicodedata
+
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if char.isprintable() or (char not in _BIDI_CONTROLS
+                                  and unicodedata.category(char) not in ("Cc", "Cs", "Zl", "Zp")):
+            out.append(char)
+        else:
+            out.append(_spelled(char))
+    return "".join(out)
 
 
 # ---- checkpoint files ------------------------------------------------------------------------

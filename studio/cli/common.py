@@ -25,7 +25,29 @@ if TYPE_CHECKING:
     from studio.records import JobInfo
 
 __all__ = ["App", "CommandError", "add_plugin_commands", "cli", "console", "err_console", "pass_app", "print_json",
-           "parse_params", "status_style", "short_time", "follow", "report_finished", "run_here", "STATUS_CHOICES"]
+           "parse_params", "status_style", "short_time", "follow", "report_finished", "run_here", "shown", "shown_json",
+           "STATUS_CHOICES"]
+
+
+def shown(value: Any) -> str:
+    """Text from a user or a file (a prompt, an id, a path, a model name, an error, a recipe field),
+    ready to go into rich markup: shown literally, with control characters made visible.
+
+    Every command prints such text through this one helper: ``[bold]`` or ``[/x]`` in a prompt
+    is printed as typed (never formatting, never a MarkupError), and ESC, BEL, OSC title
+    sequences or C1 codes never reach the terminal raw (see :func:`studio.plumbing.visible`).
+    """
+    from rich.markup import escape
+
+    from studio.plumbing import visible
+
+    return escape(visible(value))
+
+
+def shown_json(data: Any) -> str:
+    """``data`` as indented JSON for the terminal, each line through :func:`shown`."""
+    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    return "\n".join(shown(line) for line in text.splitlines())
 
 class _Console:
     """A rich ``Console`` made on first use: commands that print nothing never import rich."""
@@ -104,7 +126,7 @@ class CommandError(click.ClickException):
         self.exit_code = exit_code
 
     def show(self, file=None) -> None:
-        err_console.print(f"[red]error:[/] {self.format_message()}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {shown(self.format_message())}", highlight=False, soft_wrap=True)
 
 
 def database_error(exc: BaseException) -> str | None:
@@ -155,6 +177,14 @@ class StudioGroup(click.Group):
             command = super().get_command(ctx, name)
         return command
 
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:  # a bad option of `studio` itself
+            raise one_line_usage(exc) from None
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -162,11 +192,48 @@ class StudioGroup(click.Group):
             raise CommandError(str(exc), exc.exit_code) from None
         except KeyboardInterrupt:
             raise click.exceptions.Abort() from None
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except CommandError:
+            raise
+        except click.UsageError as exc:
+            raise one_line_usage(exc) from None
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except OSError as exc:
+            if is_debug():
+                raise
+            raise CommandError(os_error(exc)) from None
         except Exception as exc:
             reason = database_error(exc)
-            if reason is None:
+            if reason is not None:
+                raise CommandError(f"database error: {reason}") from None
+            if is_debug():
                 raise
-            raise CommandError(f"database error: {reason}") from None
+            from studio.plumbing import one_line
+
+            raise CommandError(f"internal error: {type(exc).__name__}: {one_line(exc, 300)} "
+                               "(STUDIO_DEBUG=1 shows the traceback)") from None
+
+
+def is_debug() -> bool:
+    import os
+
+    return os.environ.get("STUDIO_DEBUG", "") not in ("", "0")
+
+
+def os_error(exc: OSError) -> str:
+    """An OSError as one line: what failed and on which file."""
+    reason = exc.strerror or type(exc).__name__
+    names = [str(name) for name in (exc.filename, exc.filename2) if name is not None]
+    return f"{reason}: {' -> '.join(names)}" if names else reason
+
+
+def one_line_usage(exc: click.UsageError) -> CommandError:
+    """click's usage error (usage, hint, blank line, message) as one line with exit code 2."""
+    lines = [line.strip() for line in exc.format_message().splitlines() if line.strip()]
+    where = exc.ctx.command_path if exc.ctx is not None else "studio"
+    return CommandError(f"{lines[0] if lines else 'invalid usage'} (see `{where} -h`)", 2)
 
 
 @click.group(cls=StudioGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -196,10 +263,10 @@ def follow(engine: "Engine", job_id: str) -> "JobInfo":
     if not err_console.is_terminal:
         return engine.wait(job_id)
     with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), console=err_console, transient=True) as bar:
-        task = bar.add_task(job_id, total=1.0)
+        task = bar.add_task(shown(job_id), total=1.0)
 
         def update(job) -> None:
-            bar.update(task, completed=job.fraction, description=f"{job.id} {job.status}")
+            bar.update(task, completed=job.fraction, description=shown(f"{job.id} {job.status}"))
 
         return engine.wait(job_id, on_update=update)
 
@@ -225,9 +292,9 @@ def report_finished(engine: "Engine", job: "JobInfo", out_dir: Path | None, as_j
         print_json(data)
     elif job.status == "succeeded":
         for image in images:
-            console.print(str(home / image.path), soft_wrap=True)
+            console.print(shown(home / image.path), soft_wrap=True)
         for copy in copies:
-            console.print(f"copied to {copy}", soft_wrap=True)
-        err_console.print(f"[green]job {job.id} succeeded[/] ({len(images)} image{'s' if len(images) != 1 else ''})")
+            console.print(f"copied to {shown(copy)}", soft_wrap=True)
+        err_console.print(f"[green]job {shown(job.id)} succeeded[/] ({len(images)} image{'s' if len(images) != 1 else ''})")
     if job.status != "succeeded":
         raise StudioError(f"job {job.id} {job.status}: {job.error or 'no reason recorded'}")

@@ -20,6 +20,8 @@ from studio.cli.common import (
     report_finished,
     run_here,
     short_time,
+    shown,
+    shown_json,
     status_style,
 )
 from studio.errors import StudioError
@@ -46,7 +48,7 @@ def submit(app: App, prompt, model_id, seed, count, params, priority, out_dir, w
     job = dispatch(engine, job, run_here(engine, show_progress=not as_json))
     if uses_broker(app.settings):
         if not wait:
-            print_json(job.as_dict()) if as_json else console.print(f"queued [bold]{job.id}[/]")
+            print_json(job.as_dict()) if as_json else console.print(f"queued [bold]{shown(job.id)}[/]")
             return
         job = follow(engine, job.id)
     report_finished(engine, job, out_dir, as_json)
@@ -77,12 +79,12 @@ def jobs(app: App, limit, status, model_id, as_json) -> None:
         style = status_style(job.status)
         status = job.status if job.status != "running" else f"running {job.fraction:.0%}"
         table.add_row(
-            job.id,
+            shown(job.id),
             job.created_at.strftime("%m-%d %H:%M"),
-            job.model_id,
+            shown(job.model_id),
             str(job.count),
-            f"[{style}]{status}[/]",
-            job.prompt,
+            f"[{style}]{shown(status)}[/]",
+            shown(job.prompt),
         )
     console.print(table)
 
@@ -106,39 +108,46 @@ def show(app: App, job_id, tree, as_json) -> None:
     job = engine.get(job_id)
     images = engine.images(job.id)
     home = engine.settings.home
+    from studio import store
+
+    states = [store.file_state(home, i.path, i.sha256) for i in images]
     if as_json:
         data = job.as_dict()
-        data["images"] = [dict(i.as_dict(), file=str(home / i.path)) for i in images]
+        data["images"] = [dict(i.as_dict(), file=str(home / i.path), file_state=state) for i, state in zip(images, states)]
         print_json(data)
         return
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     fields = [
-        ("id", job.id),
-        ("prompt", job.prompt),
-        ("model", job.model_id),
-        ("status", f"[{status_style(job.status)}]{job.status}[/]"),
+        ("id", shown(job.id)),
+        ("prompt", shown(job.prompt)),
+        ("model", shown(job.model_id)),
+        ("status", f"[{status_style(job.status)}]{shown(job.status)}[/]"),
         ("progress", f"{job.fraction:.0%}"),
         ("seed", f"{job.seed} (+0..{job.count - 1})" if job.count > 1 else str(job.seed)),
-        ("params", json.dumps(job.params, sort_keys=True)),
+        ("params", shown(json.dumps(job.params, sort_keys=True, ensure_ascii=False))),
         ("attempts", str(job.attempts)),
         ("created", short_time(job.created_at)),
         ("finished", short_time(job.finished_at)),
     ]
     if job.error:
-        fields.append(("error", f"[red]{job.error}[/]"))
+        fields.append(("error", f"[red]{shown(job.error)}[/]"))
     if job.parent_id:
-        fields.append(("parent", job.parent_id))
+        fields.append(("parent", shown(job.parent_id)))
     if job.worker_id:
-        fields.append(("worker", job.worker_id))
+        fields.append(("worker", shown(job.worker_id)))
     for key, value in fields:
         table.add_row(key, value)
     console.print(table)
-    for image in images:
-        console.print(f"\n[bold]image {image.index}[/] seed {image.seed}  {image.width}x{image.height}  sha256 {image.sha256[:16]}")
-        console.print(str(home / image.path), soft_wrap=True)
-        console.print_json(json.dumps(image.recipe, sort_keys=True))
+    for image, state in zip(images, states):
+        console.print(f"\n[bold]image {image.index}[/] seed {image.seed}  {image.width}x{image.height}  sha256 {shown(image.sha256[:16])}")
+        console.print(shown(home / image.path), soft_wrap=True)
+        if state != store.OK:
+            console.print(f"[red]the stored file is {state}[/]"
+                          + (" (its bytes do not hash to its name)" if state == store.DAMAGED else "")
+                          + "; `studio check --repair` remakes it from the recipe", soft_wrap=True)
+        console.print(shown_json(image.recipe), soft_wrap=True)
 
 
 @cli.command()
@@ -164,9 +173,9 @@ def cancel(app: App, job_id) -> None:
     """Cancel a job: a queued job never starts, a running one stops at its next step."""
     job = app.engine.cancel(job_id)
     if job.status == "canceled":
-        console.print(f"job {job.id} canceled")
+        console.print(f"job {shown(job.id)} canceled")
     else:
-        console.print(f"job {job.id} will stop at its next step")
+        console.print(f"job {shown(job.id)} will stop at its next step")
 
 
 @cli.command()
@@ -179,6 +188,6 @@ def retry(app: App, job_id) -> None:
     engine = app.engine
     job = dispatch(engine, engine.retry(job_id), run_here(engine))
     if uses_broker(app.settings):
-        console.print(f"queued [bold]{job.id}[/] again")
+        console.print(f"queued [bold]{shown(job.id)}[/] again")
         return
     report_finished(engine, job, None, False)

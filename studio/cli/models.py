@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from studio.cli.common import App, cli, console, pass_app, print_json
+from studio.cli.common import App, cli, console, pass_app, print_json, shown
 
 
 @cli.group(invoke_without_command=True)
@@ -50,7 +50,7 @@ def models(ctx: click.Context, as_json) -> None:
         table.add_column(column, overflow="fold")
     for s in specs:
         params = ", ".join(f"{p.name}={p.default}" for p in s.params)
-        table.add_row(s.id, s.plugin, s.weights, "yes" if s.id in loaded else "no", params)
+        table.add_row(shown(s.id), shown(s.plugin), shown(s.weights), "yes" if s.id in loaded else "no", shown(params))
     console.print(table)
 
 
@@ -78,11 +78,13 @@ def plugins(app: App, as_json) -> None:
         table.add_column(column, overflow="fold")
     for info in infos:
         status = "[green]ok[/]" if info.ok else "[red]failed[/]"
-        table.add_row(info.name, info.version or "", ", ".join(info.models), ", ".join(info.datasets), status)
+        table.add_row(shown(info.name), shown(info.version or ""), shown(", ".join(info.models)),
+                      shown(", ".join(info.datasets)), status)
     console.print(table)
     for info in infos:
         if not info.ok:
-            console.print(f"[red]{info.name}[/] ({info.module}): {info.error}", highlight=False, soft_wrap=True)
+            console.print(f"[red]{shown(info.name)}[/] ({shown(info.module)}): {shown(info.error)}", highlight=False,
+                          soft_wrap=True)
 
 
 @cli.command()
@@ -107,8 +109,8 @@ def config(app: App, as_json) -> None:
     table.add_column("value", overflow="fold")
     table.add_column("from")
     for key, value in data.items():
-        shown = "(local execution)" if key == "broker_url" and value is None else value
+        value_text = "(local execution)" if key == "broker_url" and value is None else value
         if key == "load_plugins" and value is None:
-            shown = "(all installed)"
-        table.add_row(key, str(shown), settings.source.get(key, ""))
+            value_text = "(all installed)"
+        table.add_row(shown(key), shown(value_text), shown(settings.source.get(key, "")))
     console.print(table)

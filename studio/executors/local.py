@@ -7,9 +7,11 @@ Celery worker.
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from studio.engine import Engine, JobInfo
+from studio.plumbing import visible
 
 
 def run_local(engine: Engine, job: JobInfo, console: Console | None = None, show_progress: bool = True) -> JobInfo:
@@ -24,5 +26,5 @@ def run_local(engine: Engine, job: JobInfo, console: Console | None = None, show
         console=console,
         transient=True,
     ) as bar:
-        task = bar.add_task(f"{job.model_id} x{job.count}", total=1.0)
+        task = bar.add_task(escape(visible(f"{job.model_id} x{job.count}")), total=1.0)
         return engine.run(job.id, on_progress=lambda _job, fraction: bar.update(task, completed=fraction))
