@@ -240,6 +240,59 @@ def print_tree(app: App, ident: str, as_json: bool) -> None:
         err_console.print("(the family is larger; the rest is left out)")
 
 
+# ---- check ------------------------------------------------------------------------------
+
+
+@cli.command(name="check")
+@click.option("--repair", is_flag=True,
+              help="Remake damaged or missing files from their recipes (only when the bytes match) "
+                   "and remove files no image uses.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def check_command(app: App, repair, as_json) -> None:
+    """Check every stored file: its bytes hash to its name, no row lacks its file, no file lacks a row.
+
+    Exit 0 when the store is sound (after --repair: when everything could be mended), else 1.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from studio.gallery.integrity import check_store
+
+    engine = app.engine
+    engine.reap_orphans()
+    if err_console.is_terminal and not as_json:
+        with Progress(TextColumn("checking files"), BarColumn(), MofNCompleteColumn(), console=err_console,
+                      transient=True) as bar:
+            task = bar.add_task("check", total=None)
+            report = check_store(engine, repair=repair,
+                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+    else:
+        report = check_store(engine, repair=repair)
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        from rich.table import Table
+
+        if report.problems:
+            table = Table(title="problems found")
+            for column in ("kind", "file", "images", ""):
+                table.add_column(column, overflow="fold")
+            for p in report.problems:
+                mark = f"[green]{shown(p.note)}[/]" if p.repaired else f"[red]{shown(p.note or 'left')}[/]"
+                table.add_row(p.kind, shown(p.path), shown(", ".join(p.image_ids)), mark)
+            console.print(table)
+        console.print(f"{report.rows} image rows, {report.files} files checked; "
+                      f"{len(report.problems)} problem{'s' if len(report.problems) != 1 else ''} found"
+                      + (f", {len(report.problems) - len(report.left)} repaired" if repair else ""))
+    if not report.ok:
+        kinds: dict[str, int] = {}
+        for p in report.left:
+            kinds[p.kind] = kinds.get(p.kind, 0) + 1
+        what = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        hint = "" if repair else "; `studio check --repair` mends what it can"
+        raise StudioError(f"the store has problems: {what}{hint}")
+
+
 # ---- export, import ----------------------------------------------------------------------
 
 
