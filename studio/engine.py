@@ -108,6 +108,15 @@ def check_prompt(prompt: Any) -> str:
     return prompt
 
 
+def _local_owner_gone(worker_id: str | None) -> bool:
+    """Whether ``worker_id`` names an in-process run on this host whose process has exited."""
+    prefix = f"{LOCAL_PREFIX}{socket.gethostname()}:"
+    if not worker_id or not worker_id.startswith(prefix):
+        return False
+    pid = worker_id[len(prefix):]
+    return pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid))
+
+
 class Engine:
     """Jobs against one database and one plugin registry. Cheap to create; opens lazily."""
 
@@ -296,6 +305,8 @@ class Engine:
                 job.status = JobStatus.canceled.value
                 job.finished_at = utcnow()
                 job.error = "canceled before it started"
+            elif job.status == JobStatus.running.value and _local_owner_gone(job.worker_id):
+                finish_row(job, JobStatus.canceled, "canceled (the process running it had exited)")
             elif job.status == JobStatus.running.value:
                 job.cancel_requested = True
             else:
@@ -308,6 +319,7 @@ class Engine:
 
     def retry(self, job_id: str) -> JobInfo:
         """Put a failed or canceled job back in the queue with a fresh attempt budget."""
+        self.reap_orphans()  # a job whose process died is failed first, so it can be retried
         with self.db.session() as session:
             job = self._find(session, job_id)
             if job.status not in (JobStatus.failed.value, JobStatus.canceled.value):

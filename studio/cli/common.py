@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from studio.records import JobInfo
 
 __all__ = ["App", "CommandError", "add_plugin_commands", "cli", "console", "err_console", "pass_app", "print_json",
-           "parse_params", "status_style", "short_time", "follow", "report_finished", "run_here", "shown", "shown_json",
+           "parse_params", "status_style", "short_time", "follow", "report_finished", "run_here", "shown", "shown_json", "check_local_device", "check_out_dir",
            "STATUS_CHOICES"]
 
 
@@ -148,7 +148,10 @@ def add_plugin_commands(group: click.Group) -> None:
         settings = load_settings()
     except ConfigError:
         return  # reported when a command needs the settings
-    registry = get_registry(settings.load_plugins)
+    try:
+        registry = get_registry(settings.load_plugins)
+    except ConfigError:
+        return  # reported when a command needs the plugins
     registry.call_each("register_commands", lambda _name: {"cli": group})
 
 
@@ -249,6 +252,28 @@ def cli() -> None:
 # ---- running jobs and showing how they ended ----------------------------------------------------
 
 
+def check_local_device(app: App) -> None:
+    """Before a job that will run here is stored: the configured device must exist on this machine."""
+    from studio.executors import uses_broker
+
+    if not uses_broker(app.settings):
+        app.settings.resolve_device()
+
+
+def check_out_dir(out_dir: Path | None) -> None:
+    """``--out``: a folder that exists (or can be made) and is writable, checked before the job runs."""
+    import os
+
+    if out_dir is None:
+        return
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out_dir}: cannot make this folder ({exc.strerror or exc})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out_dir}: this folder is not writable")
+
+
 def run_here(engine: "Engine", show_progress: bool = True) -> "Callable[[JobInfo], JobInfo]":
     """How a job runs in this process when there is no broker: with a progress bar on the terminal."""
     from studio.executors.local import run_local
@@ -273,17 +298,22 @@ def follow(engine: "Engine", job_id: str) -> "JobInfo":
 
 def report_finished(engine: "Engine", job: "JobInfo", out_dir: Path | None, as_json: bool) -> None:
     """Print a finished job's images (paths, or JSON), copy them to ``out_dir``; exit 1 unless it succeeded."""
-    import shutil
-
     images = engine.images(job.id) if job.status == "succeeded" else []
     home = engine.settings.home
     copies = []
     if out_dir is not None and images:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for image in images:
-            target = out_dir / f"{job.id}-{image.index}.png"
-            shutil.copyfile(home / image.path, target)
-            copies.append(str(target))
+        from studio import store
+        from studio.plumbing import write_atomic
+
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for image in images:
+                target = out_dir / f"{job.id}-{image.index}.png"
+                write_atomic(target, store.read_verified(home, image.path, image.sha256))
+                copies.append(str(target))
+        except OSError as exc:
+            raise StudioError(f"job {job.id} succeeded, but its images cannot be copied to {out_dir} "
+                              f"({exc.strerror or exc}); they are in the store: `studio show {job.id}`") from None
     if as_json:
         data = job.as_dict()
         data["images"] = [dict(i.as_dict(), file=str(home / i.path)) for i in images]

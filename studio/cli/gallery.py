@@ -13,6 +13,7 @@ import click
 from studio.cli.common import (
     STATUS_CHOICES,
     App,
+    check_local_device,
     cli,
     console,
     err_console,
@@ -157,6 +158,7 @@ def regen(app: App, ident, seed, params, verify, as_json) -> None:
             raise UsageError("--verify re-runs the recipe unchanged; drop --seed and --param")
         report_verification(app, actions.verify(app.engine, src), as_json)
         return
+    check_local_device(app)
     job = actions.regenerate(app.engine, src, seed=seed, params=parse_params(params))
     report_job(app, run_job(app, job, as_json), as_json)
 
@@ -210,6 +212,7 @@ def vary(app: App, ident, count, seed, as_json) -> None:
     from studio.gallery import actions
 
     src = actions.source(app.engine, ident)
+    check_local_device(app)
     job = actions.vary(app.engine, src, count, seed=seed)
     report_job(app, run_job(app, job, as_json), as_json)
 

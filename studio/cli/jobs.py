@@ -10,6 +10,8 @@ import click
 from studio.cli.common import (
     STATUS_CHOICES,
     App,
+    check_local_device,
+    check_out_dir,
     cli,
     console,
     err_console,
@@ -43,6 +45,8 @@ def submit(app: App, prompt, model_id, seed, count, params, priority, out_dir, w
     from studio.executors import dispatch, uses_broker
 
     engine = app.engine
+    check_out_dir(out_dir)
+    check_local_device(app)
     model_id = model_id or engine.registry.default_model(app.settings.default_model).id
     job = engine.submit(prompt, model_id, seed=seed, count=count, params=parse_params(params), priority=priority)
     job = dispatch(engine, job, run_here(engine, show_progress=not as_json))
@@ -186,6 +190,7 @@ def retry(app: App, job_id) -> None:
     from studio.executors import dispatch, uses_broker
 
     engine = app.engine
+    check_local_device(app)
     job = dispatch(engine, engine.retry(job_id), run_here(engine))
     if uses_broker(app.settings):
         console.print(f"queued [bold]{shown(job.id)}[/] again")
