@@ -36,6 +36,7 @@ __all__ = [
     "WeightsError",
     "atomic_dir",
     "atomic_path",
+    "check_finite",
     "hardware",
     "load_checkpoint",
     "MetricsLog",
@@ -207,6 +208,30 @@ def load_checkpoint(path: str | Path, *, missing_ok: bool = False) -> Any:
         raise WeightsError(f"{path}: not a checkpoint (neither a torch file, a pickle nor safetensors)") from None
     except Exception as exc:  # noqa: BLE001 - the unpickler fails in many ways on arbitrary bytes
         raise WeightsError(f"{path}: not a checkpoint or truncated ({one_line(exc, 200)})") from None
+
+
+def check_finite(tensors: Any, what: str | Path) -> None:
+    """Refuse weights holding NaN or infinity (a :class:`WeightsError` naming the first such tensor).
+
+    ``tensors``: a ``{name: tensor}`` dict (nested dicts are walked). Checked when weights are
+    imported or loaded, so a broken file is refused there with one line, not at generation.
+    """
+    import torch
+
+    def walk(prefix: str, value: Any) -> Iterator[tuple[str, Any]]:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                yield from walk(f"{prefix}{key}." if not isinstance(item, torch.Tensor) else f"{prefix}{key}", item)
+        elif isinstance(value, torch.Tensor):
+            yield prefix.rstrip("."), value
+
+    for name, tensor in walk("", tensors):
+        if tensor.is_floating_point() or tensor.is_complex():
+            finite = torch.isfinite(tensor)
+            if not bool(finite.all()):
+                bad = int((~finite).sum())
+                raise WeightsError(f"{what}: tensor {name!r} holds {bad} NaN or infinite value{'s' if bad != 1 else ''}; "
+                                   f"refused (the weights are broken)")
 
 
 def _looks_like_pickle(path: Path) -> bool:
