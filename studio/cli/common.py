@@ -190,6 +190,7 @@ class StudioGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
+            check_arguments([*getattr(ctx, "_protected_args", []), *ctx.args])
             return super().invoke(ctx)
         except StudioError as exc:
             raise CommandError(str(exc), exc.exit_code) from None
@@ -217,6 +218,23 @@ class StudioGroup(click.Group):
 
             raise CommandError(f"internal error: {type(exc).__name__}: {one_line(exc, 300)} "
                                "(STUDIO_DEBUG=1 shows the traceback)") from None
+
+
+def check_arguments(args: list[str]) -> None:
+    """Every argument is valid UTF-8: Python hands undecodable bytes over as lone surrogates, which
+    no database stores; refused with exit 2 (a path to an existing file may hold any bytes)."""
+    import os
+
+    from studio.plumbing import visible
+
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            if os.path.lexists(arg):
+                continue
+            raise CommandError(f"argument '{visible(arg)}' is not valid UTF-8 (undecodable bytes at character "
+                               f"{exc.start + 1})", 2) from None
 
 
 def is_debug() -> bool:
