@@ -196,6 +196,8 @@ def load_checkpoint(path: str | Path, *, missing_ok: bool = False) -> Any:
         if missing_ok and not path.exists():
             return None
         raise WeightsError(f"{path}: no such file")
+    if _is_torchscript(path):  # torch.load would hand it to torch.jit.load, which compiles its code
+        raise WeightsError(f"{path}: a TorchScript archive (code, not a checkpoint); refused, nothing was loaded")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -232,6 +234,17 @@ def check_finite(tensors: Any, what: str | Path) -> None:
                 bad = int((~finite).sum())
                 raise WeightsError(f"{what}: tensor {name!r} holds {bad} NaN or infinite value{'s' if bad != 1 else ''}; "
                                    f"refused (the weights are broken)")
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A zip archive with TorchScript code in it (``code/__torch__/...``, ``constants.pkl``)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
 
 
 def _looks_like_pickle(path: Path) -> bool:

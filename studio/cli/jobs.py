@@ -47,7 +47,8 @@ def submit(app: App, prompt, model_id, seed, count, params, priority, out_dir, w
     engine = app.engine
     check_out_dir(out_dir)
     check_local_device(app)
-    model_id = model_id or engine.registry.default_model(app.settings.default_model).id
+    if model_id is None:  # `-m ""` is an (unknown) model id, not "the default"
+        model_id = engine.registry.default_model(app.settings.default_model).id
     job = engine.submit(prompt, model_id, seed=seed, count=count, params=parse_params(params), priority=priority)
     job = dispatch(engine, job, run_here(engine, show_progress=not as_json))
     if uses_broker(app.settings):
