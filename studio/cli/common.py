@@ -202,7 +202,9 @@ class StudioGroup(click.Group):
             raise
         except click.UsageError as exc:
             raise one_line_usage(exc) from None
-        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except click.ClickException as exc:  # a plugin command's error: shown like ours (literally, one line)
+            raise CommandError(exc.format_message(), exc.exit_code) from None
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
         except OSError as exc:
             if is_debug():
