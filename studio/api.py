@@ -49,6 +49,7 @@ from studio.plumbing import (
     append_jsonl,
     atomic_dir,
     atomic_path,
+    check_finite,
     hardware,
     load_checkpoint,
     one_line,
@@ -77,7 +78,7 @@ __all__ = [
     # plumbing
     "atomic_path", "atomic_dir", "write_atomic", "sha256_file", "one_line", "load_checkpoint", "save_checkpoint",
     "save_safetensors",
-    "append_jsonl", "hardware", "MetricsLog", "TrainingRun",
+    "check_finite", "append_jsonl", "hardware", "MetricsLog", "TrainingRun",
 ]
 
 #: Names resolved on first use, so importing ``studio.api`` loads no database code.

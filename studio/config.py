@@ -7,12 +7,15 @@ before anything heavy.
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from studio.errors import ConfigError
+from studio.plumbing import one_line
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -71,31 +74,58 @@ class Settings:
         return False
 
     def ensure_home(self) -> Path:
-        self.images_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.images_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot use the studio home {self.home}: {exc.strerror or exc} "
+                              f"({exc.filename or self.images_dir}); check STUDIO_HOME and its permissions") from None
         return self.home
 
     def resolve_device(self) -> str:
-        """Turn ``auto`` into a concrete device; only here is torch consulted (lazily)."""
-        if self.device != "auto":
+        """Turn ``auto`` into a concrete device; only here is torch consulted (lazily).
+
+        A CUDA device this machine does not have is a :class:`ConfigError` here, before any
+        job is stored, rather than a failure of every job later.
+        """
+        if self.device == "cpu":
             return self.device
         try:
             import torch
-
-            return "cuda" if torch.cuda.is_available() else "cpu"
         except ImportError:
-            return "cpu"
+            if self.device == "auto":
+                return "cpu"
+            raise ConfigError(f"STUDIO_DEVICE={self.device}, but torch is not installed") from None
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            raise ConfigError(f"STUDIO_DEVICE={self.device}, but this machine has no usable CUDA device "
+                              f"(torch.cuda.is_available() is False); use cpu or auto")
+        index = int(self.device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"STUDIO_DEVICE={self.device}, but this machine has {torch.cuda.device_count()} "
+                              f"CUDA device(s) (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+        return self.device
+
+
+#: The keys ``config.json`` may hold (the settings' names in lower case).
+CONFIG_KEYS = ("database_url", "broker_url", "device", "max_attempts", "default_model")
 
 
 def _read_config_file(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        raise ConfigError(f"cannot read config file {path}: {one_line(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a JSON object")
-    return {str(k): str(v) for k, v in data.items() if v is not None}
+    for key in data:
+        if key not in CONFIG_KEYS:
+            close = difflib.get_close_matches(str(key).lower(), CONFIG_KEYS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (known keys: {', '.join(CONFIG_KEYS)})"
+            logging.getLogger("studio.config").warning("%s: unknown key %r is ignored%s", path, key, hint)
+    return {str(k): str(v) for k, v in data.items() if v is not None and k in CONFIG_KEYS}
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -110,6 +140,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         home = _default_home()
         source["home"] = "default"
     home = home.absolute()
+    if home.exists() and not home.is_dir():
+        raise ConfigError(f"the studio home {home} (STUDIO_HOME) is a file, not a folder; point STUDIO_HOME at a folder")
     file_values = _read_config_file(home / "config.json")
 
     def pick(key: str, env_name: str, default: str | None) -> str | None:
@@ -124,9 +156,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
 
     database_url = pick("database_url", "STUDIO_DATABASE_URL", f"sqlite:///{home / 'studio.db'}")
     broker_url = pick("broker_url", "STUDIO_BROKER_URL", None)
-    device = (pick("device", "STUDIO_DEVICE", "auto") or "auto").lower()
-    if device not in DEVICES and not device.startswith("cuda:"):
-        raise ConfigError(f"STUDIO_DEVICE must be one of {', '.join(DEVICES)} or cuda:N, got {device!r}")
+    device = (pick("device", "STUDIO_DEVICE", "auto") or "auto").strip().lower()
+    if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit() and device[5:].isascii()):
+        raise ConfigError(f"STUDIO_DEVICE must be one of {', '.join(DEVICES)} or cuda:N (N a number), got {device!r}")
     attempts_raw = pick("max_attempts", "STUDIO_MAX_ATTEMPTS", "3")
     try:
         max_attempts = int(attempts_raw or "3")

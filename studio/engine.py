@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 MAX_PROMPT_CHARS = 2000
 MAX_COUNT = 256
 MAX_SEED = 2**63 - 1
+MAX_PRIORITY = 2**31 - 1  # the column is a 32-bit INTEGER on PostgreSQL
+MAX_TEXT_PARAM_CHARS = 2000
 PROGRESS_INTERVAL_S = 0.25  # how often progress is written and cancellation checked
 PROGRESS_SCALE = 1000  # progress_total = count * PROGRESS_SCALE
 #: Errors that mean "the database is unreachable right now", not "the job is bad".
@@ -74,6 +76,45 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def check_text(value: Any, what: str) -> str:
+    """Text that can be stored and shown: valid UTF-8 (no lone surrogates: undecodable bytes from
+    argv or a file) and no NUL character. UsageError (exit 2) otherwise."""
+    from studio.plumbing import visible
+
+    if not isinstance(value, str):
+        raise UsageError(f"{what} must be text, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UsageError(f"{what} is not valid UTF-8 (undecodable bytes at character {exc.start + 1}: "
+                         f"{visible(value[exc.start:exc.end])})") from None
+    if "\x00" in value:
+        raise UsageError(f"{what} holds a NUL character (at character {value.index(chr(0)) + 1})")
+    return value
+
+
+def check_prompt(prompt: Any) -> str:
+    """The rules every prompt follows, typed or imported: text, not empty, at most
+    :data:`MAX_PROMPT_CHARS` characters, valid UTF-8, no NUL. Returns it stripped."""
+    if prompt is None:
+        prompt = ""
+    prompt = check_text(prompt, "the prompt").strip()
+    if not prompt:
+        raise UsageError("the prompt is empty")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise UsageError(f"the prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}")
+    return prompt
+
+
+def _local_owner_gone(worker_id: str | None) -> bool:
+    """Whether ``worker_id`` names an in-process run on this host whose process has exited."""
+    prefix = f"{LOCAL_PREFIX}{socket.gethostname()}:"
+    if not worker_id or not worker_id.startswith(prefix):
+        return False
+    pid = worker_id[len(prefix):]
+    return pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid))
 
 
 class Engine:
@@ -110,25 +151,19 @@ class Engine:
 
     def validate(self, prompt: str, model_id: str, seed: int | None, count: int, params: dict[str, Any]):
         """Check everything before anything is stored; returns (spec, prompt, seed, params)."""
-        prompt = (prompt or "").strip()
-        if not prompt:
-            raise UsageError("the prompt is empty")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise UsageError(f"the prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}")
+        prompt = check_prompt(prompt)
+        check_text(model_id, "the model id")
         try:
             spec = self.registry.model(model_id)
         except UnknownModel as exc:
             raise UsageError(str(exc)) from None
-        if not 1 <= count <= MAX_COUNT:
+        if not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
             raise UsageError(f"count must be between 1 and {MAX_COUNT}, got {count}")
         if seed is None:
             seed = random.randrange(0, 2**32)
-        if seed < 0 or seed + count - 1 > MAX_SEED:
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0 or seed + count - 1 > MAX_SEED:
             raise UsageError(f"seed must be between 0 and {MAX_SEED - count + 1}, got {seed}")
-        try:
-            full_params = spec.validate_params(params)
-        except ParamError as exc:
-            raise UsageError(str(exc)) from None
+        full_params = self.check_params(spec, params)
         for p in spec.params:
             if p.type == "image" and full_params.get(p.name):
                 from studio.inputs import InputError, store_input
@@ -138,6 +173,21 @@ class Engine:
                 except InputError as exc:
                     raise UsageError(f"parameter {p.name!r}: {exc}") from None
         return spec, prompt, seed, full_params
+
+    def check_params(self, spec, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` checked against the model's schema (text valid, within limits); the full set with defaults."""
+        if not isinstance(params, dict):
+            raise UsageError("the parameters must be an object of names and values")
+        for key, value in params.items():
+            check_text(key, "a parameter name")
+            if isinstance(value, str):
+                check_text(value, f"parameter {key!r}")
+                if len(value) > MAX_TEXT_PARAM_CHARS:
+                    raise UsageError(f"parameter {key!r} is {len(value)} characters long; the limit is {MAX_TEXT_PARAM_CHARS}")
+        try:
+            return spec.validate_params(params)
+        except ParamError as exc:
+            raise UsageError(str(exc)) from None
 
     def submit(
         self,
@@ -150,6 +200,8 @@ class Engine:
         priority: int = 0,
         parent_id: str | None = None,
     ) -> JobInfo:
+        if not isinstance(priority, int) or not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+            raise UsageError(f"priority must be between {-MAX_PRIORITY} and {MAX_PRIORITY}, got {priority}")
         spec, prompt, seed, full_params = self.validate(prompt, model_id, seed, count, params or {})
         with self.db.session() as session:
             if parent_id is not None and session.get(Job, parent_id) is None:
@@ -250,6 +302,8 @@ class Engine:
                 job.status = JobStatus.canceled.value
                 job.finished_at = utcnow()
                 job.error = "canceled before it started"
+            elif job.status == JobStatus.running.value and _local_owner_gone(job.worker_id):
+                finish_row(job, JobStatus.canceled, "canceled (the process running it had exited)")
             elif job.status == JobStatus.running.value:
                 job.cancel_requested = True
             else:
@@ -262,6 +316,7 @@ class Engine:
 
     def retry(self, job_id: str) -> JobInfo:
         """Put a failed or canceled job back in the queue with a fresh attempt budget."""
+        self.reap_orphans()  # a job whose process died is failed first, so it can be retried
         with self.db.session() as session:
             job = self._find(session, job_id)
             if job.status not in (JobStatus.failed.value, JobStatus.canceled.value):

@@ -65,8 +65,8 @@ class Param:
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ParamError(f"parameter {self.name!r} must be {self.type}, got {value!r}")
-        if kind is float and value != value:  # NaN
-            raise ParamError(f"parameter {self.name!r} must be a number, got nan")
+        if kind is float and (value != value or value in (float("inf"), float("-inf"))):  # NaN, inf
+            raise ParamError(f"parameter {self.name!r} must be a number (finite), got {value}")
         if self.min is not None and value < self.min:
             raise ParamError(f"parameter {self.name!r} must be >= {self.min}, got {value}")
         if self.max is not None and value > self.max:

@@ -59,8 +59,10 @@ def resolve_input(settings: Settings, value: str) -> Path:
 def _as_png(path: Path, shown: str) -> bytes:
     from PIL import Image, UnidentifiedImageError
 
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"image {shown!r}: no such file")
+    if not path.is_file():  # a FIFO, a device, a folder: never opened (a FIFO would block the job)
+        raise InputError(f"image {shown!r}: not a regular file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

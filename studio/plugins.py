@@ -17,7 +17,7 @@ from typing import Any, Callable
 import pluggy
 
 from studio import hookspecs
-from studio.errors import UnknownDataset, UnknownModel, UsageError
+from studio.errors import ConfigError, UnknownDataset, UnknownModel, UsageError
 from studio.generators import DatasetSpec, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,15 @@ def load_registry(only: tuple[str, ...] | None = None) -> Registry:
     plugins: dict[str, PluginInfo] = {}
     pm.register(builtin_plugin, name=BUILTIN)
     plugins[BUILTIN] = PluginInfo(name=BUILTIN, module=builtin_plugin.__name__, version=_core_version())
+    if only is not None:
+        installed = _entry_point_names()
+        unknown = [name for name in only if name not in installed and name != BUILTIN]
+        if unknown:
+            names = ", ".join(repr(n) for n in unknown)
+            raise ConfigError(
+                f"STUDIO_LOAD_PLUGINS names {names}, not installed (installed plugins: "
+                f"{', '.join(sorted(installed)) or 'none'}); fix the list, or unset it to load every plugin"
+            )
     _load_entry_points(pm, plugins, only)
     registry = Registry(manager=pm, plugins=plugins)
     registry.call_each("register_models", lambda name: {"register": _registrar(registry, "models", name)})

@@ -5,6 +5,8 @@
   result has the permissions a plain ``open()`` would give it (the umask's), not ``mkstemp``'s 0600.
 - :func:`sha256_file`: the hex digest of a file, read in chunks.
 - :func:`one_line`: the first line of an exception's text (or its type name), for one-line errors.
+- :func:`visible`: text as a terminal may show it: control characters, terminal escapes, lone
+  surrogates and bidirectional overrides spelled out (``\\x1b``, ``\\u202e``), never sent raw.
 - :func:`load_checkpoint`: the one safe loader for torch/pickle checkpoint files
   (``torch.load(weights_only=True)``, every failure a one-line :class:`WeightsError`).
 - :func:`hardware`: the machine a run or a benchmark ran on.
@@ -34,12 +36,14 @@ __all__ = [
     "WeightsError",
     "atomic_dir",
     "atomic_path",
+    "check_finite",
     "hardware",
     "load_checkpoint",
     "MetricsLog",
     "one_line",
     "sha256_file",
     "TrainingRun",
+    "visible",
     "write_atomic",
 ]
 
@@ -161,6 +165,42 @@ def one_line(exc: BaseException, limit: int | None = None) -> str:
     return text[:limit] if limit else text
 
 
+#: Format characters that reorder text on screen (bidirectional embeddings, overrides, isolates,
+#: marks): shown escaped so a prompt cannot make the text around it read differently.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _spelled(char: str) -> str:
+    code = ord(char)
+    if char in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[char]
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(value: object) -> str:
+    """``value`` as text that is safe to put on a terminal and reads as what it holds.
+
+    Control characters (C0, DEL, C1: ESC, BEL, OSC and CSI introducers...), line and paragraph
+    separators, lone surrogates (undecodable bytes from argv or a file name) and bidirectional
+    controls become backslash escapes; everything else, right-to-left scripts included, stays.
+    The result is one line. It is plain text: rich markup still needs escaping on top.
+    """
+    import unicodedata
+
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if char.isprintable() or (char not in _BIDI_CONTROLS
+                                  and unicodedata.category(char) not in ("Cc", "Cs", "Zl", "Zp")):
+            out.append(char)
+        else:
+            out.append(_spelled(char))
+    return "".join(out)
+
+
 # ---- checkpoint files ------------------------------------------------------------------------
 
 
@@ -181,6 +221,8 @@ def load_checkpoint(path: str | Path, *, missing_ok: bool = False) -> Any:
         if missing_ok and not path.exists():
             return None
         raise WeightsError(f"{path}: no such file")
+    if _is_torchscript(path):  # torch.load would hand it to torch.jit.load, which compiles its code
+        raise WeightsError(f"{path}: a TorchScript archive (code, not a checkpoint); refused, nothing was loaded")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -193,6 +235,41 @@ def load_checkpoint(path: str | Path, *, missing_ok: bool = False) -> Any:
         raise WeightsError(f"{path}: not a checkpoint (neither a torch file, a pickle nor safetensors)") from None
     except Exception as exc:  # noqa: BLE001 - the unpickler fails in many ways on arbitrary bytes
         raise WeightsError(f"{path}: not a checkpoint or truncated ({one_line(exc, 200)})") from None
+
+
+def check_finite(tensors: Any, what: str | Path) -> None:
+    """Refuse weights holding NaN or infinity (a :class:`WeightsError` naming the first such tensor).
+
+    ``tensors``: a ``{name: tensor}`` dict (nested dicts are walked). Checked when weights are
+    imported or loaded, so a broken file is refused there with one line, not at generation.
+    """
+    import torch
+
+    def walk(prefix: str, value: Any) -> Iterator[tuple[str, Any]]:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                yield from walk(f"{prefix}{key}." if not isinstance(item, torch.Tensor) else f"{prefix}{key}", item)
+        elif isinstance(value, torch.Tensor):
+            yield prefix.rstrip("."), value
+
+    for name, tensor in walk("", tensors):
+        if tensor.is_floating_point() or tensor.is_complex():
+            finite = torch.isfinite(tensor)
+            if not bool(finite.all()):
+                bad = int((~finite).sum())
+                raise WeightsError(f"{what}: tensor {name!r} holds {bad} NaN or infinite value{'s' if bad != 1 else ''}; "
+                                   f"refused (the weights are broken)")
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A zip archive with TorchScript code in it (``code/__torch__/...``, ``constants.pkl``)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
 
 
 def _looks_like_pickle(path: Path) -> bool:

@@ -127,11 +127,36 @@ class Runner:
         Raises nothing for a job that fails: the failure is recorded on the job.
         """
         worker_id = worker_id or default_worker_id()
-        job = self.claim(job_id, worker_id, reclaim_running=reclaim_running)
-        if job is None:
-            return self.engine.get(job_id)
-        device = device or self.settings.resolve_device()
-        return self.execute([job], worker_id, device, on_progress, raise_unavailable=False)[0]
+        try:
+            device = device or self.settings.resolve_device()  # before the claim: it may import torch (slow)
+            job = self.claim(job_id, worker_id, reclaim_running=reclaim_running)
+            if job is None:
+                return self.engine.get(job_id)
+            return self.execute([job], worker_id, device, on_progress, raise_unavailable=False)[0]
+        except BaseException as exc:
+            # Ctrl-C, SIGTERM/SIGHUP (see studio.executors.local), a bad device...: however this
+            # process stops, the job it was given does not stay queued or running behind it.
+            self._abandon(job_id, worker_id, exc)
+            raise
+
+    def _abandon(self, job_id: str, worker_id: str, exc: BaseException) -> None:
+        """End a job this process was running (or about to run) and will not finish."""
+        from studio.plumbing import one_line
+
+        interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+        status = JobStatus.canceled if interrupted else JobStatus.failed
+        try:
+            with self.db.session() as session:
+                row = session.get(Job, job_id)
+                if row is None:
+                    return
+                if row.status == JobStatus.queued.value:
+                    finish_row(row, status, "interrupted before it started" if interrupted
+                               else f"not started: {one_line(exc, 300)}")
+                elif row.status == JobStatus.running.value and row.worker_id == worker_id:
+                    finish_row(row, status, "interrupted" if interrupted else _failure_reason(exc))
+        except BaseException:  # noqa: BLE001 - stopping anyway; `studio jobs` reaps it later
+            log.debug("could not mark job %s interrupted", job_id, exc_info=True)
 
     def _store_files(self, job: JobInfo, spec: ModelSpec, description: dict[str, Any], device: str, results) -> list:
         home = self.settings.ensure_home()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,11 @@ RECIPE_CHUNK = "studio"
 PARAMETERS_CHUNK = "parameters"
 #: 1: the ``studio`` chunk alone; 2: plus ``parameters``, ``Software`` and ``Description``.
 PNG_FORMAT = 2
+
+#: The largest image an import accepts (width x height), checked before decoding (decompression bombs).
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
 
 
 @dataclass(frozen=True)
@@ -142,10 +148,66 @@ def save_image(home: Path, image: Image.Image, recipe: dict[str, Any]) -> Stored
     data = encode_png(image, recipe)
     digest = hashlib.sha256(data).hexdigest()
     rel = relative_path(digest)
-    target = home / rel
-    if not (target.is_file() and target.stat().st_size == len(data)):
-        write_atomic(target, data, fsync=True)
+    put_bytes(home, rel, digest, data, fsync=True)
     return StoredFile(sha256=digest, path=rel, width=image.width, height=image.height)
+
+
+# ---- integrity: a stored file is trusted only once its bytes hash to its name -------------------
+
+#: What :func:`file_state` finds: the bytes hash to the name, they do not, or there is no file.
+OK, DAMAGED, MISSING = "ok", "damaged", "missing"
+
+
+def file_state(home: Path, relative: str, sha256: str) -> str:
+    """Whether the stored file of an image row is intact: ``ok``, ``damaged`` or ``missing``.
+
+    Size says nothing (a byte flipped in place keeps it); only the sha256 of the bytes, which
+    is the file's name, does. A path that escapes the home, or is not a regular file, is missing.
+    """
+    try:
+        path = resolve_inside(home, relative)
+    except StoreError:
+        return MISSING
+    try:
+        if not path.is_file():
+            return MISSING
+        return OK if file_sha256(path) == sha256 else DAMAGED
+    except OSError:
+        return MISSING
+
+
+def read_verified(home: Path, relative: str, sha256: str) -> bytes:
+    """The bytes of a stored file, only when they hash to ``sha256``; StoreError otherwise.
+
+    Reads once and hashes what was read, so what a caller writes elsewhere (an export) is
+    exactly what was checked.
+    """
+    path = resolve_inside(home, relative)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise StoreError(f"{relative}: the stored file is missing; `studio check --repair` can remake it") from None
+    except OSError as exc:
+        raise StoreError(f"{relative}: the stored file cannot be read ({exc.strerror or one_line(exc)})") from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise StoreError(f"{relative}: the stored file is damaged (its bytes do not hash to its name); "
+                         f"`studio check --repair` can remake it")
+    return data
+
+
+def put_bytes(home: Path, relative: str, sha256: str, data: bytes, *, fsync: bool = False) -> str:
+    """Make ``home/relative`` hold ``data`` (whose sha256 is ``sha256``); returns what happened:
+    ``kept`` (an intact file was there), ``repaired`` (a damaged one was replaced) or ``created``.
+
+    A file already there is kept only after its bytes hash to its name: a file of the right
+    size with a flipped byte, or a truncated one, is rewritten from ``data``.
+    """
+    target = resolve_inside(home, relative)
+    state = file_state(home, relative, sha256)
+    if state == OK:
+        return "kept"
+    write_atomic(target, data, fsync=fsync)
+    return "repaired" if state == DAMAGED else "created"
 
 
 def read_recipe(path: Path) -> dict[str, Any]:
@@ -195,11 +257,18 @@ def parse_png(data: bytes, name: str) -> tuple[dict[str, Any], int, int]:
     if not data.startswith(b"\x89PNG\r\n\x1a\n"):
         raise StoreError(f"{name}: not a PNG file")
     try:
-        with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
-            img.load()
-            text = getattr(img, "text", {}).get(RECIPE_CHUNK)
-            width, height = img.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
+                if img.width * img.height > MAX_IMAGE_PIXELS:  # before a single pixel is decoded
+                    raise StoreError(f"{name}: {img.width}x{img.height} pixels; the limit is {MAX_IMAGE_PIXELS} pixels")
+                img.load()
+                text = getattr(img, "text", {}).get(RECIPE_CHUNK)
+                width, height = img.size
+    except StoreError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
         reason = one_line(exc)
         raise StoreError(f"{name}: not a readable PNG ({reason})") from None
     if text is None:
@@ -221,8 +290,5 @@ def save_png_bytes(home: Path, data: bytes, width: int, height: int) -> tuple[St
     """
     digest = hashlib.sha256(data).hexdigest()
     rel = relative_path(digest)
-    target = home / rel
-    created = not (target.is_file() and target.stat().st_size == len(data))
-    if created:
-        write_atomic(target, data)
-    return StoredFile(sha256=digest, path=rel, width=width, height=height), created
+    state = put_bytes(home, rel, digest, data)
+    return StoredFile(sha256=digest, path=rel, width=width, height=height), state == "created"

@@ -26,7 +26,29 @@ if TYPE_CHECKING:
     from studio.records import JobInfo
 
 __all__ = ["App", "CommandError", "add_plugin_commands", "cli", "console", "err_console", "pass_app", "print_json",
-           "parse_params", "status_style", "short_time", "follow", "report_finished", "run_here", "STATUS_CHOICES", "held_logs", "find_job"]
+           "parse_params", "status_style", "short_time", "follow", "report_finished", "run_here", "shown", "shown_json", "check_local_device", "check_out_dir",
+           "STATUS_CHOICES", "held_logs", "find_job"]
+
+
+def shown(value: Any) -> str:
+    """Text from a user or a file (a prompt, an id, a path, a model name, an error, a recipe field),
+    ready to go into rich markup: shown literally, with control characters made visible.
+
+    Every command prints such text through this one helper: ``[bold]`` or ``[/x]`` in a prompt
+    is printed as typed (never formatting, never a MarkupError), and ESC, BEL, OSC title
+    sequences or C1 codes never reach the terminal raw (see :func:`studio.plumbing.visible`).
+    """
+    from rich.markup import escape
+
+    from studio.plumbing import visible
+
+    return escape(visible(value))
+
+
+def shown_json(data: Any) -> str:
+    """``data`` as indented JSON for the terminal, each line through :func:`shown`."""
+    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    return "\n".join(shown(line) for line in text.splitlines())
 
 class _Console:
     """A rich ``Console`` made on first use: commands that print nothing never import rich."""
@@ -120,7 +142,7 @@ class CommandError(click.ClickException):
         self.exit_code = exit_code
 
     def show(self, file=None) -> None:
-        err_console.print(f"[red]error:[/] {self.format_message()}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {shown(self.format_message())}", highlight=False, soft_wrap=True)
 
 
 def database_error(exc: BaseException) -> str | None:
@@ -142,7 +164,10 @@ def add_plugin_commands(group: click.Group) -> None:
         settings = load_settings()
     except ConfigError:
         return  # reported when a command needs the settings
-    registry = get_registry(settings.load_plugins)
+    try:
+        registry = get_registry(settings.load_plugins)
+    except ConfigError:
+        return  # reported when a command needs the plugins
     registry.call_each("register_commands", lambda _name: {"cli": group})
 
 
@@ -171,18 +196,83 @@ class StudioGroup(click.Group):
             command = super().get_command(ctx, name)
         return command
 
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:  # a bad option of `studio` itself
+            raise one_line_usage(exc) from None
+
     def invoke(self, ctx: click.Context):
         try:
+            check_arguments([*getattr(ctx, "_protected_args", []), *ctx.args])
             return super().invoke(ctx)
         except StudioError as exc:
             raise CommandError(str(exc), exc.exit_code) from None
         except KeyboardInterrupt:
             raise click.exceptions.Abort() from None
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except CommandError:
+            raise
+        except click.UsageError as exc:
+            raise one_line_usage(exc) from None
+        except click.ClickException as exc:  # a plugin command's error: shown like ours (literally, one line)
+            raise CommandError(exc.format_message(), exc.exit_code) from None
+        except (click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except OSError as exc:
+            if is_debug():
+                raise
+            raise CommandError(os_error(exc)) from None
         except Exception as exc:
             reason = database_error(exc)
-            if reason is None:
+            if reason is not None:
+                raise CommandError(f"database error: {reason}") from None
+            if is_debug():
                 raise
-            raise CommandError(f"database error: {reason}") from None
+            from studio.plumbing import one_line
+
+            raise CommandError(f"internal error: {type(exc).__name__}: {one_line(exc, 300)} "
+                               "(STUDIO_DEBUG=1 shows the traceback)") from None
+
+
+def check_arguments(args: list[str]) -> None:
+    """Every argument is valid UTF-8: Python hands undecodable bytes over as lone surrogates, which
+    no database stores; refused with exit 2 (a path to an existing file may hold any bytes)."""
+    import os
+
+    from studio.plumbing import visible
+
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            if os.path.lexists(arg):
+                continue
+            raise CommandError(f"argument '{visible(arg)}' is not valid UTF-8 (undecodable bytes at character "
+                               f"{exc.start + 1})", 2) from None
+
+
+def is_debug() -> bool:
+    import os
+
+    return os.environ.get("STUDIO_DEBUG", "") not in ("", "0")
+
+
+def os_error(exc: OSError) -> str:
+    """An OSError as one line: what failed and on which file."""
+    reason = exc.strerror or type(exc).__name__
+    names = [str(name) for name in (exc.filename, exc.filename2) if name is not None]
+    return f"{reason}: {' -> '.join(names)}" if names else reason
+
+
+def one_line_usage(exc: click.UsageError) -> CommandError:
+    """click's usage error (usage, hint, blank line, message) as one line with exit code 2."""
+    lines = [line.strip() for line in exc.format_message().splitlines() if line.strip()]
+    where = exc.ctx.command_path if exc.ctx is not None else "studio"
+    return CommandError(f"{lines[0] if lines else 'invalid usage'} (see `{where} -h`)", 2)
 
 
 @click.group(cls=StudioGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -209,6 +299,28 @@ def find_job(engine: "Engine", ident: str, quiet: bool = False):
 # ---- running jobs and showing how they ended ----------------------------------------------------
 
 
+def check_local_device(app: App) -> None:
+    """Before a job that will run here is stored: the configured device must exist on this machine."""
+    from studio.executors import uses_broker
+
+    if not uses_broker(app.settings):
+        app.settings.resolve_device()
+
+
+def check_out_dir(out_dir: Path | None) -> None:
+    """``--out``: a folder that exists (or can be made) and is writable, checked before the job runs."""
+    import os
+
+    if out_dir is None:
+        return
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out_dir}: cannot make this folder ({exc.strerror or exc})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out_dir}: this folder is not writable")
+
+
 def run_here(engine: "Engine", show_progress: bool = True) -> "Callable[[JobInfo], JobInfo]":
     """How a job runs in this process when there is no broker: with a progress bar on the terminal."""
     from studio.executors.local import run_local
@@ -223,27 +335,32 @@ def follow(engine: "Engine", job_id: str) -> "JobInfo":
     if not err_console.is_terminal:
         return engine.wait(job_id)
     with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), console=err_console, transient=True) as bar:
-        task = bar.add_task(job_id, total=1.0)
+        task = bar.add_task(shown(job_id), total=1.0)
 
         def update(job) -> None:
-            bar.update(task, completed=job.fraction, description=f"{job.id} {job.status}")
+            bar.update(task, completed=job.fraction, description=shown(f"{job.id} {job.status}"))
 
         return engine.wait(job_id, on_update=update)
 
 
 def report_finished(engine: "Engine", job: "JobInfo", out_dir: Path | None, as_json: bool) -> None:
     """Print a finished job's images (paths, or JSON), copy them to ``out_dir``; exit 1 unless it succeeded."""
-    import shutil
-
     images = engine.images(job.id) if job.status == "succeeded" else []
     home = engine.settings.home
     copies = []
     if out_dir is not None and images:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for image in images:
-            target = out_dir / f"{job.id}-{image.index}.png"
-            shutil.copyfile(home / image.path, target)
-            copies.append(str(target))
+        from studio import store
+        from studio.plumbing import write_atomic
+
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for image in images:
+                target = out_dir / f"{job.id}-{image.index}.png"
+                write_atomic(target, store.read_verified(home, image.path, image.sha256))
+                copies.append(str(target))
+        except OSError as exc:
+            raise StudioError(f"job {job.id} succeeded, but its images cannot be copied to {out_dir} "
+                              f"({exc.strerror or exc}); they are in the store: `studio show {job.id}`") from None
     if as_json:
         data = job.as_dict()
         data["images"] = [dict(i.as_dict(), file=str(home / i.path)) for i in images]
@@ -252,9 +369,9 @@ def report_finished(engine: "Engine", job: "JobInfo", out_dir: Path | None, as_j
         print_json(data)
     elif job.status == "succeeded":
         for image in images:
-            console.print(str(home / image.path), soft_wrap=True)
+            console.print(shown(home / image.path), soft_wrap=True)
         for copy in copies:
-            console.print(f"copied to {copy}", soft_wrap=True)
-        err_console.print(f"[green]job {job.id} succeeded[/] ({len(images)} image{'s' if len(images) != 1 else ''})")
+            console.print(f"copied to {shown(copy)}", soft_wrap=True)
+        err_console.print(f"[green]job {shown(job.id)} succeeded[/] ({len(images)} image{'s' if len(images) != 1 else ''})")
     if job.status != "succeeded":
         raise StudioError(f"job {job.id} {job.status}: {job.error or 'no reason recorded'}")

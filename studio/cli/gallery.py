@@ -13,6 +13,7 @@ import click
 from studio.cli.common import (
     STATUS_CHOICES,
     App,
+    check_local_device,
     cli,
     console,
     err_console,
@@ -22,6 +23,7 @@ from studio.cli.common import (
     print_json,
     report_finished,
     run_here,
+    shown,
     status_style,
 )
 from studio.errors import StudioError, UsageError
@@ -88,26 +90,40 @@ def gallery(app: App, text, model, status, since, until, plain, as_json, limit, 
                 run_gallery(app.engine, view, filters)
             return
     page = view.page(filters, after=Key.parse(after) if after else None, limit=limit)
+    states = {e.key: file_state(view.home, e) for e in page.entries}
     if as_json:
-        print_json([e.as_dict(view.home) for e in page.entries])
+        print_json([dict(e.as_dict(view.home), file_state=states[e.key]) for e in page.entries])
         return
-    print_table(page, filters)
+    print_table(page, filters, states)
 
 
-def print_table(page, filters) -> None:
+def file_state(home: Path, entry) -> str | None:
+    """``ok``, ``damaged`` or ``missing`` for an image's stored file; None for a job without images."""
+    from studio import store
+
+    return store.file_state(home, entry.path, entry.sha256) if entry.path else None
+
+
+def print_table(page, filters, states=None) -> None:
     from rich import box
     from rich.table import Table
 
-    table = Table(title=None if page.entries else f"no images match: {filters.describe()}", box=box.SIMPLE_HEAD, pad_edge=False)
+    states = states or {}
+    title = None if page.entries else f"no images match: {shown(filters.describe())}"
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("id", "model", "seed", "status"):
         table.add_column(column, no_wrap=True, overflow="ellipsis")
     table.add_column("prompt", overflow="fold", min_width=12)
     for e in page.entries:
         style = status_style(e.status)
-        table.add_row(e.id, e.model_id, str(e.seed), f"[{style}]{e.status}[/]", e.prompt)
+        status = f"[{style}]{shown(e.status)}[/]"
+        state = states.get(e.key)
+        if state not in (None, "ok"):
+            status += f" [red]file {state}[/]"
+        table.add_row(shown(e.id), shown(e.model_id), str(e.seed), status, shown(e.prompt))
     console.print(table)
     if page.has_after and page.last is not None:
-        err_console.print(f"more: studio gallery --plain --after {page.last}", highlight=False, soft_wrap=True)
+        err_console.print(f"more: studio gallery --plain --after {shown(page.last)}", highlight=False, soft_wrap=True)
 
 
 # ---- regen, vary -------------------------------------------------------------------------
@@ -122,7 +138,7 @@ def run_job(app: App, job, as_json: bool):
 
 def report_job(app: App, job, as_json: bool) -> None:
     if job.status in ("queued", "running"):
-        print_json(job.as_dict()) if as_json else console.print(f"queued [bold]{job.id}[/] (child of {job.parent_id})")
+        print_json(job.as_dict()) if as_json else console.print(f"queued [bold]{shown(job.id)}[/] (child of {shown(job.parent_id)})")
         return
     report_finished(app.engine, job, None, as_json)
 
@@ -144,6 +160,7 @@ def regen(app: App, ident, seed, params, verify, as_json) -> None:
             raise UsageError("--verify re-runs the recipe unchanged; drop --seed and --param")
         report_verification(app, actions.verify(app.engine, src), as_json)
         return
+    check_local_device(app)
     job = actions.regenerate(app.engine, src, seed=seed, params=parse_params(params))
     report_job(app, run_job(app, job, as_json), as_json)
 
@@ -154,25 +171,38 @@ def report_verification(app: App, result, as_json: bool) -> None:
     else:
         from rich.table import Table
 
-        table = Table(title=f"verify {result.source.label} on {result.device}: new job {result.job.id}")
-        for column in ("index", "seed", "original sha256", "new sha256", ""):
+        table = Table(title=shown(f"verify {result.source.label} on {result.device}: new job {result.job.id}"))
+        for column in ("index", "seed", "original sha256", "new sha256", "", "stored file"):
             table.add_column(column)
         for check in result.checks:
             mark = "[green]match[/]" if check.match else "[red]differs[/]"
             if check.match and check.expected != check.actual:
                 mark += " (pixels and recipe; the original has the older PNG layout)"
-            table.add_row(str(check.index), str(check.seed), check.expected[:16], (check.actual or "-")[:16], mark)
+            if check.repaired:
+                stored = f"[yellow]was {check.file_before}, repaired[/]"
+            else:
+                stored = "[green]ok[/]" if check.file_after == "ok" else f"[red]{check.file_after}[/]"
+            table.add_row(str(check.index), str(check.seed), check.expected[:16], (check.actual or "-")[:16], mark, stored)
         console.print(table)
         for note in result.differences:
-            err_console.print(f"  changed since: {note}", highlight=False)
+            err_console.print(f"  changed since: {shown(note)}", highlight=False)
     if result.job.status != "succeeded":
         raise StudioError(f"job {result.job.id} {result.job.status}: {result.job.error or 'no reason recorded'}")
+    differing = sum(not c.match for c in result.checks)
+    if differing:
+        broken = sum(c.file_after != "ok" for c in result.checks)
+        also = f"; {broken} stored file{'s are' if broken != 1 else ' is'} damaged or missing" if broken else ""
+        raise StudioError(f"{differing} of {len(result.checks)} images differ from the originals{also}")
     if not result.ok:
-        differing = sum(not c.match for c in result.checks)
-        raise StudioError(f"{differing} of {len(result.checks)} images differ from the originals")
+        broken = sum(c.file_after != "ok" for c in result.checks)
+        raise StudioError(f"the recipe reproduces the original sha256, but {broken} stored file"
+                          f"{'s are' if broken != 1 else ' is'} still damaged or missing")
     if not as_json:
         n = len(result.checks)
-        err_console.print(f"[green]{'the image matches' if n == 1 else f'all {n} images match'} bit for bit[/]")
+        repaired = sum(c.repaired for c in result.checks)
+        note = (f"; {repaired} stored file{'s were' if repaired != 1 else ' was'} damaged or missing and "
+                f"{'are' if repaired != 1 else 'is'} repaired from the regenerated bytes") if repaired else ""
+        err_console.print(f"[green]{'the image matches' if n == 1 else f'all {n} images match'} bit for bit[/]{note}")
 
 
 @cli.command()
@@ -186,6 +216,7 @@ def vary(app: App, ident, count, seed, as_json) -> None:
     from studio.gallery import actions
 
     src = actions.source(app.engine, ident)
+    check_local_device(app)
     job = actions.vary(app.engine, src, count, seed=seed)
     report_job(app, run_job(app, job, as_json), as_json)
 
@@ -195,8 +226,6 @@ def vary(app: App, ident, count, seed, as_json) -> None:
 
 def print_tree(app: App, ident: str, as_json: bool) -> None:
     """``studio show ID --tree``: the family of a job, the asked-for one highlighted."""
-    from rich.markup import escape
-
     from studio.gallery.lineage import lineage, rich_tree
 
     family = lineage(app.engine.db, ident)
@@ -208,14 +237,67 @@ def print_tree(app: App, ident: str, as_json: bool) -> None:
         style = status_style(node.status)
         prompt = node.prompt if len(node.prompt) <= 50 else node.prompt[:49] + "…"
         changes = node.changes_from(parent)
-        text = f"{node.job_id} [{style}]{node.status}[/] x{node.count} seed {node.seed}  {escape(prompt)}"
+        text = f"{shown(node.job_id)} [{style}]{shown(node.status)}[/] x{node.count} seed {node.seed}  {shown(prompt)}"
         if changes:
-            text += f"  [dim]({escape(', '.join(changes))})[/]"
+            text += f"  [dim]({shown(', '.join(changes))})[/]"
         return f"[reverse]{text}[/]" if node.job_id == family.focus else text
 
     console.print(rich_tree(family, label))
     if family.truncated:
         err_console.print("(the family is larger; the rest is left out)")
+
+
+# ---- check ------------------------------------------------------------------------------
+
+
+@cli.command(name="check")
+@click.option("--repair", is_flag=True,
+              help="Remake damaged or missing files from their recipes (only when the bytes match) "
+                   "and remove files no image uses.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def check_command(app: App, repair, as_json) -> None:
+    """Check every stored file: its bytes hash to its name, no row lacks its file, no file lacks a row.
+
+    Exit 0 when the store is sound (after --repair: when everything could be mended), else 1.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from studio.gallery.integrity import check_store
+
+    engine = app.engine
+    engine.reap_orphans()
+    if err_console.is_terminal and not as_json:
+        with Progress(TextColumn("checking files"), BarColumn(), MofNCompleteColumn(), console=err_console,
+                      transient=True) as bar:
+            task = bar.add_task("check", total=None)
+            report = check_store(engine, repair=repair,
+                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+    else:
+        report = check_store(engine, repair=repair)
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        from rich.table import Table
+
+        if report.problems:
+            table = Table(title="problems found")
+            for column in ("kind", "file", "images", ""):
+                table.add_column(column, overflow="fold")
+            for p in report.problems:
+                mark = f"[green]{shown(p.note)}[/]" if p.repaired else f"[red]{shown(p.note or 'left')}[/]"
+                table.add_row(p.kind, shown(p.path), shown(", ".join(p.image_ids)), mark)
+            console.print(table)
+        console.print(f"{report.rows} image rows, {report.files} files checked; "
+                      f"{len(report.problems)} problem{'s' if len(report.problems) != 1 else ''} found"
+                      + (f", {len(report.problems) - len(report.left)} repaired" if repair else ""))
+    if not report.ok:
+        kinds: dict[str, int] = {}
+        for p in report.left:
+            kinds[p.kind] = kinds.get(p.kind, 0) + 1
+        what = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        hint = "" if repair else "; `studio check --repair` mends what it can"
+        raise StudioError(f"the store has problems: {what}{hint}")
 
 
 # ---- export, import ----------------------------------------------------------------------
@@ -246,7 +328,7 @@ def export_command(app: App, idents, text, model, status, since, until, everythi
     if as_json:
         print_json(done.as_dict())
     else:
-        console.print(f"exported {done.images} image{'s' if done.images != 1 else ''} to {done.target}", soft_wrap=True)
+        console.print(f"exported {done.images} image{'s' if done.images != 1 else ''} to {shown(done.target)}", soft_wrap=True)
 
 
 @cli.command(name="import")

@@ -10,6 +10,8 @@ import click
 from studio.cli.common import (
     STATUS_CHOICES,
     App,
+    check_local_device,
+    check_out_dir,
     cli,
     console,
     err_console,
@@ -21,6 +23,8 @@ from studio.cli.common import (
     report_finished,
     run_here,
     short_time,
+    shown,
+    shown_json,
     status_style,
 )
 from studio.errors import StudioError
@@ -42,13 +46,16 @@ def submit(app: App, prompt, model_id, seed, count, params, priority, out_dir, w
     from studio.executors import dispatch, uses_broker
 
     engine = app.engine
-    model_id = model_id or engine.registry.default_model(app.settings.default_model).id
+    check_out_dir(out_dir)
+    check_local_device(app)
+    if model_id is None:  # `-m ""` is an (unknown) model id, not "the default"
+        model_id = engine.registry.default_model(app.settings.default_model).id
     job = engine.submit(prompt, model_id, seed=seed, count=count, params=parse_params(params), priority=priority)
     warn_unknown_words(engine.registry.models.get(job.model_id), job.prompt)
     job = dispatch(engine, job, run_here(engine, show_progress=not as_json))
     if uses_broker(app.settings):
         if not wait:
-            print_json(job.as_dict()) if as_json else console.print(f"queued [bold]{job.id}[/]")
+            print_json(job.as_dict()) if as_json else console.print(f"queued [bold]{shown(job.id)}[/]")
             return
         job = follow(engine, job.id)
     report_finished(engine, job, out_dir, as_json)
@@ -71,7 +78,6 @@ def warn_unknown_words(spec, prompt: str) -> None:
 @pass_app
 def jobs(app: App, limit, status, model_id, as_json) -> None:
     """Recent jobs, newest first, with status and progress (ids shortened to a prefix any command takes)."""
-    from rich.markup import escape
     from rich.table import Table
 
     if app.settings.database_missing():
@@ -94,12 +100,12 @@ def jobs(app: App, limit, status, model_id, as_json) -> None:
         style = status_style(job.status)
         status = job.status if job.status != "running" else f"running {job.fraction:.0%}"
         table.add_row(
-            short_id(job.id),
+            shown(short_id(job.id)),
             job.created_at.strftime("%m-%d %H:%M"),
-            job.model_id,
+            shown(job.model_id),
             str(job.count),
-            f"[{style}]{status}[/]",
-            escape(job.prompt),
+            f"[{style}]{shown(status)}[/]",
+            shown(job.prompt),
         )
     console.print(table)
 
@@ -111,7 +117,6 @@ def jobs(app: App, limit, status, model_id, as_json) -> None:
 @pass_app
 def show(app: App, ident, tree, as_json) -> None:
     """A job (ID: a job or an image id), its images and their recipe (or, with --tree, its lineage)."""
-    from rich.markup import escape
     from rich.table import Table
 
     engine = app.engine
@@ -124,9 +129,12 @@ def show(app: App, ident, tree, as_json) -> None:
     job, image = find_job(engine, ident, quiet=as_json)
     images = [image] if image is not None else engine.images(job.id)
     home = engine.settings.home
+    from studio import store
+
+    states = [store.file_state(home, i.path, i.sha256) for i in images]
     if as_json:
         data = job.as_dict()
-        data["images"] = [dict(i.as_dict(), file=str(home / i.path)) for i in images]
+        data["images"] = [dict(i.as_dict(), file=str(home / i.path), file_state=state) for i, state in zip(images, states)]
         if image is not None:
             data["found"] = {"image": image.id}
         print_json(data)
@@ -135,23 +143,23 @@ def show(app: App, ident, tree, as_json) -> None:
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     fields = [
-        ("id", job.id),
-        ("prompt", escape(job.prompt)),
-        ("model", job.model_id),
-        ("status", f"[{status_style(job.status)}]{job.status}[/]"),
+        ("id", shown(job.id)),
+        ("prompt", shown(job.prompt)),
+        ("model", shown(job.model_id)),
+        ("status", f"[{status_style(job.status)}]{shown(job.status)}[/]"),
         ("progress", f"{job.fraction:.0%}"),
         ("seed", f"{job.seed} (+0..{job.count - 1})" if job.count > 1 else str(job.seed)),
-        ("params", escape(json.dumps(job.params, sort_keys=True))),
+        ("params", shown(json.dumps(job.params, sort_keys=True, ensure_ascii=False))),
         ("attempts", str(job.attempts)),
         ("created", short_time(job.created_at)),
         ("finished", short_time(job.finished_at)),
     ]
     if job.error:
-        fields.append(("error", f"[red]{escape(job.error)}[/]"))
+        fields.append(("error", f"[red]{shown(job.error)}[/]"))
     if job.parent_id:
-        fields.append(("parent", job.parent_id))
+        fields.append(("parent", shown(job.parent_id)))
     if job.worker_id:
-        fields.append(("worker", escape(job.worker_id)))
+        fields.append(("worker", shown(job.worker_id)))
     for key, value in fields:
         table.add_row(key, value)
     console.print(table)
@@ -159,19 +167,26 @@ def show(app: App, ident, tree, as_json) -> None:
         return
     console.print()
     files = Table(box=None, pad_edge=False)
-    for column in ("image", "id", "seed", "size", "sha256"):
+    for column in ("image", "id", "seed", "size", "sha256", "stored"):
         files.add_column(column, no_wrap=True)
     files.add_column("file", overflow="fold")
-    for i in images:
-        files.add_row(str(i.index), i.id, str(i.seed), f"{i.width}x{i.height}", i.sha256[:16], str(home / i.path))
+    for i, state in zip(images, states):
+        stored = "[green]ok[/]" if state == store.OK else f"[red]{state}[/]"
+        files.add_row(str(i.index), shown(i.id), str(i.seed), f"{i.width}x{i.height}", shown(i.sha256[:16]), stored,
+                      shown(home / i.path))
     console.print(files)
+    for i, state in zip(images, states):
+        if state != store.OK:
+            console.print(f"[red]image {i.index}: the stored file is {state}[/]"
+                          + (" (its bytes do not hash to its name)" if state == store.DAMAGED else "")
+                          + "; `studio check --repair` remakes it from the recipe", soft_wrap=True)
     shared, own = split_recipes([i.recipe for i in images])
     title = "recipe" if len(images) == 1 else f"recipe (the same for all {len(images)} images but the seed)"
     console.print(f"\n[bold]{title}[/]")
-    console.print_json(json.dumps(shared, sort_keys=True))
+    console.print(shown_json(shared), soft_wrap=True)
     for i, rest in zip(images, own):
         if rest:
-            console.print(f"[bold]image {i.index} also[/] {escape(json.dumps(rest, sort_keys=True))}", soft_wrap=True)
+            console.print(f"[bold]image {i.index} also[/] {shown(json.dumps(rest, sort_keys=True))}", soft_wrap=True)
 
 
 def split_recipes(recipes: list[dict]) -> tuple[dict, list[dict]]:
@@ -209,9 +224,9 @@ def cancel(app: App, ident) -> None:
     job, _image = find_job(app.engine, ident)
     job = app.engine.cancel(job.id)
     if job.status == "canceled":
-        console.print(f"job {job.id} canceled")
+        console.print(f"job {shown(job.id)} canceled")
     else:
-        console.print(f"job {job.id} will stop at its next step")
+        console.print(f"job {shown(job.id)} will stop at its next step")
 
 
 @cli.command()
@@ -223,8 +238,9 @@ def retry(app: App, ident) -> None:
 
     engine = app.engine
     job, _image = find_job(engine, ident)
+    check_local_device(app)
     job = dispatch(engine, engine.retry(job.id), run_here(engine))
     if uses_broker(app.settings):
-        console.print(f"queued [bold]{job.id}[/] again")
+        console.print(f"queued [bold]{shown(job.id)}[/] again")
         return
     report_finished(engine, job, None, False)

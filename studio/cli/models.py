@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from studio.cli.common import App, cli, console, err_console, pass_app, print_json
+from studio.cli.common import App, cli, console, err_console, pass_app, print_json, shown
 
 
 def param_range(p) -> str:
@@ -66,7 +66,6 @@ def _loaded() -> set[str]:
 def models(ctx: click.Context, as_json) -> None:
     """The models the installed plugins provide (`studio models show ID`: everything about one)."""
     from rich import box
-    from rich.markup import escape
     from rich.table import Table
 
     if ctx.invoked_subcommand is not None:
@@ -85,7 +84,7 @@ def models(ctx: click.Context, as_json) -> None:
     table.add_column("about", overflow="fold", ratio=1)
     for s in specs:
         draws = s.draws or ("any words" if s.vocabulary is None else f"{len(s.vocabulary)} words")
-        table.add_row(s.id, s.plugin, escape(draws), str(len(s.params)), escape(s.description))
+        table.add_row(shown(s.id), shown(s.plugin), shown(draws), str(len(s.params)), shown(s.description))
     console.print(table)
     if specs:
         err_console.print("`studio models show ID`: parameters, vocabulary, card figures, weights and licence",
@@ -99,7 +98,6 @@ def models(ctx: click.Context, as_json) -> None:
 def models_show(app: App, model_id, as_json) -> None:
     """Everything about model ID: parameters with ranges and help, vocabulary, card figures, weights, licence."""
     from rich import box
-    from rich.markup import escape
     from rich.table import Table
 
     spec = _registry(app).model(model_id)
@@ -116,7 +114,7 @@ def models_show(app: App, model_id, as_json) -> None:
             ("loaded", "yes" if data["loaded"] else "no (loads on first use)")]
     for key, value in rows:
         if value:
-            about.add_row(key, escape(str(value)))
+            about.add_row(key, shown(str(value)))
     console.print(about)
     if spec.params:
         params = Table(title="parameters (-p NAME=VALUE)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
@@ -126,11 +124,11 @@ def models_show(app: App, model_id, as_json) -> None:
         params.add_column("help", overflow="fold", ratio=1, min_width=20)
         for p in spec.params:
             default = "" if p.default in (None, "") else str(p.default)
-            params.add_row(p.name, p.type, escape(default), escape(param_range(p)), escape(p.help))
+            params.add_row(p.name, p.type, shown(default), shown(param_range(p)), shown(p.help))
         console.print(params)
     if spec.vocabulary is not None:
         console.print(f"[bold]vocabulary[/] ({len(spec.vocabulary)} words; other words are unknown to it)")
-        console.print(escape(" ".join(spec.vocabulary)), soft_wrap=False)
+        console.print(shown(" ".join(spec.vocabulary)), soft_wrap=False)
     else:
         console.print("[bold]vocabulary[/] open (no word list)")
     if spec.card:
@@ -139,7 +137,7 @@ def models_show(app: App, model_id, as_json) -> None:
         figures.add_column(no_wrap=True)
         figures.add_column(overflow="fold")
         for key, value in _flatten(spec.card):
-            figures.add_row(escape(key), escape(_figure(value)))
+            figures.add_row(shown(key), shown(_figure(value)))
         console.print(figures)
 
 
@@ -185,11 +183,13 @@ def plugins(app: App, as_json) -> None:
         table.add_column(column, overflow="fold")
     for info in infos:
         status = "[green]ok[/]" if info.ok else "[red]failed[/]"
-        table.add_row(info.name, info.version or "", ", ".join(info.models), ", ".join(info.datasets), status)
+        table.add_row(shown(info.name), shown(info.version or ""), shown(", ".join(info.models)),
+                      shown(", ".join(info.datasets)), status)
     console.print(table)
     for info in infos:
         if not info.ok:
-            console.print(f"[red]{info.name}[/] ({info.module}): {info.error}", highlight=False, soft_wrap=True)
+            console.print(f"[red]{shown(info.name)}[/] ({shown(info.module)}): {shown(info.error)}", highlight=False,
+                          soft_wrap=True)
 
 
 @cli.command()
@@ -214,8 +214,8 @@ def config(app: App, as_json) -> None:
     table.add_column("value", overflow="fold")
     table.add_column("from")
     for key, value in data.items():
-        shown = "(local execution)" if key == "broker_url" and value is None else value
+        value_text = "(local execution)" if key == "broker_url" and value is None else value
         if key == "load_plugins" and value is None:
-            shown = "(all installed)"
-        table.add_row(key, str(shown), settings.source.get(key, ""))
+            value_text = "(all installed)"
+        table.add_row(shown(key), shown(value_text), shown(settings.source.get(key, "")))
     console.print(table)

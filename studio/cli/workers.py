@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 import click
 
-from studio.cli.common import App, cli, console, pass_app, print_json, status_style
+from studio.cli.common import App, cli, console, pass_app, print_json, shown, status_style
 from studio.errors import StudioError, UsageError
 
 LOGLEVELS = ["debug", "info", "warning", "error"]
@@ -128,7 +128,7 @@ def queue_ping(app: App) -> None:
     alive = [w for w in liveness.recent_workers(app.engine.db, within_s=600) if w.hostname == host and liveness.alive(w)]
     if not alive:
         raise StudioError(f"no worker on {host} sent a heartbeat recently")
-    console.print(f"alive: {', '.join(w.id for w in alive)}", soft_wrap=True)
+    console.print(f"alive: {shown(', '.join(w.id for w in alive))}", soft_wrap=True)
 
 
 def ago(when: datetime | None) -> str:
@@ -146,19 +146,19 @@ def show_overview(overview) -> None:
     from rich.table import Table
 
     if overview.broker_error:
-        console.print(f"[yellow]broker unreachable:[/] {overview.broker_error}", soft_wrap=True)
+        console.print(f"[yellow]broker unreachable:[/] {shown(overview.broker_error)}", soft_wrap=True)
     table = Table(title="queues")
     for column in ("queue", "in broker", "queued", "running"):
         table.add_column(column, justify="right" if column != "queue" else "left")
     for q in overview.queues:
-        table.add_row(q.queue, "?" if q.waiting is None else str(q.waiting), str(q.queued), str(q.running))
+        table.add_row(shown(q.queue), "?" if q.waiting is None else str(q.waiting), str(q.queued), str(q.running))
     console.print(table)
 
     table = Table(title="running jobs")
     for column in ("id", "model", "worker", "progress", "attempt", "started"):
         table.add_column(column, overflow="fold")
     for job in overview.running:
-        table.add_row(job.id, job.model_id, job.worker_id or "", f"{job.fraction:.0%}", str(job.attempts), ago(job.started_at))
+        table.add_row(shown(job.id), shown(job.model_id), shown(job.worker_id or ""), f"{job.fraction:.0%}", str(job.attempts), ago(job.started_at))
     console.print(table if overview.running else "no running jobs")
 
     table = Table(title="workers seen in the last 5 minutes")
@@ -166,12 +166,13 @@ def show_overview(overview) -> None:
         table.add_column(column, overflow="fold")
     for w in overview.workers:
         style = {"alive": "green", "late": "yellow"}.get(w.state, "magenta")
-        table.add_row(w.id, ",".join(w.queues), w.device, str(w.concurrency), str(w.batch), ago(w.last_seen), f"[{style}]{w.state}[/]")
+        table.add_row(shown(w.id), shown(",".join(w.queues)), shown(w.device), str(w.concurrency), str(w.batch), ago(w.last_seen), f"[{style}]{shown(w.state)}[/]")
     console.print(table if overview.workers else "no workers seen in the last 5 minutes")
 
     table = Table(title="failures in the last 24 hours")
     for column in ("id", "model", "finished", "error"):
         table.add_column(column, overflow="fold")
     for job in overview.failures:
-        table.add_row(job.id, job.model_id, ago(job.finished_at), f"[{status_style('failed')}]{job.error or ''}[/]")
+        table.add_row(shown(job.id), shown(job.model_id), ago(job.finished_at),
+                      f"[{status_style('failed')}]{shown(job.error or '')}[/]")
     console.print(table if overview.failures else "no failures in the last 24 hours")

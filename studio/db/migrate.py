@@ -84,9 +84,33 @@ def downgrade(db: "Database", revision: str, lock_dir: Path | None = None) -> No
         command.downgrade(alembic_config(db), revision)
 
 
+def known_revisions() -> set[str]:
+    """The revisions this version of Studio ships (from Alembic's scripts)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("studio.migrations")))
+    return {rev.revision for rev in ScriptDirectory.from_config(cfg).walk_revisions()}
+
+
 def ensure_current(db: "Database", lock_dir: Path | None = None) -> bool:
-    """Upgrade to HEAD if needed; returns True when a migration ran."""
-    if current_revision(db) == HEAD:
+    """Upgrade to HEAD if needed; returns True when a migration ran.
+
+    A database stamped with a revision this Studio does not know was migrated by a newer Studio:
+    refused with both revisions named, never "upgraded" or touched.
+    """
+    current = current_revision(db)
+    if current == HEAD:
         return False
+    if current is not None and current not in known_revisions():
+        from studio.config import redact
+        from studio.errors import DatabaseError
+
+        raise DatabaseError(
+            f"the database {redact(db.url)} is at schema revision {current!r}, newer than this Studio knows "
+            f"(newest here: {HEAD!r}); it was upgraded by a newer Studio: upgrade Studio "
+            f"(pip install -U studio), or point STUDIO_DATABASE_URL at another database"
+        )
     upgrade(db, "head", lock_dir)
     return True

@@ -46,6 +46,34 @@ def _sqlite_begin(conn) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _check_sqlite_file(path: Path) -> None:
+    """A SQLite database file Studio can use, or a one-line DatabaseError saying why not.
+
+    Its folder must exist (or be made) and be writable (SQLite writes its journal next to it);
+    an existing file must not be empty: a 0-byte file is a database that was truncated or
+    replaced, and treating it as new would orphan every stored image.
+    """
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatabaseError(f"cannot make the database folder {folder}: {exc.strerror or one_line(exc)}") from None
+    if not folder.is_dir():
+        raise DatabaseError(f"the database folder {folder} is not a folder")
+    if path.exists():
+        if path.is_dir():
+            raise DatabaseError(f"the database {path} is a folder, not a SQLite file")
+        if path.stat().st_size == 0:
+            raise DatabaseError(
+                f"the database file {path} is empty (0 bytes): it was truncated or replaced, and starting afresh "
+                f"would orphan the stored images; restore it from a backup, or move it away to start a new one"
+            )
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise DatabaseError(f"the database file {path} is not readable and writable by this user")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DatabaseError(f"the database folder {folder} is not writable (read-only home?); SQLite needs to write there")
+
+
 def make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
@@ -53,7 +81,7 @@ def make_engine(url: str) -> Engine:
         raise DatabaseError(f"invalid database URL {url!r}") from None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _check_sqlite_file(Path(parsed.database))
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
@@ -102,8 +130,16 @@ def open_database(url: str, *, upgrade: bool = True, lock_dir: Path | None = Non
             migrate.ensure_current(db, lock_dir=lock_dir)
     except OperationalError as exc:
         engine.dispose()
-        reason = one_line(exc.orig) if exc.orig else str(exc)
+        reason = one_line(exc.orig) if exc.orig else one_line(exc)
+        if db.is_sqlite:
+            raise DatabaseError(f"cannot use the SQLite database {redact(url)}: {reason}") from None
         raise DatabaseError(f"cannot reach database {redact(url)}: {reason}") from None
+    except DatabaseError:
+        engine.dispose()
+        raise
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise DatabaseError(f"cannot use database {redact(url)}: {one_line(getattr(exc, 'orig', None) or exc)}") from None
     return db
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from rich import box
 from rich.cells import cell_len, set_cell_size
 from rich.console import Group, RenderableType
-from rich.json import JSON
 from rich.markup import escape
 from rich.panel import Panel
 from rich.segment import Segment
@@ -36,9 +35,11 @@ from textual.widgets import Footer, Input, Label, Select, Static
 
 from studio.engine import Engine, JobInfo
 from studio.errors import StudioError
+from studio import store
 from studio.gallery import actions, lineage, transfer
 from studio.gallery.query import STATUSES, Entry, Filters, Gallery, Key, Page, parse_date_range
 from studio.gallery.thumbs import Cells, ThumbnailCache, placeholder
+from studio.plumbing import visible
 from studio.records import short_id, status_style
 from studio.store import StoreError
 
@@ -60,7 +61,7 @@ def caption(entry: Entry, width: int) -> list[Segment]:
     if entry.status != "succeeded":
         segments.append(Segment("● ", Style.parse(status_style(entry.status))))
         room -= 2
-    prompt = " ".join(entry.prompt.split())
+    prompt = visible(" ".join(entry.prompt.split()))
     if cell_len(prompt) > room:
         prompt = set_cell_size(prompt, room - 1) + "…"
     segments.append(Segment(set_cell_size(prompt, room)))
@@ -241,7 +242,7 @@ class Confirm(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(self.question)
+            yield Label(visible(self.question), markup=False)
             yield Label("[b]y[/] yes   [b]n[/] no", classes="hint")
 
     def action_answer(self, yes: bool) -> None:
@@ -260,7 +261,7 @@ class AskPath(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(self.question)
+            yield Label(visible(self.question), markup=False)
             yield Input(value=self.default, id="path")
             yield Label("a name ending in .zip writes a zip file, anything else a folder", classes="hint")
 
@@ -318,38 +319,56 @@ class Details(Screen):
         else:
             picture = placeholder(entry.status, width, height, status_style(entry.status))
         self.query_one("#picture", Static).update(picture)
-        self.query_one("#fields", Static).update(fields_table(entry, app.view.home))
+        state = store.file_state(app.view.home, entry.path, entry.sha256) if entry.path else None
+        self.query_one("#fields", Static).update(fields_table(entry, app.view.home, state))
         recipe = app.recipe_of(entry)
         self.query_one("#recipe", Static).update(
-            Panel(JSON(json.dumps(recipe, sort_keys=True)), title="recipe", title_align="left", box=box.ROUNDED)
+            Panel(recipe_renderable(recipe), title="recipe", title_align="left", box=box.ROUNDED)
         )
         self.query_one("#lineage", Static).update(
             Panel(lineage_renderable(app, entry), title="lineage", title_align="left", box=box.ROUNDED)
         )
 
 
-def fields_table(entry: Entry, home: Path) -> Table:
+def shown(value) -> str:
+    """Stored text for rich markup: literal, control characters visible (as the CLI's ``shown``)."""
+    return escape(visible(value))
+
+
+def recipe_renderable(recipe: dict) -> Text:
+    """A recipe as indented JSON, its text shown literally (no raw control characters)."""
+    from rich.highlighter import JSONHighlighter
+
+    lines = json.dumps(recipe, indent=2, sort_keys=True, ensure_ascii=False, default=str).splitlines()
+    text = JSONHighlighter()(Text("\n".join(visible(line) for line in lines)))
+    text.no_wrap, text.overflow = True, None  # as rich's JSON: one line per field
+    return text
+
+
+def fields_table(entry: Entry, home: Path, state: str | None = None) -> Table:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     rows = [
-        ("image", entry.image_id or "(none)"),
-        ("job", f"{entry.job_id}" + (f"  image {entry.index}" if entry.index is not None else "")),
-        ("prompt", escape(entry.prompt)),
-        ("model", entry.model_id),
-        ("status", f"[{status_style(entry.status)}]{entry.status}[/]"),
+        ("image", shown(entry.image_id or "(none)")),
+        ("job", shown(entry.job_id) + (f"  image {entry.index}" if entry.index is not None else "")),
+        ("prompt", shown(entry.prompt)),
+        ("model", shown(entry.model_id)),
+        ("status", f"[{status_style(entry.status)}]{shown(entry.status)}[/]"),
         ("seed", str(entry.seed)),
         ("created", f"{entry.created_at:%Y-%m-%d %H:%M:%S}"),
     ]
     if entry.width:
         rows.append(("size", f"{entry.width}x{entry.height}"))
     if entry.sha256:
-        rows.append(("sha256", entry.sha256))
-        rows.append(("file", str(home / entry.path)))
+        rows.append(("sha256", shown(entry.sha256)))
+        rows.append(("file", shown(home / entry.path)))
+        if state not in (None, "ok"):
+            rows.append(("file check", f"[red]{state}[/]: `studio check --repair` remakes it"))
     if entry.parent_id:
-        rows.append(("parent", entry.parent_id))
+        rows.append(("parent", shown(entry.parent_id)))
     if entry.error:
-        rows.append(("error", f"[red]{escape(entry.error)}[/]"))
+        rows.append(("error", f"[red]{shown(entry.error)}[/]"))
     for key, value in rows:
         table.add_row(key, value)
     return table
@@ -360,9 +379,9 @@ def lineage_renderable(app: "GalleryApp", entry: Entry) -> RenderableType:
 
     def label(node: lineage.Node, parent: lineage.Node | None) -> str:
         changes = node.changes_from(parent)
-        text = f"{short_id(node.job_id)} [{status_style(node.status)}]{node.status}[/] seed {node.seed} x{node.count}"
+        text = f"{shown(short_id(node.job_id))} [{status_style(node.status)}]{shown(node.status)}[/] seed {node.seed} x{node.count}"
         if changes:
-            text += f" [dim]({escape(', '.join(changes))})[/]"
+            text += f" [dim]({shown(', '.join(changes))})[/]"
         return f"[reverse]{text}[/]" if node.job_id == family.focus else text
 
     tree = lineage.rich_tree(family, label)
@@ -410,12 +429,18 @@ class GalleryApp(App):
         self.total = 0
         self._search_timer = None
 
+    def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
+               markup: bool = True) -> None:
+        """Every notification shows its text literally: ids, prompts and errors are data, not markup."""
+        super().notify(visible(message), title=visible(title), severity=severity, timeout=timeout, markup=False)
+
     # ---- layout -----------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        models = [(m, m) for m in self.view.models()]
-        if self.filters.model and (self.filters.model, self.filters.model) not in models:
-            models.append((self.filters.model, self.filters.model))
+        names = list(self.view.models())
+        if self.filters.model and self.filters.model not in names:
+            names.append(self.filters.model)
+        models = [(Text(visible(m)), m) for m in names]  # a model name is data, never markup
         with Horizontal(id="filters"):
             yield Input(value=self.filters.text, placeholder="search prompts  (/)", id="search")
             yield Select(models, prompt="any model", id="model", value=self.filters.model or Select.NULL)
@@ -477,7 +502,7 @@ class GalleryApp(App):
         current = self.selected
         if current is not None:
             parts.append(current.id)
-        self.query_one("#statusline", Static).update(Text("  ·  ".join(parts), no_wrap=True, overflow="ellipsis"))
+        self.query_one("#statusline", Static).update(Text(visible("  ·  ".join(parts)), no_wrap=True, overflow="ellipsis"))
 
     def recipe_of(self, entry: Entry) -> dict:
         if entry.image_id is None:

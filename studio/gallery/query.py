@@ -147,13 +147,16 @@ def parse_date(text: str, *, end: bool = False) -> datetime:
     ago = re.fullmatch(r"(\d+)\s*([dhm])", text)
     if ago:
         unit = {"d": "days", "h": "hours", "m": "minutes"}[ago.group(2)]
-        return datetime.now(timezone.utc) - timedelta(**{unit: int(ago.group(1))})
+        try:
+            return datetime.now(timezone.utc) - timedelta(**{unit: int(ago.group(1))})
+        except (OverflowError, ValueError):
+            raise UsageError(f"not a date: {text!r} is further back than dates go") from None
     try:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
             day = date.fromisoformat(text) + timedelta(days=1 if end else 0)
             return datetime.combine(day, time()).astimezone()
         moment = datetime.fromisoformat(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise UsageError(f"not a date: {text!r} (use YYYY-MM-DD, an ISO time, or 7d / 12h ago)") from None
     return moment if moment.tzinfo else moment.astimezone()
 

@@ -108,9 +108,19 @@ class ThumbnailCache:
         return text
 
     def _render(self, path: str, cols: int, rows: int) -> Cells:
+        """The thumbnail, drawn only from bytes that hash to the file's name (its sha256)."""
+        import hashlib
+        import io
+
         try:
-            with Image.open(store.resolve_inside(self.home, path)) as image:
-                image.load()
-                return halfblock(image, cols, rows)
+            data = store.resolve_inside(self.home, path).read_bytes()
         except (OSError, ValueError, store.StoreError):
             return placeholder("missing file", cols, rows, "red")
+        if hashlib.sha256(data).hexdigest() != Path(path).stem:
+            return placeholder("damaged file", cols, rows, "red")
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                return halfblock(image, cols, rows)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            return placeholder("damaged file", cols, rows, "red")

@@ -23,11 +23,11 @@ from ulid import ULID
 
 from studio import store
 from studio.db import Image, Job, JobStatus
-from studio.engine import Engine, core_version
+from studio.engine import Engine, check_prompt, check_text, core_version
 from studio.errors import UsageError
 from studio.gallery.query import Entry
 from studio.gallery.sources import EXPORT_FORMAT, MANIFEST, Candidate, candidates
-from studio.plumbing import atomic_path
+from studio.plumbing import atomic_path, one_line
 from studio.store import StoreError
 
 MANIFEST_VERSION = 1
@@ -76,7 +76,7 @@ def export(engine: Engine, entries: Iterable[Entry], target: Path) -> Exported:
     if not images:
         raise UsageError("nothing to export: the selection has no images")
     recipes = _recipes(engine, list(images))
-    files = [(export_name(e), store.resolve_inside(home, e.path)) for e in images.values()]
+    files = [(export_name(e), e) for e in images.values()]
     manifest = {
         "format": EXPORT_FORMAT,
         "version": MANIFEST_VERSION,
@@ -85,13 +85,21 @@ def export(engine: Engine, entries: Iterable[Entry], target: Path) -> Exported:
         "images": [manifest_entry(e, recipes.get(e.image_id, {})) for e in images.values()],
     }
     manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    for name, source in files:
-        if not source.is_file():
-            raise StoreError(f"{source}: the stored file of {name} is missing; run `studio gallery` to check")
-    if target.suffix.lower() == ".zip":
-        _write_zip(target, files, manifest_bytes)
-    else:
-        _write_folder(target, files, manifest_bytes)
+    bad = [(e, state) for _, e in files if (state := store.file_state(home, e.path, e.sha256)) != store.OK]
+    if bad:
+        entry, state = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise StoreError(
+            f"export refused: the stored file of image {entry.image_id} is {state}{more}; nothing was written; "
+            f"run `studio check --repair`, or leave those images out"
+        )
+    try:
+        if target.suffix.lower() == ".zip":
+            _write_zip(home, target, files, manifest_bytes)
+        else:
+            _write_folder(home, target, files, manifest_bytes)
+    except OSError as exc:
+        raise StoreError(f"cannot export to {target}: {exc.strerror or one_line(exc)}") from None
     return Exported(target, len(files))
 
 
@@ -104,21 +112,22 @@ def _recipes(engine: Engine, image_ids: list[str]) -> dict[str, dict[str, Any]]:
     return found
 
 
-def _write_zip(target: Path, files: list[tuple[str, Path]], manifest: bytes) -> None:
+def _write_zip(home: Path, target: Path, files: list[tuple[str, Entry]], manifest: bytes) -> None:
     if target.exists():
         raise UsageError(f"{target} already exists; choose another name")
     with atomic_path(target, suffix=".zip.part") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
-        for name, source in files:
-            archive.write(source, name)  # PNGs are compressed already
+        for name, entry in files:
+            # the bytes written are the bytes that were hashed: a file damaged meanwhile is refused
+            archive.writestr(name, store.read_verified(home, entry.path, entry.sha256))  # PNGs are compressed already
         archive.writestr(MANIFEST, manifest, compress_type=zipfile.ZIP_DEFLATED)
 
 
-def _write_folder(target: Path, files: list[tuple[str, Path]], manifest: bytes) -> None:
+def _write_folder(home: Path, target: Path, files: list[tuple[str, Entry]], manifest: bytes) -> None:
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UsageError(f"{target} already exists and is not an empty folder; choose another")
     target.mkdir(parents=True, exist_ok=True)
-    for name, source in files:
-        store.write_atomic(target / name, source.read_bytes())
+    for name, entry in files:
+        store.write_atomic(target / name, store.read_verified(home, entry.path, entry.sha256))
     store.write_atomic(target / MANIFEST, manifest)  # last: a folder with a manifest is complete
 
 
@@ -149,33 +158,66 @@ class Imported:
         return dict(vars(self))
 
 
-def check_recipe(recipe: dict[str, Any], name: str) -> None:
-    """A recipe must name a prompt, a model and a seed to become a job; refuse it otherwise."""
+MAX_RECIPE_CHARS = 64 * 1024  # a real recipe is about 1 KB
+MAX_MODEL_ID_CHARS = 200
+
+
+def check_recipe(recipe: dict[str, Any], name: str, engine: Engine | None = None) -> None:
+    """The rules a submit follows, for a recipe that arrived in a file: a prompt (not empty, within
+    the length limit, valid UTF-8, no NUL), a model id, a valid seed, parameters as an object; when
+    the model is installed, the parameters fit its schema and an ``image`` parameter names a stored
+    input, never a path. Refused with one line otherwise; nothing is stored."""
+    if len(json.dumps(recipe)) > MAX_RECIPE_CHARS:
+        raise StoreError(f"{name}: the Studio recipe is larger than {MAX_RECIPE_CHARS // 1024} KB; refused")
     if not isinstance(recipe.get("prompt"), str) or not recipe["prompt"].strip():
         raise StoreError(f"{name}: the Studio recipe has no prompt")
-    if not isinstance(recipe.get("model"), str) or not recipe["model"]:
+    try:
+        check_prompt(recipe["prompt"])
+        check_text(recipe.get("model"), "the model id")
+    except UsageError as exc:
+        raise StoreError(f"{name}: in the Studio recipe, {exc}") from None
+    if not recipe["model"] or len(recipe["model"]) > MAX_MODEL_ID_CHARS:
         raise StoreError(f"{name}: the Studio recipe has no model")
     seed = recipe.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
         raise StoreError(f"{name}: the Studio recipe has no valid seed")
-    if not isinstance(recipe.get("params", {}), dict):
+    params = recipe.get("params", {})
+    if not isinstance(params, dict):
         raise StoreError(f"{name}: the Studio recipe's params are not an object")
+    if engine is None:
+        return
+    from studio.inputs import is_reference
+    from studio.plugins import UnknownModel
+
+    try:
+        spec = engine.registry.model(recipe["model"])
+    except UnknownModel:
+        return  # kept as it is; a regen says which model is missing and checks the parameters then
+    try:
+        engine.check_params(spec, params)
+    except UsageError as exc:
+        raise StoreError(f"{name}: in the Studio recipe, {exc}") from None
+    for p in spec.params:
+        value = params.get(p.name)
+        if p.type == "image" and value not in (None, "") and not (isinstance(value, str) and is_reference(value)):
+            raise StoreError(f"{name}: the Studio recipe's parameter {p.name!r} names {value!r}, not a stored input "
+                             f"(inputs/<sha256>.png); a recipe never names a file to open; refused")
 
 
-def read_incoming(candidate: Candidate) -> Incoming:
+def read_incoming(candidate: Candidate, engine: Engine | None = None) -> Incoming:
     data = candidate.read()
     sha = hashlib.sha256(data).hexdigest()
     expected = candidate.meta.get("sha256")
     if expected is not None and expected != sha:
         raise StoreError(f"{candidate.name}: sha256 differs from the manifest (changed or corrupt file)")
     recipe, width, height = store.parse_png(data, candidate.name)
-    check_recipe(recipe, candidate.name)
+    check_recipe(recipe, candidate.name, engine)
     return Incoming(candidate.name, candidate.read, sha, recipe, width, height, candidate.meta)
 
 
-def gather(paths: Iterable[Path]) -> list[Incoming]:
+def gather(paths: Iterable[Path], engine: Engine | None = None) -> list[Incoming]:
     """Read and check every input; the first bad one refuses the whole import."""
-    return [read_incoming(candidate) for path in paths for candidate in candidates(Path(path))]
+    return [read_incoming(candidate, engine) for path in paths for candidate in candidates(Path(path))]
 
 
 def _valid_ulid(value: Any) -> bool:
@@ -200,7 +242,7 @@ def _group(items: list[Incoming]) -> dict[str, list[tuple[int, Incoming]]]:
 
 def import_paths(engine: Engine, paths: Iterable[Path]) -> Imported:
     """Add the images found under ``paths`` to the gallery; images already there are skipped."""
-    items = gather(paths)
+    items = gather(paths, engine)
     result = Imported()
     with engine.db.session() as session:
         known = set()

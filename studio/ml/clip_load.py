@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from studio.errors import WeightsError
-from studio.plumbing import load_checkpoint, one_line
+from studio.plumbing import check_finite, load_checkpoint, one_line
 
 #: Keys that OpenAI archives carry as metadata next to the weights.
 _OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -45,10 +45,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
     if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    if zipfile.is_zipfile(path) and _is_torchscript_archive(path):
-        return _read_torchscript_archive(path)
-    return _read_torch_pickle(path)
+        state = _read_safetensors(path)
+    elif zipfile.is_zipfile(path) and _is_torchscript_archive(path):
+        state = _read_torchscript_archive(path)
+    else:
+        state = _read_torch_pickle(path)
+    check_finite(state, path)
+    return state
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

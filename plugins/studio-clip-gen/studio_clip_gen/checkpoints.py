@@ -34,7 +34,7 @@ from typing import Any, Iterator
 
 import torch
 
-from studio.api import WeightsError, one_line, save_safetensors
+from studio.api import WeightsError, check_finite, one_line, save_safetensors
 
 from .vqgan import VQConfig, VQModel
 
@@ -202,6 +202,7 @@ def extract_state_dict(obj: Any, path: str | Path = "<memory>") -> dict[str, tor
     for key, value in obj.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise WeightsError(f"{path}: not a state dict (entry {key!r} is {type(value).__name__}, not a tensor)")
+    check_finite(obj, path)
     return dict(obj)
 
 
@@ -217,6 +218,7 @@ def check_state_dict(expected: dict[str, torch.Tensor], state: dict[str, torch.T
     for key in state:
         if key not in expected:
             raise WeightsError(f"{what}: unexpected key {key!r}")
+    check_finite(state, what)
 
 
 # ---- safetensors with a config (Studio's own format) ------------------------------------------

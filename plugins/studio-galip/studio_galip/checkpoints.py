@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from studio.api import WeightsError, load_checkpoint, one_line, save_safetensors, sha256_file
+from studio.api import WeightsError, check_finite, load_checkpoint, one_line, save_safetensors, sha256_file
 from studio.ml.clip_load import first_misfit, strip_prefix
 
 from .model import GalipConfig, Nets, NetG, is_trunk_key
@@ -98,8 +98,10 @@ def read_studio(path: str | Path) -> GalipWeights:
 
 
 def read_weights(path: str | Path) -> GalipWeights:
-    """Either format, chosen by the suffix (``.safetensors`` is Studio's)."""
-    return read_studio(path) if Path(path).suffix == ".safetensors" else read_official(path)
+    """Either format, chosen by the suffix (``.safetensors`` is Studio's); NaN or infinite weights are refused."""
+    weights = read_studio(path) if Path(path).suffix == ".safetensors" else read_official(path)
+    check_finite(weights.states, path)
+    return weights
 
 
 def _config_from(data: dict, path: Path) -> GalipConfig:

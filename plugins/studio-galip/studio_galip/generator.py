@@ -290,21 +290,24 @@ class GalipGenerator:
             rows.append(text)
         return condition(torch.stack(rows), self.nets.cfg.cond_scale)
 
-    def image_embedding(self, path: str | Path):
-        """CLIP image embedding of a picture file, seen through the model's image mapping."""
+    def image_embedding(self, reference: str | Path):
+        """CLIP image embedding of a stored input (``inputs/<sha256>.png``, see ``studio.api.resolve_input``),
+        seen through the model's image mapping. Anything else, a path above all, is refused: a
+        recipe never makes the generator open a file outside the studio's inputs store."""
         import numpy as np
         import torch
         from PIL import Image, UnidentifiedImageError
 
+        from studio.api import InputError, load_settings, resolve_input
         from studio.ml.clip_features import clip_image_size, image_embedding, to_clip_input
 
         clip = self.nets.clip
         size = clip_image_size(clip)
         try:
-            with Image.open(path) as img:
+            with Image.open(resolve_input(load_settings(), str(reference))) as img:
                 img = _center_square(img.convert("RGB")).resize((size, size), Image.BICUBIC)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise GenerationError(f"cannot read conditioning image {path}: {exc}") from None
+        except (OSError, UnidentifiedImageError, InputError) as exc:
+            raise GenerationError(f"cannot read conditioning image {reference}: {exc}") from None
         x = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
         x = x.to(self.device)
         return image_embedding(clip, to_clip_input(x, clip, self.nets.cfg.mapping))[0].float()

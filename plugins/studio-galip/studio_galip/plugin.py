@@ -22,7 +22,7 @@ except importlib.metadata.PackageNotFoundError:  # running from a source tree
     VERSION = "0+unknown"
 
 PARAMS = (
-    Param("image", "str", "", help="Path of a picture whose CLIP image embedding conditions the image."),
+    Param("image", "image", "", help="A picture whose CLIP image embedding conditions the image (stored under inputs/ at submit)."),
     Param("image_strength", "float", 1.0, 0.0, 1.0,
           help="With image: 0 uses only the prompt, 1 only the picture, in between mixes them."),
     Param("interp_to", "str", "",

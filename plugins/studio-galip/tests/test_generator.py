@@ -110,16 +110,29 @@ def test_not_loaded_is_a_clear_error(tiny_nets):
 
 
 def test_image_conditioning(gen, tmp_path):
+    from studio.api import load_settings, store_input
+
     picture = tmp_path / "cond.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 60, 3), dtype=np.uint8)).save(picture)
+    stored = store_input(load_settings(), str(picture))  # what submit puts in the parameter
     text = gen.generate([Request("a red circle", 3)], no_progress)[0]
-    full = gen.generate([Request("a red circle", 3, {"image": str(picture)})], no_progress)[0]
-    none = gen.generate([Request("a red circle", 3, {"image": str(picture), "image_strength": 0.0})], no_progress)[0]
+    full = gen.generate([Request("a red circle", 3, {"image": stored})], no_progress)[0]
+    none = gen.generate([Request("a red circle", 3, {"image": stored, "image_strength": 0.0})], no_progress)[0]
     assert np.array_equal(pixels(text), pixels(none))
     assert not np.array_equal(pixels(text), pixels(full))
-    assert full.extra["image_condition"] == str(picture)
+    assert full.extra["image_condition"] == stored
+    missing = "inputs/" + "0" * 64 + ".png"
     with pytest.raises(GenerationError, match="cannot read conditioning image"):
-        gen.generate([Request("x", 1, {"image": str(tmp_path / "missing.png")})], no_progress)
+        gen.generate([Request("x", 1, {"image": missing})], no_progress)
+
+
+def test_image_conditioning_never_opens_a_path_outside_the_inputs_store(gen, tmp_path):
+    """A recipe (an imported PNG's, say) naming a local file never makes the generator open it."""
+    picture = tmp_path / "elsewhere.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(picture)
+    for value in (str(picture), "../elsewhere.png", "inputs/../../elsewhere.png", "/dev/zero"):
+        with pytest.raises(GenerationError, match="not a stored input"):
+            gen.generate([Request("x", 1, {"image": value})], no_progress)
 
 
 def test_interpolation_frames_start_and_end_at_the_keys(gen):
