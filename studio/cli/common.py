@@ -343,6 +343,35 @@ def follow(engine: "Engine", job_id: str) -> "JobInfo":
         return engine.wait(job_id, on_update=update)
 
 
+def _draws_things(engine: "Engine", model_id: str) -> bool:
+    """Whether the model says what it draws (``ModelSpec.draws``): such a model is checked for
+    drawing nothing. Models that paint plain fields by design (test models) say nothing."""
+    try:
+        return bool(engine.registry.model(model_id).draws)
+    except Exception:  # an unknown or broken model: nothing to judge by
+        return False
+
+
+def warn_blank(images, home: Path) -> None:
+    """One warning line per image that came out a near-blank canvas (see :mod:`studio.canvas`).
+
+    The job still succeeded (the model ran as asked), but a picture of nothing is worth saying.
+    """
+    from PIL import Image
+
+    from studio.canvas import is_near_blank
+
+    for image in images:
+        try:
+            with Image.open(home / image.path) as img:
+                blank = is_near_blank(img)
+        except OSError:
+            continue  # a damaged file is reported elsewhere
+        if blank:
+            err_console.print(f"[yellow]warning:[/] image {image.index} of job {shown(image.job_id)} is a near-blank "
+                              "canvas: the model drew nothing it could tell apart from the background for this prompt")
+
+
 def report_finished(engine: "Engine", job: "JobInfo", out_dir: Path | None, as_json: bool) -> None:
     """Print a finished job's images (paths, or JSON), copy them to ``out_dir``; exit 1 unless it succeeded."""
     images = engine.images(job.id) if job.status == "succeeded" else []
@@ -370,6 +399,8 @@ def report_finished(engine: "Engine", job: "JobInfo", out_dir: Path | None, as_j
     elif job.status == "succeeded":
         for image in images:
             console.print(shown(home / image.path), soft_wrap=True)
+        if _draws_things(engine, job.model_id):
+            warn_blank(images, home)
         for copy in copies:
             console.print(f"copied to {shown(copy)}", soft_wrap=True)
         err_console.print(f"[green]job {shown(job.id)} succeeded[/] ({len(images)} image{'s' if len(images) != 1 else ''})")
