@@ -87,3 +87,21 @@ def test_submit_with_unknown_words_says_so_in_one_line_and_runs(monkeypatch, tmp
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stderr.splitlines() if "unknown words" in line]
     assert lines == ["the galip model draws coloured shapes; unknown words: cat"], result.stderr
+
+
+def test_reduced_studio_eval_judged_by_pixels_holds_the_shipped_figures(galip):
+    """`studio eval`'s pixel judge on 64 prompts of the whole grammar, as the card measures it.
+
+    The floors guard what the shipped weights do (seed 0: colour 0.98, relation 0.96, size 0.81,
+    shape 0.09, no blank canvas); they sit below the issue's goals (shape and background >= 0.90),
+    which these weights do not reach yet: shapes come out as soft blobs and backgrounds light.
+    """
+    from studio.ml.evaluate import evaluate_generator
+
+    metrics = evaluate_generator(galip, n=64, seed=0, batch=32)["metrics"]
+    assert metrics["colour"]["value"] >= 0.95, metrics
+    assert metrics["relation"]["value"] >= 0.90, metrics
+    assert metrics["size"]["value"] >= 0.70, metrics
+    assert metrics["shape"]["value"] >= 0.05, metrics
+    assert metrics["blank"]["value"] == 0.0, metrics
+    assert metrics["clip_shape"]["value"] > metrics["shape"]["value"]  # the lenient judge stays lenient
