@@ -81,7 +81,7 @@ def test_markup_in_a_prompt_is_printed_as_typed(env):
         out = run(*args, env={"COLUMNS": "250"}).stdout
         assert prompt in out, out
     error = run("show", "[/x]").stderr
-    assert error.strip() == "error: no job with id '[/X]'"
+    assert error.strip() == "error: no job or image with id '[/X]'"
 
 
 # ---- properties -----------------------------------------------------------------------------

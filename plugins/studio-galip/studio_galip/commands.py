@@ -85,7 +85,8 @@ def train_command(dataset, clip_file, clip_arch, out_dir, minutes, steps, batch_
                            steps=steps, minutes=minutes, batch_size=batch_size, lr_g=lr_g, lr_d=lr_d, seed=seed,
                            sample_every=sample_every, device=device, pixel_weight=pixel_weight,
                            sim_weight=sim_weight, init_g=str(init_g) if init_g else None,
-                           meta={"dataset": dataset, "clip_arch": clip_arch, "clip_file": str(clip_file)},
+                           meta={"dataset": dataset, "clip_arch": clip_arch,
+                                 "clip_file": str(Path(clip_file).absolute())},
                            show_progress=not as_json,
                            on_metrics=(lambda record: click.echo(json.dumps(record))) if as_json else None)
     except (WeightsError, ValueError, FloatingPointError, KeyError) as exc:

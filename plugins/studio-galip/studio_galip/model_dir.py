@@ -152,6 +152,8 @@ def run_sources(run_folder: Path | None, checkpoint: Path | None, clip_file: Pat
         if not meta.get("clip_file"):
             raise ModelImportError("give --clip FILE (the CLIP the checkpoint was trained with)")
         clip_file = Path(meta["clip_file"])
+        if not clip_file.is_absolute() and not clip_file.is_file():
+            clip_file = card_path.parent / clip_file  # an older card, written with the path as typed
         if not clip_file.is_file():
             raise ModelImportError(f"the run's CLIP file {clip_file} is missing; give --clip FILE")
     if clip_arch is None:
