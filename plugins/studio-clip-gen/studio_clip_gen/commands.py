@@ -93,17 +93,19 @@ def _training_display(stage: str, as_json: bool):
         yield echo, on_step
 
 
-def _report(summary: dict, out_dir: Path, as_json: bool) -> None:
+def _report(stage: str, summary: dict, out_dir: Path, as_json: bool) -> None:
     """The end of a training run: one JSON object with ``--json``, else a few lines for people."""
     if as_json:
         click.echo(json.dumps(summary, default=str))
         return
     metrics = summary.get("metrics") or {}
-    figures = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k not in ("step", "elapsed_s")
-                        and isinstance(v, (int, float)))
+    figures = ", ".join(f"{k} {metrics[k]:.4g}" for k in _SHOWN[stage] if isinstance(metrics.get(k), (int, float)))
     click.echo(f"trained {summary['steps']} steps in {summary['elapsed_s']:.0f}s" + (f": {figures}" if figures else ""))
-    click.echo(f"weights: {summary['weights']}")
-    click.echo(f"run card: {out_dir / RUN_CARD}")
+    click.echo(f"weights: {summary['weights']}  (all figures: {out_dir / 'metrics.jsonl'})")
+    if stage == "vqgan":
+        click.echo(f"next: studio clip-gen train transformer --vqgan {summary['weights']} --out RUN_FOLDER")
+    else:
+        click.echo(f"import it: studio models import clip-gen NAME {out_dir}")
 
 
 _JSON = click.option("--json", "as_json", is_flag=True,
@@ -170,7 +172,7 @@ def train_vqgan_command(dataset, out_dir, preset, n_embed, steps, minutes, batch
                                   "vqgan": {"file": str((out_dir / "vqgan.safetensors").absolute())}})
     except (WeightsError, ValueError, OSError) as exc:
         raise _fail(exc) from None
-    _report(summary, out_dir, as_json)
+    _report("vqgan", summary, out_dir, as_json)
 
 
 @train_group.command(name="transformer")
@@ -228,7 +230,7 @@ def train_transformer_command(dataset, out_dir, vqgan_file, vqgan_config, clip_f
             "clip": {"file": str(clip_file.absolute()), "arch": clip_arch, "kind": clip_spec["kind"]}})
     except (WeightsError, ValueError, OSError) as exc:
         raise _fail(exc) from None
-    _report(summary, out_dir, as_json)
+    _report("transformer", summary, out_dir, as_json)
 
 
 def _hidden_alias(command: click.Command) -> click.Command:

@@ -131,6 +131,7 @@ def test_a_transformer_run_on_the_bundled_clip_imports_as_it_is(parts, squares, 
         "--layers", "1", "--heads", "2", "--steps", "2", "--batch-size", "4"])
     assert result.exit_code == 0, result.output
     assert "{" not in result.stdout and "weights:" in result.stdout  # people get a bar and a few lines
+    assert f"studio models import clip-gen NAME {run}" in result.stdout
     card = json.loads((run / "model_card.json").read_text())
     assert card["stage"] == "transformer" and card["clip"]["file"] == str(BUNDLED_CLIP_FILE)
     assert card["vqgan"]["file"] == str(parts / "vqgan.safetensors")
