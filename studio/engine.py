@@ -51,6 +51,8 @@ DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 
 
 ProgressHook = Callable[[JobInfo, float], None]
+#: Told what a run is doing between progress steps: ``"loading model weights"``, ``"generating"``.
+StatusHook = Callable[[str], None]
 
 
 def core_version() -> str:

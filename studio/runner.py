@@ -27,6 +27,7 @@ from studio.engine import (
     PROGRESS_SCALE,
     Engine,
     ProgressHook,
+    StatusHook,
     core_version,
     default_worker_id,
     finish_row,
@@ -121,10 +122,12 @@ class Runner:
         device: str | None = None,
         reclaim_running: bool = False,
         on_progress: ProgressHook | None = None,
+        on_status: StatusHook | None = None,
     ) -> JobInfo:
         """Claim and execute one job to its end; returns the final snapshot.
 
-        Raises nothing for a job that fails: the failure is recorded on the job.
+        Raises nothing for a job that fails: the failure is recorded on the job. ``on_status``
+        hears the stages between progress steps (loading the model's weights, generating).
         """
         worker_id = worker_id or default_worker_id()
         try:
@@ -132,7 +135,7 @@ class Runner:
             job = self.claim(job_id, worker_id, reclaim_running=reclaim_running)
             if job is None:
                 return self.engine.get(job_id)
-            return self.execute([job], worker_id, device, on_progress, raise_unavailable=False)[0]
+            return self.execute([job], worker_id, device, on_progress, raise_unavailable=False, on_status=on_status)[0]
         except BaseException as exc:
             # Ctrl-C, SIGTERM/SIGHUP (see studio.executors.local), a bad device...: however this
             # process stops, the job it was given does not stay queued or running behind it.
@@ -292,6 +295,7 @@ class Runner:
         on_progress: ProgressHook | None,
         *,
         raise_unavailable: bool = True,
+        on_status: StatusHook | None = None,
     ) -> list[JobInfo]:
         """The one path that runs claimed jobs: generate, store the files, record the outcome.
 
@@ -301,7 +305,11 @@ class Runner:
         reporter = _BatchReporter(self, jobs, worker_id, on_progress)
         try:
             spec = self.registry.model(jobs[0].model_id)
+            if on_status is not None and (spec.id, device) not in self.cache.loaded():
+                on_status("loading model weights")  # the slow part of a first run, before any step
             generator = self.cache.get(spec, device)
+            if on_status is not None:
+                on_status("generating")
             description = generator.describe()
             work = [(job, Request(job.prompt, job.seed + i, dict(job.params), index=i)) for job in jobs for i in range(job.count)]
             results: dict[str, list] = {job.id: [] for job in jobs}

@@ -64,6 +64,14 @@ class _Console:
             self._console = Console(**self._options)
         return getattr(self._console, name)
 
+    # Dunder methods are looked up on the type, not through __getattr__: a live display
+    # (rich.progress) enters the console to redraw at once.
+    def __enter__(self) -> Any:
+        return self.__getattr__("__enter__")()
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self.__getattr__("__exit__")(*exc)
+
 
 console: Any = _Console()
 err_console: Any = _Console(stderr=True)
@@ -338,9 +346,21 @@ def follow(engine: "Engine", job_id: str) -> "JobInfo":
         task = bar.add_task(shown(job_id), total=1.0)
 
         def update(job) -> None:
-            bar.update(task, completed=job.fraction, description=shown(f"{job.id} {job.status}"))
+            bar.update(task, completed=job.fraction, description=shown(f"{job.id} {follow_stage(job)}"))
 
         return engine.wait(job_id, on_update=update)
+
+
+def follow_stage(job: "JobInfo") -> str:
+    """What a job another process runs is doing, as far as its row tells: before its first step a
+    worker is starting or loading the model's weights, then it is generating image k of n."""
+    if job.status != "running":
+        return job.status
+    if job.fraction <= 0:
+        return "running: starting, loading model weights"
+    from studio.executors.local import generating_text
+
+    return f"running: {generating_text(job, job.fraction)}"
 
 
 def _draws_things(engine: "Engine", model_id: str) -> bool:

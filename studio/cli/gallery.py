@@ -158,7 +158,11 @@ def regen(app: App, ident, seed, params, verify, as_json) -> None:
     if verify:
         if seed is not None or params:
             raise UsageError("--verify re-runs the recipe unchanged; drop --seed and --param")
-        report_verification(app, actions.verify(app.engine, src), as_json)
+        from studio.executors.local import run_display
+
+        with run_display(err_console, f"verify {src.label}", show=not as_json) as hooks:
+            result = actions.verify(app.engine, src, **hooks)
+        report_verification(app, result, as_json)
         return
     check_local_device(app)
     job = actions.regenerate(app.engine, src, seed=seed, params=parse_params(params))

@@ -188,10 +188,11 @@ def _expected_images(engine: Engine, src: Source) -> list[ImageInfo]:
     return images
 
 
-def check_reproducible(engine: Engine, src: Source, device: str) -> None:
+def check_reproducible(engine: Engine, src: Source, device: str, on_status=None) -> None:
     """Refuse, with the reason, a verification that cannot match: other weights or dtype.
 
-    Loads the model (the run needs it anyway) and compares its ``describe()`` with the recipe.
+    Loads the model (the run needs it anyway) and compares its ``describe()`` with the recipe;
+    ``on_status`` hears ``loading model weights`` when that load is the slow first one.
     """
     from studio.plugins import UnknownModel
 
@@ -200,6 +201,8 @@ def check_reproducible(engine: Engine, src: Source, device: str) -> None:
         spec = engine.registry.model(src.model_id)
     except UnknownModel as exc:
         raise UsageError(str(exc)) from None
+    if on_status is not None and (spec.id, device) not in engine.cache.loaded():
+        on_status("loading model weights")
     now = engine.cache.get(spec, device).describe()
     was, current = recipe.get("weights_sha256"), now.get("weights_sha256")
     if was and current and was != current:
@@ -222,19 +225,23 @@ def verify_device(engine: Engine, src: Source) -> str:
     return device
 
 
-def verify(engine: Engine, src: Source) -> Verification:
+def verify(engine: Engine, src: Source, on_progress=None, on_status=None) -> Verification:
     """Make the source again with everything identical, here, and compare sha256 per image.
 
     It runs in this process even when a broker is configured: only here can the device be
-    the one in the recipe.
+    the one in the recipe. ``on_progress``/``on_status`` are the run's hooks (see
+    :meth:`studio.runner.Runner.run`); ``on_status`` also hears ``comparing``.
     """
     expected = _expected_images(engine, src)
     device = verify_device(engine, src)
-    check_reproducible(engine, src, device)
+    check_reproducible(engine, src, device, on_status)
     home = engine.settings.home
     before = [store.file_state(home, original.path, original.sha256) for original in expected]
     job = regenerate(engine, src)
-    job = engine.run(job.id, device=device)  # storing the new images repairs a damaged file with the same name
+    hooks = {k: v for k, v in (("on_progress", on_progress), ("on_status", on_status)) if v is not None}
+    job = engine.run(job.id, device=device, **hooks)  # storing the new images repairs a damaged file with the same name
+    if on_status is not None:
+        on_status("comparing")
     made = {i.index: i for i in engine.images(job.id)} if job.status == "succeeded" else {}
     checks, differences = [], []
     for offset, original in enumerate(expected):

@@ -1,4 +1,22 @@
 """Shared torch code: CLIP configurations and loading, datasets, training and evaluation.
 
-Imported lazily (never when the CLI starts) because it pulls in torch and open_clip.
+Imported lazily (never when the CLI starts) because it pulls in torch and open_clip. This
+package module itself imports neither, so the bundled CLIP's place can be named cheaply.
 """
+
+from pathlib import Path
+
+#: The small CLIP shipped with Studio: every trainer's default ``--clip``.
+BUNDLED_CLIP_FILE = Path(__file__).parent / "weights" / "clip-small.safetensors"
+#: The architecture name of a file in Studio's bundled small-CLIP format.
+BUNDLED_CLIP_ARCH = "studio-bundled"
+#: How a model card names the bundled CLIP wherever Studio is installed.
+BUNDLED_CLIP_REF = {"package": "studio.ml", "file": "weights/clip-small.safetensors"}
+
+
+def is_bundled_clip_file(path) -> bool:
+    """True when ``path`` is the installed bundled CLIP file itself."""
+    try:
+        return Path(path).resolve() == BUNDLED_CLIP_FILE.resolve()
+    except OSError:
+        return False

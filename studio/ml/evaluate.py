@@ -23,12 +23,12 @@ import torch
 
 from studio.config import Settings
 from studio.generators import Request
-from studio.ml import shapes
+from studio.ml import BUNDLED_CLIP_ARCH, BUNDLED_CLIP_FILE, shapes
 
 #: The small CLIP shipped with Studio (``studio train clip`` + ``export_bundled_clip``).
-BUNDLED_CLIP = Path(__file__).parent / "weights" / "clip-small.safetensors"
+BUNDLED_CLIP = BUNDLED_CLIP_FILE
 #: ``ARCH`` of ``--clip ARCH:PATH`` for a file in the bundled format (another small CLIP).
-BUNDLED_ARCH = "studio-bundled"
+BUNDLED_ARCH = BUNDLED_CLIP_ARCH
 
 
 class EvalError(RuntimeError):

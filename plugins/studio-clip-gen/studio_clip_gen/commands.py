@@ -1,4 +1,4 @@
-"""CLI: ``studio clip-gen train-vqgan|train-transformer|package`` and ``studio models import clip-gen``.
+"""CLI: ``studio clip-gen train vqgan|transformer``, ``studio clip-gen package`` and ``studio models import clip-gen``.
 
 Thin wrappers: options are parsed here, torch is imported inside each command, and every
 expected failure (bad file, bad dataset, parts that do not fit) is one line via ClickException.
@@ -6,7 +6,9 @@ expected failure (bad file, bad dataset, parts that do not fit) is one line via 
 
 from __future__ import annotations
 
+import copy
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -38,8 +40,76 @@ def _dataset(name: str, size: int):
         raise _fail(exc) from None
 
 
+RUN_CARD = "model_card.json"
+
+
+def _clip_or_bundled(clip_file: Path | None) -> Path:
+    """``--clip`` as given, or Studio's bundled small CLIP (its format needs no ``--clip-arch``)."""
+    if clip_file is not None:
+        return clip_file
+    from studio.ml import BUNDLED_CLIP_FILE
+
+    if not BUNDLED_CLIP_FILE.is_file():
+        raise click.ClickException(f"the bundled CLIP is not installed ({BUNDLED_CLIP_FILE}); pass --clip FILE")
+    return BUNDLED_CLIP_FILE
+
+
+def _write_run_card(out_dir: Path, card: dict) -> None:
+    """``model_card.json`` of a finished run: what it was made from, so it imports as it is."""
+    from studio.api import write_atomic
+
+    write_atomic(out_dir / RUN_CARD, json.dumps(card, indent=2, default=str) + "\n")
+
+
 def _echo(record: dict) -> None:
-    click.echo(json.dumps(record))
+    click.echo(json.dumps(record, default=str))
+
+
+#: The figures a stage's progress line shows, from its metrics records.
+_SHOWN = {"vqgan": ("loss", "psnr", "codes_used"), "transformer": ("loss", "accuracy")}
+
+
+@contextmanager
+def _training_display(stage: str, as_json: bool):
+    """``(echo, on_step)`` for a trainer: JSON lines on stdout with ``--json``, else a rich progress bar
+    on stderr (as ``studio galip train`` shows) whose line carries the last logged figures."""
+    if as_json:
+        yield _echo, None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task(stage, total=None)
+
+        def echo(record: dict) -> None:
+            figures = "  ".join(f"{k} {record[k]:.4g}" for k in _SHOWN[stage] if isinstance(record.get(k), (int, float)))
+            bar.update(task, completed=record.get("step", 0), description=f"{stage} {figures}")
+
+        def on_step(step: int, total: int) -> None:
+            bar.update(task, completed=step, total=total)
+
+        yield echo, on_step
+
+
+def _report(stage: str, summary: dict, out_dir: Path, as_json: bool) -> None:
+    """The end of a training run: one JSON object with ``--json``, else a few lines for people."""
+    if as_json:
+        click.echo(json.dumps(summary, default=str))
+        return
+    metrics = summary.get("metrics") or {}
+    figures = ", ".join(f"{k} {metrics[k]:.4g}" for k in _SHOWN[stage] if isinstance(metrics.get(k), (int, float)))
+    click.echo(f"trained {summary['steps']} steps in {summary['elapsed_s']:.0f}s" + (f": {figures}" if figures else ""))
+    click.echo(f"weights: {summary['weights']}  (all figures: {out_dir / 'metrics.jsonl'})")
+    if stage == "vqgan":
+        click.echo(f"next: studio clip-gen train transformer --vqgan {summary['weights']} --out RUN_FOLDER")
+    else:
+        click.echo(f"import it: studio models import clip-gen NAME {out_dir}")
+
+
+_JSON = click.option("--json", "as_json", is_flag=True,
+                     help="Print each metrics record and the summary as JSON lines (for machines) instead of a progress bar.")
 
 
 @click.group(name="clip-gen")
@@ -47,7 +117,15 @@ def clip_gen_group() -> None:
     """CLIP-GEN: train its VQGAN and transformer on images alone, package models."""
 
 
-@clip_gen_group.command(name="train-vqgan")
+@clip_gen_group.group(name="train")
+def train_group() -> None:
+    """Train CLIP-GEN: `vqgan` first, then `transformer` on that VQGAN.
+
+    The transformer's run folder imports as it is: `studio models import clip-gen NAME RUN_FOLDER`.
+    """
+
+
+@train_group.command(name="vqgan")
 @click.option("--dataset", default="shapes", show_default=True, help="shapes, or folder:PATH")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run directory.")
 @click.option("--preset", type=click.Choice(sorted(VQ_PRESETS)), default="tiny", show_default=True)
@@ -60,12 +138,14 @@ def clip_gen_group() -> None:
 @click.option("--perceptual", default="none", show_default=True, help="none, clip (needs --clip) or lpips:FILE.")
 @click.option("--l2-weight", type=click.FloatRange(0), default=0.0, show_default=True,
               help="Weight of an MSE term next to L1 (helps small objects on plain backgrounds).")
-@click.option("--clip", "clip_file", type=_FILE, help="CLIP weights for --perceptual clip.")
+@click.option("--clip", "clip_file", type=_FILE,
+              help="CLIP weights for --perceptual clip [default: Studio's bundled small CLIP].")
 @click.option("--clip-arch", help="open_clip architecture of --clip (not needed for Studio's bundled CLIP file).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
+@_JSON
 def train_vqgan_command(dataset, out_dir, preset, n_embed, steps, minutes, batch_size, lr, disc_start, perceptual,
-                        l2_weight, clip_file, clip_arch, seed, resume) -> None:
+                        l2_weight, clip_file, clip_arch, seed, resume, as_json) -> None:
     """Train the VQGAN (stage 1): L1 + perceptual + codebook + PatchGAN after --disc-start."""
     from .checkpoints import WeightsError
     from .losses import LPIPS, ClipPerceptual
@@ -77,27 +157,31 @@ def train_vqgan_command(dataset, out_dir, preset, n_embed, steps, minutes, batch
         vq = VQConfig.from_dict({**VQConfig().to_dict(), **VQ_PRESETS[preset], **({"n_embed": n_embed} if n_embed else {})})
         distance = None
         if perceptual == "clip":
-            if clip_file is None:
-                raise click.UsageError("--perceptual clip needs --clip FILE")
-            distance = ClipPerceptual(read_clip(clip_file, clip_arch)[0])
+            distance = ClipPerceptual(read_clip(_clip_or_bundled(clip_file), clip_arch)[0])
         elif perceptual.startswith("lpips:"):
             distance = LPIPS.from_file(Path(perceptual[len("lpips:"):]))
         elif perceptual != "none":
             raise click.UsageError(f"--perceptual must be none, clip or lpips:FILE, got {perceptual!r}")
         cfg = VQTrainConfig(steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, disc_start=disc_start,
                             l2_weight=l2_weight, seed=seed)
-        summary = train_vqgan(_dataset(dataset, vq.resolution), out_dir, vq, cfg, perceptual=distance, resume=resume, echo=_echo)
+        data = _dataset(dataset, vq.resolution)
+        with _training_display("vqgan", as_json) as (echo, on_step):
+            summary = train_vqgan(data, out_dir, vq, cfg, perceptual=distance, resume=resume, echo=echo,
+                                  on_step=on_step)
+        _write_run_card(out_dir, {"model": "clip-gen", "stage": "vqgan", "dataset": dataset, **summary,
+                                  "vqgan": {"file": str((out_dir / "vqgan.safetensors").absolute())}})
     except (WeightsError, ValueError, OSError) as exc:
         raise _fail(exc) from None
-    click.echo(json.dumps(summary, indent=2, default=str))
+    _report("vqgan", summary, out_dir, as_json)
 
 
-@clip_gen_group.command(name="train-transformer")
+@train_group.command(name="transformer")
 @click.option("--dataset", default="shapes", show_default=True, help="shapes, or folder:PATH")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run directory.")
 @click.option("--vqgan", "vqgan_file", type=_FILE, required=True, help="A trained VQGAN (vqgan.safetensors or a checkpoint).")
 @click.option("--vqgan-config", type=_FILE, help="taming yaml for a taming checkpoint.")
-@click.option("--clip", "clip_file", type=_FILE, required=True, help="The CLIP that conditions the transformer.")
+@click.option("--clip", "clip_file", type=_FILE,
+              help="The CLIP that conditions the transformer [default: Studio's bundled small CLIP].")
 @click.option("--clip-arch", help="open_clip architecture of --clip (not needed for Studio's bundled CLIP file).")
 @click.option("--width", type=click.IntRange(8), default=256, show_default=True)
 @click.option("--layers", type=click.IntRange(1), default=6, show_default=True)
@@ -110,9 +194,11 @@ def train_vqgan_command(dataset, out_dir, preset, n_embed, steps, minutes, batch
 @click.option("--cond-noise", type=click.FloatRange(0), default=0.1, show_default=True, help="LAFITE noise on the image embedding.")
 @click.option("--clip-loss-weight", type=click.FloatRange(0), default=0.0, show_default=True, help="The paper's image-level CLIP loss.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--resume", is_flag=True)
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
+@_JSON
 def train_transformer_command(dataset, out_dir, vqgan_file, vqgan_config, clip_file, clip_arch, width, layers, heads,
-                              dropout, steps, minutes, batch_size, lr, cond_noise, clip_loss_weight, seed, resume) -> None:
+                              dropout, steps, minutes, batch_size, lr, cond_noise, clip_loss_weight, seed, resume,
+                              as_json) -> None:
     """Train the transformer (stage 2) on images: CLIP image embeddings condition the tokens."""
     from .checkpoints import WeightsError
     from .clip_embed import embed_dim
@@ -122,6 +208,7 @@ def train_transformer_command(dataset, out_dir, vqgan_file, vqgan_config, clip_f
     from .vqgan import VQModel
 
     try:
+        clip_file = _clip_or_bundled(clip_file)
         state, vq = read_vqgan(vqgan_file, vqgan_config)
         vqgan = VQModel(vq)
         vqgan.load_state_dict(state)
@@ -130,11 +217,32 @@ def train_transformer_command(dataset, out_dir, vqgan_file, vqgan_config, clip_f
                         clip_dim=embed_dim(clip_model), dropout=dropout)
         cfg = GPTTrainConfig(steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, cond_noise=cond_noise,
                              clip_loss_weight=clip_loss_weight, seed=seed)
-        summary = train_transformer(_dataset(dataset, vq.resolution), out_dir, vqgan, clip_model, gpt, cfg,
-                                    clip_info={**clip_spec, "source": str(clip_file)}, resume=resume, echo=_echo)
+        data = _dataset(dataset, vq.resolution)
+        with _training_display("transformer", as_json) as (echo, on_step):
+            summary = train_transformer(data, out_dir, vqgan, clip_model, gpt, cfg,
+                                        clip_info={**clip_spec, "source": str(clip_file)}, resume=resume, echo=echo,
+                                        on_step=on_step)
+        _write_run_card(out_dir, {
+            "model": "clip-gen", "stage": "transformer", "dataset": dataset, **summary,
+            "transformer": str((out_dir / "transformer.safetensors").absolute()),
+            "vqgan": {"file": str(vqgan_file.absolute()),
+                      "config": str(vqgan_config.absolute()) if vqgan_config else None},
+            "clip": {"file": str(clip_file.absolute()), "arch": clip_arch, "kind": clip_spec["kind"]}})
     except (WeightsError, ValueError, OSError) as exc:
         raise _fail(exc) from None
-    click.echo(json.dumps(summary, indent=2, default=str))
+    _report("transformer", summary, out_dir, as_json)
+
+
+def _hidden_alias(command: click.Command) -> click.Command:
+    """The same command under an older spelling, left out of --help."""
+    alias = copy.copy(command)
+    alias.hidden = True
+    return alias
+
+
+# The spellings before `studio clip-gen train vqgan|transformer`, kept for scripts that use them.
+clip_gen_group.add_command(_hidden_alias(train_vqgan_command), name="train-vqgan")
+clip_gen_group.add_command(_hidden_alias(train_transformer_command), name="train-transformer")
 
 
 def _assemble(dest: Path, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force) -> dict:
@@ -150,10 +258,11 @@ def _assemble(dest: Path, vqgan, vqgan_config, transformer, clip_file, clip_arch
 
 
 _PARTS = [
-    click.option("--vqgan", type=_FILE, required=True, help="VQGAN: taming .ckpt, clip-gen .pt or vqgan.safetensors."),
+    click.option("--vqgan", type=_FILE, help="VQGAN: taming .ckpt, clip-gen .pt or vqgan.safetensors."),
     click.option("--vqgan-config", type=_FILE, help="taming yaml (default: taming's f16 network)."),
-    click.option("--transformer", type=_FILE, required=True, help="clip-gen GPT .pt or transformer.safetensors."),
-    click.option("--clip", "clip_file", type=_FILE, required=True, help="CLIP weights (open_clip file or Studio's bundled CLIP)."),
+    click.option("--transformer", type=_FILE, help="clip-gen GPT .pt or transformer.safetensors."),
+    click.option("--clip", "clip_file", type=_FILE,
+                 help="CLIP weights (open_clip file or Studio's small-CLIP format) [default: Studio's bundled CLIP]."),
     click.option("--clip-arch", help="open_clip architecture of --clip, e.g. ViT-B-32."),
     click.option("--heads", type=click.IntRange(1), help="Attention heads of a clip-gen GPT (default width/64)."),
     click.option("--force", is_flag=True, help="Replace an existing model of that name."),
@@ -166,11 +275,52 @@ def _with_parts(func):
     return func
 
 
+def run_parts(run_folder: Path | None, vqgan, vqgan_config, transformer, clip_file, clip_arch) -> tuple:
+    """The parts of a model: from a finished transformer training run (its ``model_card.json`` names
+    the VQGAN and the CLIP it was trained with), with any part given as an option winning."""
+    if run_folder is not None:
+        card_path = run_folder / RUN_CARD
+        try:
+            card = json.loads(card_path.read_text())
+        except FileNotFoundError:
+            raise click.ClickException(f"{run_folder}: no {RUN_CARD} (is the training run finished?)") from None
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"{card_path}: unreadable ({exc})") from None
+        if card.get("stage") != "transformer":
+            raise click.ClickException(f"{run_folder}: not a transformer training run (stage "
+                                       f"{card.get('stage')!r}); import the run of `studio clip-gen train transformer`")
+
+        def existing(value, what: str) -> Path | None:
+            if not value:
+                return None
+            path = Path(value)
+            if not path.is_file():
+                raise click.ClickException(f"the run's {what} file {path} is missing; give --{what} FILE")
+            return path
+
+        transformer = transformer or existing(run_folder / "transformer.safetensors", "transformer")
+        if vqgan is None:
+            vqgan = existing(card["vqgan"]["file"], "vqgan")
+            vqgan_config = vqgan_config or existing(card["vqgan"].get("config"), "vqgan-config")
+        if clip_file is None:
+            clip_file = existing(card["clip"]["file"], "clip")
+            clip_arch = clip_arch or card["clip"].get("arch")
+    for value, option in ((vqgan, "--vqgan"), (transformer, "--transformer")):
+        if value is None:
+            raise click.UsageError(f"give a training run folder or {option} FILE")
+    return vqgan, vqgan_config, transformer, _clip_or_bundled(clip_file), clip_arch
+
+
 @click.command(name="clip-gen")
 @click.argument("name")
+@click.argument("run_folder", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @_with_parts
-def import_command(name, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force) -> None:
-    """Import a CLIP-GEN model from local files as model id clip-gen/NAME."""
+def import_command(name, run_folder, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force) -> None:
+    """Import a CLIP-GEN model from local files as model id clip-gen/NAME.
+
+    Give a finished `studio clip-gen train transformer` run folder as RUN_FOLDER (its model card
+    names the VQGAN and the CLIP), or the parts with --vqgan, --transformer and --clip.
+    """
     from .plugin import imported_root
 
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
@@ -178,6 +328,8 @@ def import_command(name, vqgan, vqgan_config, transformer, clip_file, clip_arch,
     root = imported_root()
     if root is None:
         raise click.ClickException("cannot read Studio's settings (see `studio config`)")
+    vqgan, vqgan_config, transformer, clip_file, clip_arch = run_parts(run_folder, vqgan, vqgan_config, transformer,
+                                                                       clip_file, clip_arch)
     summary = _assemble(root / name, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force)
     click.echo(f"imported clip-gen/{name} ({summary['resolution']}px, {summary['grid']}x{summary['grid']} tokens) "
                f"weights sha256 {summary['weights_sha256'][:16]}")
@@ -196,6 +348,8 @@ def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_a
     With --eval-n the folder gets a model card: VQGAN PSNR and codebook usage, and `studio eval`
     numbers without and with re-ranking, all measured on the packaged files.
     """
+    vqgan, vqgan_config, transformer, clip_file, clip_arch = run_parts(None, vqgan, vqgan_config, transformer,
+                                                                       clip_file, clip_arch)
     summary = _assemble(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force)
     if eval_n:
         from rich.console import Console

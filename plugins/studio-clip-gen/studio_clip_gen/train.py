@@ -179,8 +179,11 @@ def train_vqgan(
     resume: bool = False,
     device: str = "cpu",
     echo: Callable[[dict], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Train (or resume) a VQGAN; writes ``vqgan.safetensors`` (with its config) and returns a summary.
+
+    ``echo`` sees every metrics record, ``on_step(step, total)`` every step (a progress display).
 
     ``perceptual(x, y) -> [B]`` is a frozen distance (:class:`~studio_clip_gen.losses.LPIPS` or
     :class:`~studio_clip_gen.losses.ClipPerceptual`); ``None`` trains with L1 alone.
@@ -253,6 +256,8 @@ def train_vqgan(
         usage += counts
         window_counts += counts
         step += 1
+        if on_step is not None:
+            on_step(step, cfg.steps)
         if cfg.restart_every and step % cfg.restart_every == 0:
             restarted += restart_dead_codes(model, usage, x, generator)
             usage.zero_()
@@ -360,6 +365,7 @@ def train_transformer(
     resume: bool = False,
     device: str = "cpu",
     echo: Callable[[dict], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Train (or resume) the CLIP-conditioned transformer on images alone.
 
@@ -418,6 +424,8 @@ def train_transformer(
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         step += 1
+        if on_step is not None:
+            on_step(step, cfg.steps)
         accuracy = (logits.argmax(-1) == tokens).float().mean()
         window.add(loss=loss.item(), ce=ce.item(), clip_loss=clip_loss.item(), accuracy=accuracy.item())
         if step % cfg.log_every == 0 or step == cfg.steps:

@@ -112,3 +112,62 @@ def test_the_bundled_model_uses_studios_own_small_clip_file():
     inner = [hashlib.sha256((root / manifest[k]).read_bytes()).hexdigest() for k in ("vqgan", "transformer")]
     inner.append(hashlib.sha256(clip.read_bytes()).hexdigest())
     assert model_dir.weights_sha256(root, manifest) == hashlib.sha256("".join(inner).encode()).hexdigest()
+
+
+def test_a_transformer_run_on_the_bundled_clip_imports_as_it_is(parts, squares, studio_home, tmp_path, monkeypatch):
+    """No --clip to train (the bundled small CLIP is the default) and no parts to name at import:
+    the run's model_card.json records the VQGAN and the CLIP."""
+    from click.testing import CliRunner
+
+    from studio.ml import BUNDLED_CLIP_FILE
+    from studio_clip_gen import commands
+
+    if not BUNDLED_CLIP_FILE.is_file():
+        pytest.skip("the bundled CLIP is not installed")
+    monkeypatch.setattr(commands, "_dataset", lambda name, size: squares)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(commands.clip_gen_group, [
+        "train", "transformer", "--out", str(run), "--vqgan", str(parts / "vqgan.safetensors"), "--width", "32",
+        "--layers", "1", "--heads", "2", "--steps", "2", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert "{" not in result.stdout and "weights:" in result.stdout  # people get a bar and a few lines
+    assert f"studio models import clip-gen NAME {run}" in result.stdout
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["stage"] == "transformer" and card["clip"]["file"] == str(BUNDLED_CLIP_FILE)
+    assert card["vqgan"]["file"] == str(parts / "vqgan.safetensors")
+
+    result = CliRunner().invoke(commands.import_command, ["mine", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "imported clip-gen/mine" in result.output
+    manifest = json.loads((studio_home / "models" / "clip-gen" / "mine" / "model.json").read_text())
+    assert manifest["clip"]["kind"] == "bundled"
+
+    result = CliRunner().invoke(commands.import_command, ["other"])
+    assert result.exit_code == 2 and "run folder or --vqgan" in result.output
+    result = CliRunner().invoke(commands.import_command, ["other", str(tmp_path)])
+    assert result.exit_code == 1 and "model_card.json" in result.output
+
+
+def test_training_commands_have_one_shape_and_json_lines_for_machines(parts, squares, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from studio.ml import BUNDLED_CLIP_FILE
+    from studio_clip_gen import commands
+
+    runner = CliRunner()
+    listed = runner.invoke(commands.clip_gen_group, ["--help"]).output
+    assert "train" in listed and "train-vqgan" not in listed and "train-transformer" not in listed
+    assert {"vqgan", "transformer"} <= set(runner.invoke(commands.clip_gen_group, ["train", "--help"]).output.split())
+    for old in ("train-vqgan", "train-transformer"):  # the older spellings still work
+        assert runner.invoke(commands.clip_gen_group, [old, "--help"]).exit_code == 0
+
+    if not BUNDLED_CLIP_FILE.is_file():
+        pytest.skip("the bundled CLIP is not installed")
+    monkeypatch.setattr(commands, "_dataset", lambda name, size: squares)
+    result = runner.invoke(commands.clip_gen_group, [
+        "train-transformer", "--out", str(tmp_path / "run"), "--vqgan", str(parts / "vqgan.safetensors"),
+        "--width", "32", "--layers", "1", "--heads", "2", "--steps", "2", "--batch-size", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert lines[0]["step"] == 2 and "loss" in lines[0]
+    assert lines[-1]["steps"] == 2 and lines[-1]["weights"].endswith("transformer.safetensors")

@@ -14,6 +14,8 @@ import click
 
 from .generator import BUNDLED_CLIP, INTERPOLATION_MODES
 
+OFFICIAL_CLIP_ARCH = "ViT-B-32-quickgelu"  # as studio_galip.model_dir.OFFICIAL_CLIP_ARCH (kept cheap to import)
+
 
 @click.group(name="galip")
 def galip_group() -> None:
@@ -22,11 +24,11 @@ def galip_group() -> None:
 
 @click.command(name="train")
 @click.option("--dataset", default="shapes", show_default=True, help="Dataset name: shapes, or folder:PATH.")
-@click.option("--clip", "clip_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="Frozen CLIP weights file.")
-@click.option("--clip-arch", default=BUNDLED_CLIP, show_default=True,
-              help=f"open_clip architecture of --clip (e.g. ViT-B-32-quickgelu), or {BUNDLED_CLIP} "
-                   "for Studio's small CLIP.")
+@click.option("--clip", "clip_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Frozen CLIP weights file [default: Studio's bundled small CLIP].")
+@click.option("--clip-arch",
+              help=f"open_clip architecture of --clip (e.g. ViT-B-32-quickgelu) [default: {BUNDLED_CLIP}, "
+                   "Studio's small-CLIP format].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder: checkpoint, metrics.jsonl, sample grids, final weights.")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), help="Stop after this much wall time.")
@@ -54,12 +56,15 @@ def galip_group() -> None:
               help="Weight of the CLIP text-image similarity term in G's loss.")
 @click.option("--init", "init_g", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Start the generator from this Studio GALIP weights file (a new run only).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print each metrics record and the summary as JSON lines (for machines) instead of a progress bar.")
 def train_command(dataset, clip_file, clip_arch, out_dir, minutes, steps, batch_size, lr_g, lr_d, cond_scale,
                   mapping, ngf, image_size, seed, sample_every, device, threads, fresh, eval_n,
-                  pixel_weight, sim_weight, init_g) -> None:
+                  pixel_weight, sim_weight, init_g, as_json) -> None:
     """Train GALIP with the official losses on a captioned dataset, CLIP frozen."""
     if minutes is None and steps is None:
         raise click.UsageError("give --minutes or --steps")
+    clip_file, clip_arch = default_clip(clip_file, clip_arch)
     import torch
 
     from studio.api import WeightsError
@@ -80,14 +85,39 @@ def train_command(dataset, clip_file, clip_arch, out_dir, minutes, steps, batch_
                            steps=steps, minutes=minutes, batch_size=batch_size, lr_g=lr_g, lr_d=lr_d, seed=seed,
                            sample_every=sample_every, device=device, pixel_weight=pixel_weight,
                            sim_weight=sim_weight, init_g=str(init_g) if init_g else None,
-                           meta={"dataset": dataset, "clip_arch": clip_arch, "clip_file": str(clip_file)})
+                           meta={"dataset": dataset, "clip_arch": clip_arch,
+                                 "clip_file": str(Path(clip_file).absolute())},
+                           show_progress=not as_json,
+                           on_metrics=(lambda record: click.echo(json.dumps(record))) if as_json else None)
     except (WeightsError, ValueError, FloatingPointError, KeyError) as exc:
         raise click.ClickException(f"training stopped: {exc}") from None
     if dataset == "shapes" and eval_n:
         card = _evaluate_run(out_dir, card, clip_arch, clip_file, eval_n, device)
-    click.echo(json.dumps({k: card[k] for k in ("steps", "seconds_this_run", "last_losses", "weights_sha256", "eval")
-                           if k in card}, indent=2))
+    summary = {k: card[k] for k in ("steps", "seconds_this_run", "last_losses", "weights_sha256", "eval") if k in card}
+    if as_json:
+        click.echo(json.dumps({**summary, "weights": str(out_dir / "galip.safetensors")}))
+        return
+    losses = ", ".join(f"{k} {v:.4g}" for k, v in (card.get("last_losses") or {}).items() if k in ("errD", "errG"))
+    click.echo(f"trained to step {card.get('steps')} in {card.get('seconds_this_run', 0):.0f}s"
+               + (f": {losses}" if losses else ""))
+    if card.get("eval"):
+        click.echo("eval: " + ", ".join(f"{k} {v:.3g}" for k, v in card["eval"].items()
+                                        if isinstance(v, float)))
     click.echo(f"weights: {out_dir / 'galip.safetensors'}")
+    click.echo(f"import it: studio models import galip NAME {out_dir}")
+
+
+def default_clip(clip_file: Path | None, clip_arch: str | None) -> tuple[Path, str]:
+    """``--clip``/``--clip-arch`` as given, or Studio's bundled small CLIP when ``--clip`` is left out."""
+    if clip_file is not None:
+        return clip_file, clip_arch or BUNDLED_CLIP
+    if clip_arch not in (None, BUNDLED_CLIP):
+        raise click.UsageError(f"--clip-arch {clip_arch} needs --clip FILE (the weights of that architecture)")
+    from studio.ml import BUNDLED_CLIP_FILE
+
+    if not BUNDLED_CLIP_FILE.is_file():
+        raise click.ClickException(f"the bundled CLIP is not installed ({BUNDLED_CLIP_FILE}); pass --clip FILE")
+    return BUNDLED_CLIP_FILE, BUNDLED_CLIP
 
 
 def _evaluate_run(out_dir: Path, card: dict, clip_arch: str, clip_file: Path, n: int, device: str) -> dict:
@@ -205,23 +235,31 @@ def _check_galip_model(engine, model_id: str) -> None:
 
 @click.command(name="galip")
 @click.argument("name")
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="Official GALIP checkpoint (.pth) or Studio GALIP weights (.safetensors).")
-@click.option("--clip", "clip_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="The CLIP weights the checkpoint was trained with.")
-@click.option("--clip-arch", default="ViT-B-32-quickgelu", show_default=True,
-              help=f"open_clip architecture of --clip, or {BUNDLED_CLIP}.")
+@click.argument("run_folder", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Official GALIP checkpoint (.pth) or Studio GALIP weights (.safetensors), instead of RUN_FOLDER.")
+@click.option("--clip", "clip_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The CLIP weights the checkpoint was trained with [default: the one the run's "
+                   "model_card.json names].")
+@click.option("--clip-arch",
+              help=f"open_clip architecture of --clip, or {BUNDLED_CLIP} [default: the run's, else "
+                   f"{OFFICIAL_CLIP_ARCH}].")
 @click.option("--copy-clip", is_flag=True, help="Copy the CLIP file into the model folder instead of referencing it.")
 @click.option("--force", is_flag=True, help="Replace an existing model of that name.")
-def import_command(name, checkpoint, clip_file, clip_arch, copy_clip, force) -> None:
-    """Import GALIP weights as model galip-NAME (checks they fit, converts to safetensors)."""
+def import_command(name, run_folder, checkpoint, clip_file, clip_arch, copy_clip, force) -> None:
+    """Import GALIP weights as model galip-NAME (checks they fit, converts to safetensors).
+
+    Give a finished `studio galip train` run folder as RUN_FOLDER (its model card names the CLIP),
+    or a checkpoint file with --checkpoint (and --clip/--clip-arch for official weights).
+    """
     from rich.console import Console
 
     from studio.api import load_settings
 
-    from .model_dir import ModelImportError, import_model
+    from .model_dir import ModelImportError, import_model, run_sources
 
     try:
+        checkpoint, clip_file, clip_arch = run_sources(run_folder, checkpoint, clip_file, clip_arch)
         card = import_model(name, checkpoint, clip_file, clip_arch, load_settings().models_dir,
                             copy_clip=copy_clip, force=force)
     except ModelImportError as exc:
@@ -231,4 +269,3 @@ def import_command(name, checkpoint, clip_file, clip_arch, copy_clip, force) -> 
     console.print(f"weights sha256 {card.data['weights_sha256']}  clip sha256 {card.data['clip']['sha256']}")
     if card.terms:
         console.print(f"[yellow]Terms of these weights:[/yellow] {card.terms}")
-

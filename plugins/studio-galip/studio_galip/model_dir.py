@@ -116,6 +116,58 @@ def imported_cards(models_dir: Path) -> tuple[list[ModelCard], list[str]]:
     return cards, problems
 
 
+RUN_CARD = "model_card.json"
+#: The CLIP of the official GALIP checkpoints, assumed when ``--clip`` is given without an architecture.
+OFFICIAL_CLIP_ARCH = "ViT-B-32-quickgelu"
+
+
+def run_sources(run_folder: Path | None, checkpoint: Path | None, clip_file: Path | None,
+                clip_arch: str | None) -> tuple[Path, Path, str]:
+    """The checkpoint, CLIP file and CLIP architecture of an import.
+
+    A training run folder (``studio galip train --out``) holds ``galip.safetensors`` and a
+    ``model_card.json`` that records the CLIP it was trained with, so it imports as it is; the same
+    card is found beside a ``--checkpoint`` taken from a run folder. ``--clip``/``--clip-arch`` given
+    explicitly win over the card.
+    """
+    if run_folder is not None and checkpoint is not None:
+        raise ModelImportError("give a run folder or --checkpoint FILE, not both")
+    if run_folder is None and checkpoint is None:
+        raise ModelImportError("give a training run folder or --checkpoint FILE")
+    if run_folder is not None:
+        checkpoint = Path(run_folder) / WEIGHTS
+        if not checkpoint.is_file():
+            raise ModelImportError(f"{run_folder}: no {WEIGHTS} (is the training run finished?)")
+    card_path = Path(checkpoint).parent / RUN_CARD
+    meta: dict[str, Any] = {}
+    if clip_file is None or clip_arch is None:
+        if card_path.is_file():
+            try:
+                meta = json.loads(card_path.read_text())
+            except (OSError, ValueError) as exc:
+                raise ModelImportError(f"{card_path}: unreadable ({exc})") from None
+        elif run_folder is not None:
+            raise ModelImportError(f"{run_folder}: no {RUN_CARD} (is the training run finished?)")
+    if clip_file is None:
+        if not meta.get("clip_file"):
+            raise ModelImportError("give --clip FILE (the CLIP the checkpoint was trained with)")
+        clip_file = Path(meta["clip_file"])
+        if not clip_file.is_absolute() and not clip_file.is_file():
+            clip_file = card_path.parent / clip_file  # an older card, written with the path as typed
+        if not clip_file.is_file():
+            raise ModelImportError(f"the run's CLIP file {clip_file} is missing; give --clip FILE")
+    if clip_arch is None:
+        clip_arch = meta.get("clip_arch") or _guess_arch(clip_file)
+    return Path(checkpoint), Path(clip_file), clip_arch
+
+
+def _guess_arch(clip_file: Path) -> str:
+    """The bundled CLIP is Studio's small-CLIP format; any other file is taken for the official CLIP."""
+    from studio.ml import BUNDLED_CLIP_ARCH, is_bundled_clip_file
+
+    return BUNDLED_CLIP_ARCH if is_bundled_clip_file(clip_file) else OFFICIAL_CLIP_ARCH
+
+
 def import_model(name: str, checkpoint: Path, clip_file: Path, clip_arch: str, models_dir: Path,
                  copy_clip: bool = False, force: bool = False) -> ModelCard:
     """Convert an official (or Studio) GALIP checkpoint into ``models_dir/galip/NAME``.
@@ -160,6 +212,11 @@ def import_model(name: str, checkpoint: Path, clip_file: Path, clip_arch: str, m
         "terms": OFFICIAL_TERMS if official else weights.meta.get("terms", ""),
         "imported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    from studio.ml import BUNDLED_CLIP_REF, is_bundled_clip_file
+
+    if is_bundled_clip_file(clip_file) and not copy_clip:
+        # Named by package, as the bundled model does, so the card survives Studio being reinstalled.
+        data["clip"] = {"arch": clip_arch, **BUNDLED_CLIP_REF, "sha256": data["clip"]["sha256"]}
     if copy_clip:
         target = dest / f"clip{clip_file.suffix}"
         shutil.copyfile(clip_file, target)

@@ -6,6 +6,7 @@ used (the spec's factory, then ``load``) or when a command runs.
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import logging
 
@@ -93,7 +94,10 @@ def register_commands(cli):
     cli.add_command(galip_group)
     train = cli.get_command(None, "train") if hasattr(cli, "get_command") else None
     if train is not None and hasattr(train, "add_command"):
-        train.add_command(train_command, name="galip")
+        # `studio train galip`: the spelling before `studio galip train`, kept for scripts, left out of --help.
+        alias = copy.copy(train_command)
+        alias.hidden = True
+        train.add_command(alias, name="galip")
     models = cli.get_command(None, "models") if hasattr(cli, "get_command") else None
     imp = models.get_command(None, "import") if models is not None and hasattr(models, "get_command") else None
     if imp is not None and hasattr(imp, "add_command"):

@@ -133,7 +133,10 @@ def test_commands_are_added_where_the_core_expects_them():
     runner = CliRunner()
     assert "interpolate" in runner.invoke(cli, ["galip", "--help"]).output
     assert "galip" in runner.invoke(cli, ["models", "import", "--help"]).output
-    assert "galip" in runner.invoke(cli, ["train", "--help"]).output
+    # `studio galip train` is the one shown; `studio train galip` still works for older scripts
+    assert "train" in runner.invoke(cli, ["galip", "--help"]).output
+    assert "galip" not in runner.invoke(cli, ["train", "--help"]).output
+    assert "--dataset" in runner.invoke(cli, ["train", "galip", "--help"]).output
 
     @click.group()
     def bare():
@@ -192,6 +195,11 @@ def test_train_and_interpolate_commands(no_bundled, fresh_process, tmp_path, mon
     result = CliRunner().invoke(cli, ["models", "import", "galip", "mine", "--checkpoint", str(out / "galip.safetensors"),
                                       "--clip", str(clip_file), "--clip-arch", TINY_ARCH])
     assert result.exit_code == 0, result.output
+    # the finished run folder imports as it is: its model card names the CLIP file and architecture
+    result = CliRunner().invoke(cli, ["models", "import", "galip", "same", str(out)])
+    assert result.exit_code == 0, result.output
+    card = json.loads((load_settings().models_dir / "galip" / "same" / "model.json").read_text())
+    assert card["clip"]["arch"] == TINY_ARCH and card["clip"]["file"] == str(clip_file.absolute())
     frames = tmp_path / "frames"
     result = CliRunner().invoke(cli, ["galip", "interpolate", "a red square", "a blue square", "-m", "galip-mine",
                                       "--frames", "3", "--out", str(frames)])
@@ -316,3 +324,57 @@ def test_training_on_shapes_writes_an_eval_into_the_card(no_bundled, tmp_path, o
     for metric in ("colour", "shape", "clip_score"):
         assert 0 <= card["eval"][metric]["value"] <= 1 or metric == "clip_score"
     assert card["eval"]["colour"]["n"] == 6
+
+
+def test_train_defaults_to_the_bundled_clip(monkeypatch, tmp_path):
+    from studio.ml import BUNDLED_CLIP_FILE
+    from studio_galip import commands, train
+
+    seen = {}
+
+    def fake_train(out_dir, dataset, clip, **kwargs):
+        seen.update(kwargs["meta"])
+        return {"steps": 1}
+
+    monkeypatch.setattr(train, "train_galip", fake_train)
+    result = CliRunner().invoke(make_cli(), ["galip", "train", "--out", str(tmp_path / "run"), "--steps", "1",
+                                             "--eval-n", "0"])
+    assert result.exit_code == 0, result.output
+    assert seen["clip_arch"] == "studio-bundled" and seen["clip_file"] == str(BUNDLED_CLIP_FILE)
+    assert "{" not in result.output and f"studio models import galip NAME {tmp_path / 'run'}" in result.output
+    result = CliRunner().invoke(make_cli(), ["galip", "train", "--out", str(tmp_path / "run"), "--steps", "1",
+                                             "--eval-n", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"steps": 1, "weights": str(tmp_path / "run" / "galip.safetensors")}
+    result = CliRunner().invoke(make_cli(), ["galip", "train", "--out", str(tmp_path / "run"), "--steps", "1",
+                                             "--clip-arch", "ViT-B-32"])
+    assert result.exit_code == 2 and "needs --clip FILE" in result.output
+    assert commands.default_clip(None, None) == (BUNDLED_CLIP_FILE, "studio-bundled")
+
+
+def test_a_run_on_the_bundled_clip_imports_as_it_is(no_bundled, tmp_path):
+    """A run folder made with the default CLIP: `studio models import galip NAME RUN` needs nothing else,
+    and the card names the CLIP by package, as the bundled model does."""
+    import shutil
+
+    from studio.ml import BUNDLED_CLIP_FILE
+
+    bundled = model_dir.BUNDLED_DIR / "galip-shapes.safetensors"
+    if not bundled.is_file() or not BUNDLED_CLIP_FILE.is_file():
+        pytest.skip("bundled weights not installed")
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(bundled, run / "galip.safetensors")
+    (run / "model_card.json").write_text(json.dumps({"clip_arch": "studio-bundled", "clip_file": str(BUNDLED_CLIP_FILE)}))
+    result = CliRunner().invoke(make_cli(), ["models", "import", "galip", "pets", str(run)])
+    assert result.exit_code == 0, result.output
+    card = json.loads((load_settings().models_dir / "galip" / "pets" / "model.json").read_text())
+    assert card["clip"]["package"] == "studio.ml" and card["clip"]["arch"] == "studio-bundled"
+    assert "galip-pets" in registered()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(make_cli(), ["models", "import", "galip", "x", str(empty)])
+    assert result.exit_code == 1 and "no galip.safetensors" in result.output
+    result = CliRunner().invoke(make_cli(), ["models", "import", "galip", "x"])
+    assert result.exit_code == 1 and "run folder or --checkpoint" in result.output
