@@ -5,7 +5,9 @@ bundled default's shape (64px VQGAN, 8x8 tokens; read from the installed model w
 and, without --quick, a 16x16 grid as in the paper. Rows: tokens/s with and without the cache
 (the reimplementation recomputes the whole prefix for every token), and whole images/s (sample +
 decode) at batch 1 and 16. With the bundled model installed: images/s of its Generator (text ->
-image, as a job runs it) and the cost of each re-ranking candidate. Last, one taming f16 VQGAN
+image, as a job runs it) and the cost of each re-ranking candidate, and the default settings
+(8 candidates, keep 1) before and after batched decoding, interleaved, medians, the kept images
+checked byte-identical. Last, one taming f16 VQGAN
 (256px, 16x16 tokens) encode and decode with random weights.
 Usage: python benchmarks/clip_gen_speed.py [--quick] [--threads N]   (needs: pip install -e plugins/studio-clip-gen)
 """
@@ -98,6 +100,7 @@ def _bundled_rows(rows: list, repeat: int) -> dict:
         requests = [Request("a red circle above a blue square", i, {"candidates": candidates}, index=i) for i in range(batch)]
         gen.generate(requests, lambda _d, _t: None)
 
+    before_after = _before_after(gen, rows, 3 if repeat <= 2 else 9)
     per_image = {b: b / best_time(lambda: run(b, 1), repeat) for b in (1, 16)}
     one, eight = best_time(lambda: run(1, 1), repeat), best_time(lambda: run(1, 8), repeat)
     per_candidate = (eight - one) / 7
@@ -108,7 +111,97 @@ def _bundled_rows(rows: list, repeat: int) -> dict:
     rows.append([name, "seconds per extra re-ranking candidate", per_candidate, f"{per_candidate / one:.2f}x of one image"])
     return {"images_per_s_batch1": per_image[1], "images_per_s_batch16": per_image[16],
             "images_per_s_batch1_default_candidates": 1 / eight,
-            "seconds_per_image": one, "seconds_per_extra_candidate": per_candidate}
+            "seconds_per_image": one, "seconds_per_extra_candidate": per_candidate, **before_after}
+
+
+def _per_image_decode(gen):
+    """The generator as it was before batched decoding (every candidate decoded alone), same weights."""
+    import types
+
+    import torch
+
+    from studio_clip_gen import generator as module
+
+    def run_chunk(self, chunk, plan, images, scores, progress, done, total):
+        vqgan = self.vqgan
+
+        class PerImage:  # decode_indices_as_alone -> one image at a time, as before
+            def __getattr__(self, name):
+                return getattr(vqgan, name)
+
+            def decode_indices_as_alone(self, indices, batch):
+                return torch.cat([vqgan.decode_indices(row[None]) for row in indices])
+
+        self.vqgan = PerImage()
+        try:
+            return module.ClipGenGenerator._run_chunk(self, chunk, plan, images, scores, progress, done, total)
+        finally:
+            self.vqgan = vqgan
+
+    old = module.ClipGenGenerator.__new__(module.ClipGenGenerator)
+    old.__dict__.update(gen.__dict__)
+    old._run_chunk = types.MethodType(run_chunk, old)
+    return old
+
+
+def _decode_before_after(gen, rounds: int) -> dict:
+    """The decoder alone on 8 token grids: one image at a time against one batch (same bits), interleaved."""
+    import statistics
+    import time
+
+    import torch
+
+    tokens = torch.randint(0, gen.vqgan.config.n_embed, (8, gen.vqgan.config.grid ** 2), generator=torch.Generator().manual_seed(0))
+    runs = {"alone": lambda: torch.cat([gen.vqgan.decode_indices(row[None]) for row in tokens]),
+            "batched": lambda: gen.vqgan.decode_indices_as_alone(tokens, 8)}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.no_grad():
+        if not torch.equal(runs["alone"](), runs["batched"]()):
+            raise SystemExit("batched decoding differs from decoding alone")
+        for _ in range(rounds):
+            for name, fn in runs.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    return {f"{name}_s": statistics.median(values) for name, values in times.items()}
+
+
+def _before_after(gen, rows: list, rounds: int) -> dict:
+    """Default settings (8 candidates, keep 1) before and after, interleaved in one run, medians;
+    the kept images are checked to be byte-identical."""
+    import statistics
+    import time
+
+    from studio.generators import Request
+
+    old = _per_image_decode(gen)
+    prompts = ["a red circle above a blue square", "a green triangle", "two yellow squares"]
+    times: dict[str, list[float]] = {"before": [], "after": []}
+    for k in range(rounds + 1):  # the first round warms up and is not counted
+        request = [Request(prompts[k % len(prompts)], k, {}, index=0)]
+        images = {}
+        for name, g in (("before", old), ("after", gen)) if k % 2 else (("after", gen), ("before", old)):
+            start = time.perf_counter()
+            (result,) = g.generate(request, lambda _d, _t: None)
+            elapsed = time.perf_counter() - start
+            images[name] = result.image.tobytes()
+            if k:
+                times[name].append(elapsed)
+        if images["before"] != images["after"]:
+            raise SystemExit("the kept image differs between the two paths")
+    before, after = (1 / statistics.median(times[n]) for n in ("before", "after"))
+    paired = statistics.median(b / a for b, a in zip(times["before"], times["after"]))  # per round: robust to drifting load
+    name = "bundled clip-gen, default settings (8 candidates, keep 1)"
+    rows.append([name, "images/s before (candidates decoded one at a time)", before, "1x"])
+    rows.append([name, "images/s after (batched decode, same pixels)", after,
+                 f"{after / before:.2f}x (paired {paired:.2f}x)"])
+    decode = _decode_before_after(gen, rounds)
+    rows.append([name, "decoding the 8 candidates, seconds: one at a time", decode["alone_s"], "1x"])
+    rows.append([name, "decoding the 8 candidates, seconds: batched as alone", decode["batched_s"],
+                 f"{decode['alone_s'] / decode['batched_s']:.2f}x faster"])
+    return {**decode, "default_images_per_s_before": before, "default_images_per_s_after": after,
+            "default_speedup": after / before, "default_speedup_paired_median": paired,
+            "default_rounds": rounds, "same_images": True}
 
 
 def _f16_rows(rows: list, repeat: int) -> dict:

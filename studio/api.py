@@ -56,6 +56,7 @@ from studio.plumbing import (
     save_checkpoint,
     save_safetensors,
     sha256_file,
+    sha256_file_cached,
     write_atomic,
 )
 
@@ -76,7 +77,7 @@ __all__ = [
     # inputs and datasets
     "resolve_input", "store_input", "open_dataset",
     # plumbing
-    "atomic_path", "atomic_dir", "write_atomic", "sha256_file", "one_line", "load_checkpoint", "save_checkpoint",
+    "atomic_path", "atomic_dir", "write_atomic", "sha256_file", "sha256_file_cached", "one_line", "load_checkpoint", "save_checkpoint",
     "save_safetensors",
     "check_finite", "append_jsonl", "hardware", "MetricsLog", "TrainingRun",
 ]

@@ -3,7 +3,8 @@
 - :func:`atomic_path`, :func:`write_atomic`, :func:`atomic_dir`: write to a temporary name next
   to the target, then rename over it, so readers see either nothing or the whole thing. The
   result has the permissions a plain ``open()`` would give it (the umask's), not ``mkstemp``'s 0600.
-- :func:`sha256_file`: the hex digest of a file, read in chunks.
+- :func:`sha256_file`: the hex digest of a file, read in chunks; :func:`sha256_file_cached`: the
+  same, remembered in the home keyed on the file's path, size and modification time.
 - :func:`one_line`: the first line of an exception's text (or its type name), for one-line errors.
 - :func:`visible`: text as a terminal may show it: control characters, terminal escapes, lone
   surrogates and bidirectional overrides spelled out (``\\x1b``, ``\\u202e``), never sent raw.
@@ -42,6 +43,7 @@ __all__ = [
     "MetricsLog",
     "one_line",
     "sha256_file",
+    "sha256_file_cached",
     "TrainingRun",
     "visible",
     "write_atomic",
@@ -131,6 +133,43 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_file_cached(path: str | Path) -> str:
+    """:func:`sha256_file`, remembered in ``<home>/cache/sha256.json`` keyed on the resolved path, size
+    and modification time (nanoseconds), so loading a model does not read its weights twice.
+
+    A file rewritten in place keeps neither its size and mtime both, except by design (the usual
+    make/git trade-off); `studio doctor` still hashes the files in full. Without a usable home the
+    digest is computed and not remembered.
+    """
+    path = Path(path)
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    try:
+        from studio.config import load_settings
+
+        store = load_settings().home / "cache" / "sha256.json"
+    except Exception:  # noqa: BLE001 - no settings, no cache: the digest is still right
+        return sha256_file(path)
+    try:
+        known = json.loads(store.read_text())
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    digest = known.get(key)
+    if isinstance(digest, str) and len(digest) == 64:
+        return digest
+    digest = sha256_file(path)
+    known = {k: v for k, v in known.items() if not k.startswith(f"{path.resolve()}|")}
+    known[key] = digest
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(store, json.dumps(known, indent=0, sort_keys=True))
+    except OSError:
+        pass
+    return digest
 
 
 def safetensors_bytes(tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> bytes:

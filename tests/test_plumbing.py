@@ -116,3 +116,26 @@ def test_a_training_run_carries_its_time_across_resumes(tmp_path):
     assert state["step"] == 5 and again.prior_seconds >= 10 and again.train_seconds >= 10
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert lines == [{"step": 5, "loss": 0.123457}] and echoed == lines
+
+
+def test_sha256_file_cached_remembers_by_size_and_mtime(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("STUDIO_HOME", str(home))
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"a" * 1000)
+    digest = plumbing.sha256_file_cached(path)
+    assert digest == plumbing.sha256_file(path)
+    assert str(path.resolve()) in (home / "cache" / "sha256.json").read_text()
+    calls = []
+    monkeypatch.setattr(plumbing, "sha256_file", lambda p: calls.append(p) or "x")
+    assert plumbing.sha256_file_cached(path) == digest and not calls  # remembered: the file is not read
+    path.write_bytes(b"b" * 1001)  # new size (and mtime): hashed again
+    monkeypatch.undo()
+    monkeypatch.setenv("STUDIO_HOME", str(home))
+    assert plumbing.sha256_file_cached(path) == hashlib.sha256(b"b" * 1001).hexdigest()
+    st = path.stat()
+    path.write_bytes(b"c" * 1001)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # same size, other mtime: hashed again
+    assert plumbing.sha256_file_cached(path) == hashlib.sha256(b"c" * 1001).hexdigest()
+    (home / "cache" / "sha256.json").write_text("not json")  # a damaged cache is only a miss
+    assert plumbing.sha256_file_cached(path) == hashlib.sha256(b"c" * 1001).hexdigest()

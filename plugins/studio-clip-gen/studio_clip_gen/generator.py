@@ -23,6 +23,8 @@ from .plugin import DEFAULTS
 
 #: Rows sampled together; every row has its own generator, so this only trades memory for speed.
 CHUNK = 32
+#: Images decoded together (bounds the decoder's activation memory; the pixels do not depend on it).
+DECODE_BATCH = 8
 
 
 def candidate_seed(seed: int, index: int) -> int:
@@ -166,9 +168,10 @@ class ClipGenGenerator:
 
         tokens = sample(self.gpt, cond, gens, temperature=temperature, top_k=top_k, top_p=top_p, progress=step)
         with torch.no_grad():
-            # one image at a time: a convolution's result may differ in the last bit with the batch
-            # size, and an image must not depend on what it was batched with (regen is bit for bit)
-            decoded = torch.cat([self.vqgan.decode_indices(row[None]) for row in tokens]).float()
+            # batched, but every image bit-identical to decoding it alone: PyTorch would otherwise pick
+            # other convolution kernels for a batch, and an image must not depend on what it was batched
+            # with (regen is bit for bit; see vqgan.batch_of_one_numerics)
+            decoded = self.vqgan.decode_indices_as_alone(tokens, DECODE_BATCH).float()
             if not torch.isfinite(decoded).all():
                 raise GenerationError(f"model {self.model_id!r} produced NaN/inf pixels (broken weights?)")
             decoded = decoded.clamp(-1, 1)

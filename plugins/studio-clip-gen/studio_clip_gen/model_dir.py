@@ -55,13 +55,11 @@ def weights_sha256(root: Path, manifest: dict[str, Any]) -> str:
 
     Only the files' contents count, not their names or places: the same files give the same digest.
     """
+    from studio.api import sha256_file_cached  # remembered by path, size and mtime in the home
+
     outer = hashlib.sha256()
     for path in (root / manifest["vqgan"], root / manifest["transformer"], clip_path(root, manifest["clip"])):
-        inner = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                inner.update(chunk)
-        outer.update(inner.hexdigest().encode())
+        outer.update(sha256_file_cached(path).encode())
     return outer.hexdigest()
 
 

@@ -12,6 +12,8 @@ network with PyTorch's default 1e-5 instead of taming's 1e-6 (see ``checkpoints.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -92,6 +94,78 @@ F16_16384 = VQConfig(n_embed=16384)
 F16_1024 = VQConfig(n_embed=1024)
 
 
+# ---- convolutions that give every image of a batch the bits it gets alone -----------------------------
+#
+# PyTorch picks a CPU convolution backend by shape, and the batch size is part of that choice: a batch
+# of one image runs small 3x3 and all 1x1 convolutions through the native im2col+GEMM kernel
+# (``thnn_conv2d``) and larger ones through oneDNN, while a batch of two or more sends them all to
+# oneDNN. Each backend on its own computes an image the same way whatever the batch (tested), so a
+# batch is bit-identical to decoding its images one at a time if every convolution runs on the backend
+# that a single image would get. Which backend that is is not guessed from PyTorch's rule: the first
+# time a shape is seen, one image is convolved through ``F.conv2d`` and through each backend, and the
+# one that matches it bit for bit (checked on the first and the last image of the batch) is remembered
+# for that shape; when none matches, the batch is convolved one image at a time.
+
+_BATCH_OF_ONE: contextvars.ContextVar[bool] = contextvars.ContextVar("vqgan_batch_of_one", default=False)
+_BACKEND: dict[tuple, str] = {}
+
+
+@contextlib.contextmanager
+def batch_of_one_numerics():
+    """Inside: every ``Conv2d`` of this module computes each image of a batch exactly as alone."""
+    token = _BATCH_OF_ONE.set(True)
+    try:
+        yield
+    finally:
+        _BATCH_OF_ONE.reset(token)
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and keys) that honours :func:`batch_of_one_numerics`."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if (not _BATCH_OF_ONE.get() or input.dim() != 4 or input.shape[0] == 1 or self.padding_mode != "zeros"
+                or isinstance(self.padding, str)):
+            return super()._conv_forward(input, weight, bias)
+        return self._as_batch_of_one(input, weight, bias)
+
+    def _one(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def _backends(self, weight, bias) -> dict[str, Any]:
+        out = {}
+        if torch.backends.mkldnn.is_available():
+            out["onednn"] = lambda x: torch.ops.aten.mkldnn_convolution(
+                x, weight, bias, list(self.padding), list(self.stride), list(self.dilation), self.groups)
+        if self.groups == 1 and tuple(self.dilation) == (1, 1):
+            out["native"] = lambda x: torch._C._nn.thnn_conv2d(
+                x, weight, list(self.kernel_size), bias, list(self.stride), list(self.padding))
+        return out
+
+    def _as_batch_of_one(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        key = (tuple(x.shape), x.dtype, x.device.type, x.is_contiguous(), tuple(weight.shape), tuple(self.stride),
+               tuple(self.padding), tuple(self.dilation), self.groups, bias is not None, torch.get_num_threads(),
+               torch.backends.mkldnn.enabled, torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        backends = self._backends(weight, bias)
+        name = _BACKEND.get(key)
+        if name is None:
+            name = "loop"
+            if not key[-1] and x.device.type == "cpu":  # calibrate without autograd only
+                first, last = self._one(x[:1], weight, bias), self._one(x[-1:], weight, bias)
+                for candidate, run in backends.items():
+                    try:
+                        out = run(x)
+                    except RuntimeError:
+                        continue
+                    if torch.equal(out[:1], first) and torch.equal(out[-1:], last):
+                        name = candidate
+                        break
+            _BACKEND[key] = name
+        if name in backends:
+            return backends[name](x)
+        return torch.cat([self._one(x[i : i + 1], weight, bias) for i in range(x.shape[0])])
+
+
 def _norm(channels: int, cfg: VQConfig) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=cfg.norm_groups, num_channels=channels, eps=cfg.eps, affine=True)
 
@@ -106,12 +180,12 @@ class ResnetBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, cfg: VQConfig) -> None:
         super().__init__()
         self.norm1 = _norm(in_channels, cfg)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1)
         self.norm2 = _norm(out_channels, cfg)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1)
         if in_channels != out_channels:
-            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
+            self.nin_shortcut = Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(swish(self.norm1(x)))
@@ -127,10 +201,10 @@ class AttnBlock(nn.Module):
     def __init__(self, channels: int, cfg: VQConfig) -> None:
         super().__init__()
         self.norm = _norm(channels, cfg)
-        self.q = nn.Conv2d(channels, channels, 1)
-        self.k = nn.Conv2d(channels, channels, 1)
-        self.v = nn.Conv2d(channels, channels, 1)
-        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.q = Conv2d(channels, channels, 1)
+        self.k = Conv2d(channels, channels, 1)
+        self.v = Conv2d(channels, channels, 1)
+        self.proj_out = Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
@@ -145,7 +219,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+        self.conv = Conv2d(channels, channels, 3, stride=2, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)))
@@ -156,7 +230,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -188,7 +262,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: VQConfig) -> None:
         super().__init__()
         self.num_resolutions = len(cfg.ch_mult)
-        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
+        self.conv_in = Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
         in_mult = (1, *cfg.ch_mult)
         res = cfg.resolution
         self.down = nn.ModuleList()
@@ -205,7 +279,7 @@ class Encoder(nn.Module):
             res = res if last else res // 2
         self.mid = _Mid(block_in, cfg)
         self.norm_out = _norm(block_in, cfg)
-        self.conv_out = nn.Conv2d(block_in, 2 * cfg.z_channels if cfg.double_z else cfg.z_channels, 3, padding=1)
+        self.conv_out = Conv2d(block_in, 2 * cfg.z_channels if cfg.double_z else cfg.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
@@ -228,7 +302,7 @@ class Decoder(nn.Module):
         self.num_resolutions = len(cfg.ch_mult)
         block_in = cfg.ch * cfg.ch_mult[-1]
         res = cfg.grid
-        self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
+        self.conv_in = Conv2d(cfg.z_channels, block_in, 3, padding=1)
         self.mid = _Mid(block_in, cfg)
         levels: list[_Level] = []
         for level in reversed(range(self.num_resolutions)):
@@ -243,7 +317,7 @@ class Decoder(nn.Module):
             res = res * 2 if level else res
         self.up = nn.ModuleList(levels)
         self.norm_out = _norm(block_in, cfg)
-        self.conv_out = nn.Conv2d(block_in, cfg.out_ch, 3, padding=1)
+        self.conv_out = Conv2d(block_in, cfg.out_ch, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
@@ -310,8 +384,8 @@ class VQModel(nn.Module):
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         self.quantize = VectorQuantizer(cfg.n_embed, cfg.embed_dim, cfg.beta)
-        self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
-        self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+        self.quant_conv = Conv2d(cfg.z_channels, cfg.embed_dim, 1)
+        self.post_quant_conv = Conv2d(cfg.embed_dim, cfg.z_channels, 1)
 
     def encode(self, x: torch.Tensor) -> Quantized:
         return self.quantize(self.quant_conv(self.encoder(x)))
@@ -322,6 +396,13 @@ class VQModel(nn.Module):
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Token indices (flat row-major ``[B, h*w]`` or ``[B, h, w]``) -> images ``[B, 3, H, W]``."""
         return self.decode(self.quantize.lookup(indices))
+
+    def decode_indices_as_alone(self, indices: torch.Tensor, batch: int = 8) -> torch.Tensor:
+        """``decode_indices`` in batches of ``batch`` rows, each image bit-identical to decoding it alone
+        (``decode_indices(row[None])``): what generation needs, since an image must not depend on what
+        it was batched with. See :func:`batch_of_one_numerics`."""
+        with batch_of_one_numerics():
+            return torch.cat([self.decode_indices(indices[k : k + batch]) for k in range(0, indices.shape[0], batch)])
 
     @torch.no_grad()
     def encode_to_indices(self, x: torch.Tensor) -> torch.Tensor:

@@ -377,9 +377,9 @@ class GalipGenerator:
 
 
 def _verified_sha(model_id: str, path: Path, expected: str | None) -> str:
-    from studio.api import sha256_file
+    from studio.api import sha256_file_cached
 
-    actual = sha256_file(path)
+    actual = sha256_file_cached(path)  # remembered by path, size and mtime: no second read of the weights
     if expected and actual != expected:
         raise GenerationError(
             f"model {model_id!r}: {path} changed since it was installed (sha256 {actual[:12]}..., "
