@@ -72,3 +72,33 @@ def wait_for_sock(socket, target, predicate, timeout=30.0, escapes=True):
 
 def wait_for_plain(socket, target, predicate, timeout=30.0):
     return wait_for_sock(socket, target, predicate, timeout, escapes=False)
+
+
+def test_log_lines_never_appear_on_the_gallery_screen(make, studio_home, tmp_path):
+    """A regenerate from the gallery runs a job whose finish event reaches a plugin that fails
+    (broken-register's listener raises): the warning is held while the gallery owns the screen
+    and printed once it is closed."""
+    make("a red circle", count=1, seed=1, size=16)
+    studio = Path(sys.executable).with_name("studio")
+    command = str(studio) if studio.exists() else f"{sys.executable} -m studio"
+    session = f"studio-test-{uuid.uuid4().hex[:8]}"
+    env = {"STUDIO_HOME": str(studio_home), "STUDIO_LOAD_PLUGINS": "testgen,broken-register", "TERM": "xterm-256color"}
+    exports = " ".join(f"{k}={v}" for k, v in env.items())
+    socket = ["-L", session]
+    tmux(*socket, "new-session", "-d", "-s", session, "-x", "120", "-y", "40", "-c", str(tmp_path),
+         f"env -u COLUMNS -u LINES {exports} {command} gallery; sleep 60")
+    try:
+        plain = wait_for_plain(socket, session, lambda t: "1 entry" in t and "regen" in t)
+        assert "1 entry" in plain, plain
+        tmux(*socket, "send-keys", "-t", session, "r")
+        plain = wait_for_plain(socket, session, lambda t: "2 entries" in t)
+        assert "2 entries" in plain, plain
+        for _ in range(5):  # a few looks while it runs: the warning never lands on the live screen
+            time.sleep(0.3)
+            screen = tmux(*socket, "capture-pane", "-p", "-t", session).stdout
+            assert "listeners that fail" not in screen and "Traceback" not in screen, screen
+        tmux(*socket, "send-keys", "-t", session, "q")
+        after = wait_for_plain(socket, session, lambda t: "listeners that fail" in t)
+        assert "listeners that fail" in after, after  # told once the screen is the user's again
+    finally:
+        tmux(*socket, "kill-server", check=False)
