@@ -87,7 +87,7 @@ def small_nets():
 def bundled_generator():
     """The bundled model through its generator, or None when its weights are not installed."""
     from studio_galip.generator import GalipGenerator
-    from studio_galip.installed import bundled_card
+    from studio_galip.model_dir import bundled_card
 
     card = bundled_card()
     if card is None:
