@@ -56,9 +56,9 @@ from studio.plumbing import (
     save_checkpoint,
     save_safetensors,
     sha256_file,
-    sha256_file_cached,
     write_atomic,
 )
+from studio.plumbing import sha256_file_cached as _sha256_file_cached
 
 if TYPE_CHECKING:
     from studio.engine import Engine
@@ -109,3 +109,13 @@ def engine(settings: Settings | None = None) -> "Engine":
     from studio.engine import Engine
 
     return Engine(settings or load_settings())
+
+
+def sha256_file_cached(path) -> str:
+    """A file's sha256, remembered in ``<home>/cache/sha256.json`` by path, size and mtime (see
+    :func:`studio.plumbing.sha256_file_cached`); without a usable home, simply computed."""
+    try:
+        cache = load_settings().home / "cache" / "sha256.json"
+    except Exception:  # noqa: BLE001 - no settings, no cache: the digest is still right
+        cache = None
+    return _sha256_file_cached(path, cache)

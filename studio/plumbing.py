@@ -135,23 +135,21 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def sha256_file_cached(path: str | Path) -> str:
-    """:func:`sha256_file`, remembered in ``<home>/cache/sha256.json`` keyed on the resolved path, size
-    and modification time (nanoseconds), so loading a model does not read its weights twice.
+def sha256_file_cached(path: str | Path, cache: str | Path | None = None) -> str:
+    """:func:`sha256_file`, remembered in the JSON file ``cache`` (``studio.api`` passes
+    ``<home>/cache/sha256.json``) keyed on the resolved path, size and modification time
+    (nanoseconds), so loading a model does not read its weights twice.
 
     A file rewritten in place keeps neither its size and mtime both, except by design (the usual
-    make/git trade-off); `studio doctor` still hashes the files in full. Without a usable home the
+    make/git trade-off); `studio doctor` still hashes the files in full. Without a cache file the
     digest is computed and not remembered.
     """
     path = Path(path)
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    try:
-        from studio.config import load_settings
-
-        store = load_settings().home / "cache" / "sha256.json"
-    except Exception:  # noqa: BLE001 - no settings, no cache: the digest is still right
+    if cache is None:
         return sha256_file(path)
+    store = Path(cache)
     try:
         known = json.loads(store.read_text())
         if not isinstance(known, dict):

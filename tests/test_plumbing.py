@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from studio import plumbing
+from studio import api, plumbing
 from studio.errors import StudioError, WeightsError
 
 
@@ -123,19 +123,19 @@ def test_sha256_file_cached_remembers_by_size_and_mtime(tmp_path, monkeypatch):
     monkeypatch.setenv("STUDIO_HOME", str(home))
     path = tmp_path / "weights.bin"
     path.write_bytes(b"a" * 1000)
-    digest = plumbing.sha256_file_cached(path)
+    digest = api.sha256_file_cached(path)
     assert digest == plumbing.sha256_file(path)
     assert str(path.resolve()) in (home / "cache" / "sha256.json").read_text()
     calls = []
     monkeypatch.setattr(plumbing, "sha256_file", lambda p: calls.append(p) or "x")
-    assert plumbing.sha256_file_cached(path) == digest and not calls  # remembered: the file is not read
+    assert api.sha256_file_cached(path) == digest and not calls  # remembered: the file is not read
     path.write_bytes(b"b" * 1001)  # new size (and mtime): hashed again
     monkeypatch.undo()
     monkeypatch.setenv("STUDIO_HOME", str(home))
-    assert plumbing.sha256_file_cached(path) == hashlib.sha256(b"b" * 1001).hexdigest()
+    assert api.sha256_file_cached(path) == hashlib.sha256(b"b" * 1001).hexdigest()
     st = path.stat()
     path.write_bytes(b"c" * 1001)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # same size, other mtime: hashed again
-    assert plumbing.sha256_file_cached(path) == hashlib.sha256(b"c" * 1001).hexdigest()
+    assert api.sha256_file_cached(path) == hashlib.sha256(b"c" * 1001).hexdigest()
     (home / "cache" / "sha256.json").write_text("not json")  # a damaged cache is only a miss
-    assert plumbing.sha256_file_cached(path) == hashlib.sha256(b"c" * 1001).hexdigest()
+    assert api.sha256_file_cached(path) == hashlib.sha256(b"c" * 1001).hexdigest()
