@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Callable
 from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
-from ulid import ULID
 
 from studio.config import Settings
 from studio.db import Database, Image, Job, JobStatus, open_database
@@ -32,6 +31,7 @@ from studio.errors import NotFound, UsageError
 from studio.generators import ParamError
 from studio.loader import GeneratorCache, generators
 from studio.plugins import Registry, UnknownModel, fire_job_finished, get_registry
+from studio.plumbing import new_id
 from studio.records import ImageInfo, JobInfo, status_phrase
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ class Engine:
             if parent_id is not None and session.get(Job, parent_id) is None:
                 raise NotFound(f"no job with id {parent_id!r}")
             job = Job(
-                id=str(ULID()),
+                id=new_id(),
                 prompt=prompt,
                 model_id=spec.id,
                 params=full_params,

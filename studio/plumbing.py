@@ -418,3 +418,19 @@ def append_jsonl(path: str | Path, record: dict, digits: int | None = None) -> d
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
     return record
+
+
+def new_id() -> str:
+    """A new job or image id: a ULID (48 bits of milliseconds, then 80 random bits, so ids sort by
+    creation time) whose random part is fresh every time.
+
+    python-ulid makes ids within one millisecond monotonic (the last one plus one), so the images
+    of one job would share 25 of 26 characters and no short prefix could tell them apart; with
+    fresh randomness the 14-character short ids the CLI and gallery show resolve.
+    """
+    import time
+
+    from ulid import ULID
+
+    millis = time.time_ns() // 1_000_000
+    return str(ULID.from_bytes(millis.to_bytes(6, "big") + os.urandom(10)))

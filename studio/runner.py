@@ -16,7 +16,6 @@ import time
 from typing import Any, Callable, Iterable
 
 from sqlalchemy import select, update
-from ulid import ULID
 
 from studio import store
 from studio.db import Image, Job, JobStatus
@@ -35,6 +34,7 @@ from studio.engine import (
 from studio.errors import GenerationError, JobCanceled, UnknownModel
 from studio.generators import ModelSpec, Request
 from studio.plugins import fire_job_finished
+from studio.plumbing import new_id
 from studio.records import ImageInfo, JobInfo
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ class Runner:
                         continue
                     row.images.append(
                         Image(
-                            id=str(ULID()),
+                            id=new_id(),
                             index=index,
                             seed=row.seed + index,
                             sha256=file.sha256,

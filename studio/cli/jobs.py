@@ -50,9 +50,17 @@ def submit(app: App, prompt, model_id, seed, count, params, priority, out_dir, w
     check_local_device(app)
     if model_id is None:  # `-m ""` is an (unknown) model id, not "the default"
         model_id = engine.registry.default_model(app.settings.default_model).id
+    local = not uses_broker(app.settings)
     job = engine.submit(prompt, model_id, seed=seed, count=count, params=parse_params(params), priority=priority)
-    warn_unknown_words(engine.registry.models.get(job.model_id), job.prompt)
-    job = dispatch(engine, job, run_here(engine, show_progress=not as_json))
+    try:
+        warn_unknown_words(engine.registry.models.get(job.model_id), job.prompt)
+        job = dispatch(engine, job, run_here(engine, show_progress=not as_json))
+    except KeyboardInterrupt:
+        # Ctrl-C before the run began (between storing the job and claiming it): a queued local
+        # job would never start, so end it canceled; a running one ends itself
+        if local and engine.get(job.id).status == "queued":
+            engine.cancel(job.id)
+        raise
     if uses_broker(app.settings):
         if not wait:
             print_json(job.as_dict()) if as_json else console.print(f"queued [bold]{shown(job.id)}[/]")
