@@ -27,6 +27,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -420,17 +421,34 @@ def append_jsonl(path: str | Path, record: dict, digits: int | None = None) -> d
     return record
 
 
+_last_id = (0, 0)  # (milliseconds, 80-bit random part) of the id made last in this process
+_id_lock = threading.Lock()
+
+
 def new_id() -> str:
-    """A new job or image id: a ULID (48 bits of milliseconds, then 80 random bits, so ids sort by
-    creation time) whose random part is fresh every time.
+    """A new job or image id: a ULID (48 bits of milliseconds, then 80 random bits), so ids sort by
+    creation time and the queue, which takes equal priorities in id order, is first in, first out.
 
-    python-ulid makes ids within one millisecond monotonic (the last one plus one), so the images
-    of one job would share 25 of 26 characters and no short prefix could tell them apart; with
-    fresh randomness the 14-character short ids the CLI and gallery show resolve.
+    Within one millisecond python-ulid adds one to the last id, so the images of one job would
+    share 25 of 26 characters and no short prefix could tell them apart. Here a later id in the
+    same millisecond raises the top 20 random bits (the 4 characters after the time, which end a
+    14-character short id) by a random step and draws the rest afresh: ids stay in order and their
+    short ids differ. The rare overflow moves on to the next millisecond.
     """
-    import time
-
+    global _last_id
+    with _id_lock:
+        millis = time.time_ns() // 1_000_000
+        last_millis, last_random = _last_id
+        if millis <= last_millis:
+            top = (last_random >> 60) + 1 + int.from_bytes(os.urandom(2), "big") % 1024
+            millis = last_millis
+            if top >= 1 << 20:
+                millis, top = last_millis + 1, int.from_bytes(os.urandom(3), "big") >> 4
+            rest = int.from_bytes(os.urandom(8), "big") >> 4
+            random_part = (top << 60) | rest
+        else:
+            random_part = int.from_bytes(os.urandom(10), "big")
+        _last_id = (millis, random_part)
     from ulid import ULID
 
-    millis = time.time_ns() // 1_000_000
-    return str(ULID.from_bytes(millis.to_bytes(6, "big") + os.urandom(10)))
+    return str(ULID.from_bytes(millis.to_bytes(6, "big") + random_part.to_bytes(10, "big")))

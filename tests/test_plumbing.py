@@ -139,3 +139,24 @@ def test_sha256_file_cached_remembers_by_size_and_mtime(tmp_path, monkeypatch):
     assert api.sha256_file_cached(path) == hashlib.sha256(b"c" * 1001).hexdigest()
     (home / "cache" / "sha256.json").write_text("not json")  # a damaged cache is only a miss
     assert api.sha256_file_cached(path) == hashlib.sha256(b"c" * 1001).hexdigest()
+
+
+def test_ids_made_together_keep_their_order_and_differ_in_their_short_ids():
+    from studio.records import short_id
+
+    ids = [plumbing.new_id() for _ in range(3000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert len({short_id(i) for i in ids}) == len(ids)
+
+
+def test_ids_in_one_frozen_millisecond_stay_ordered_and_roll_over(monkeypatch):
+    from ulid import ULID
+
+    from studio.records import short_id
+
+    monkeypatch.setattr(plumbing, "_last_id", (0, 0))
+    monkeypatch.setattr(plumbing.time, "time_ns", lambda: 1_800_000_000_000 * 1_000_000)
+    ids = [plumbing.new_id() for _ in range(5000)]  # more than fit in one millisecond's 20 bits
+    assert ids == sorted(ids) and len({short_id(i) for i in ids}) == len(ids)
+    millis = {int(ULID.from_str(i).milliseconds) for i in ids}
+    assert min(millis) == 1_800_000_000_000 and len(millis) > 1

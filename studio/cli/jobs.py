@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -30,6 +32,33 @@ from studio.cli.common import (
 from studio.errors import StudioError
 
 
+@contextmanager
+def stops_interrupt(local: bool):
+    """While a local submit stores and starts its job, SIGTERM and SIGHUP stop it as Ctrl-C does
+    (the run itself installs the same while it runs), so the job never stays queued.
+
+    The interrupt can land inside a garbage-collection callback, where Python only reports it
+    and goes on (the job then simply runs to its end); such a report is kept off the terminal.
+    """
+    if not local:
+        yield
+        return
+    from studio.executors.local import stop_signals_interrupt
+
+    previous = sys.unraisablehook
+
+    def quiet(unraisable):
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous(unraisable)
+
+    sys.unraisablehook = quiet
+    try:
+        with stop_signals_interrupt():
+            yield
+    finally:
+        sys.unraisablehook = previous
+
+
 @cli.command()
 @click.argument("prompt")
 @click.option("-m", "--model", "model_id", help="Model id (see `studio models`) [default: the default_model setting].")
@@ -51,16 +80,17 @@ def submit(app: App, prompt, model_id, seed, count, params, priority, out_dir, w
     if model_id is None:  # `-m ""` is an (unknown) model id, not "the default"
         model_id = engine.registry.default_model(app.settings.default_model).id
     local = not uses_broker(app.settings)
-    job = engine.submit(prompt, model_id, seed=seed, count=count, params=parse_params(params), priority=priority)
-    try:
-        warn_unknown_words(engine.registry.models.get(job.model_id), job.prompt)
-        job = dispatch(engine, job, run_here(engine, show_progress=not as_json))
-    except KeyboardInterrupt:
-        # Ctrl-C before the run began (between storing the job and claiming it): a queued local
-        # job would never start, so end it canceled; a running one ends itself
-        if local and engine.get(job.id).status == "queued":
-            engine.cancel(job.id)
-        raise
+    with stops_interrupt(local):
+        job = engine.submit(prompt, model_id, seed=seed, count=count, params=parse_params(params), priority=priority)
+        try:
+            warn_unknown_words(engine.registry.models.get(job.model_id), job.prompt)
+            job = dispatch(engine, job, run_here(engine, show_progress=not as_json))
+        except KeyboardInterrupt:
+            # stopped before the run began (between storing the job and claiming it): a queued
+            # local job would never start, so end it canceled; a running one ends itself
+            if local and engine.get(job.id).status == "queued":
+                engine.cancel(job.id)
+            raise
     if uses_broker(app.settings):
         if not wait:
             print_json(job.as_dict()) if as_json else console.print(f"queued [bold]{shown(job.id)}[/]")
