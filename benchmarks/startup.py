@@ -11,6 +11,13 @@ cache warm) is timed as a whole, and split into phases by running the same comma
 (build + weights + checks), generate, store (PNG + records), and the rest (interpreter, Studio's
 own imports, plugins, database). "ours" is the wall time less the two third-party imports.
 
+The processes run with bytecode caching on (PYTHONDONTWRITEBYTECODE removed, one warm-up run
+first), as an installed package runs: otherwise every run would compile Studio's own modules
+again while the libraries load from their caches. The "floor" rows import only the libraries a
+command cannot do without (click and pluggy, which imports importlib.metadata, plus the entry
+point scan for the commands that list plugins; rich for those that print tables), so they show
+how much of each figure is Studio's.
+
 Usage: python benchmarks/startup.py [--quick]
 """
 
@@ -26,6 +33,8 @@ import tempfile
 import time
 
 from common import report
+
+FLOOR_PLUGINS = "import click, pluggy, importlib.metadata as m; m.entry_points(group='studio')"
 
 #: The most each command may take, in multiples of `python -c pass`.
 TARGETS = {"studio --help": 3.0, "studio plugins": 4.0, "studio config": 4.0, "studio jobs": 8.0}
@@ -46,7 +55,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     rounds = 3 if args.quick else 15
-    base_env = {k: v for k, v in os.environ.items() if k not in ("STUDIO_DATABASE_URL", "STUDIO_BROKER_URL")}
+    unset = ("STUDIO_DATABASE_URL", "STUDIO_BROKER_URL", "PYTHONDONTWRITEBYTECODE")
+    base_env = {k: v for k, v in os.environ.items() if k not in unset}
     fresh = dict(base_env, STUDIO_HOME=tempfile.mkdtemp(prefix="studio-bench-fresh-"))  # nothing made yet
     used = dict(base_env, STUDIO_HOME=tempfile.mkdtemp(prefix="studio-bench-used-"))  # a migrated database
     studio = os.path.join(os.path.dirname(sys.executable), "studio")
@@ -60,7 +70,10 @@ def main() -> None:
         "studio jobs": ([*command, "jobs"], fresh),
         "studio jobs (migrated database)": ([*command, "jobs"], used),
         "import torch": ([sys.executable, "-c", "import torch"], fresh),
+        "floor: click + pluggy + entry points": ([sys.executable, "-c", FLOOR_PLUGINS], fresh),
+        "floor: click + rich": ([sys.executable, "-c", "import click, rich.console, rich.table"], fresh),
     }
+    paired(cases, 1)  # warm-up: bytecode caches written, files in the page cache
     samples = paired(cases, rounds)
     times = {name: statistics.median(values) for name, values in samples.items()}
     base = times["python -c pass"]

@@ -7,7 +7,6 @@ before anything heavy.
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import os
@@ -122,6 +121,8 @@ def _read_config_file(path: Path) -> dict[str, str]:
         raise ConfigError(f"config file {path} must hold a JSON object")
     for key in data:
         if key not in CONFIG_KEYS:
+            import difflib
+
             close = difflib.get_close_matches(str(key).lower(), CONFIG_KEYS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f" (known keys: {', '.join(CONFIG_KEYS)})"
             logging.getLogger("studio.config").warning("%s: unknown key %r is ignored%s", path, key, hint)

@@ -14,19 +14,16 @@
 - :class:`TrainingRun`: a training run's folder: checkpoint and resume, training time carried
   across resumed legs, metrics as JSON lines.
 
-Standard library only at import time; torch is imported inside the functions that need it.
+Every command imports this module, so only the lightest of the standard library loads with it; the
+rest (hashlib, tempfile, shutil, platform) and torch load inside the functions that use them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import platform
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -82,6 +79,8 @@ def atomic_path(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile
+
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(name)
@@ -111,6 +110,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder next to ``path``; on success it replaces ``path`` (and what was there)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    import shutil
+    import tempfile
+
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     old = path.with_name(f".{path.name}.old")
     try:
@@ -129,6 +131,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    import hashlib
+
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
@@ -322,6 +326,8 @@ def _looks_like_pickle(path: Path) -> bool:
 
 def hardware() -> dict[str, Any]:
     """The machine: cpu model, cores, python; with torch loaded also its version, threads, device."""
+    import platform
+
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -161,3 +161,25 @@ def test_models_show_explains_a_model(run):
 def test_models_is_a_short_table(run):
     out = run("models")
     assert out.exit_code == 0 and "testgen" in out.stdout and "progress steps" not in out.stdout
+
+
+def test_the_core_command_table_names_each_command_with_the_module_that_defines_it():
+    import importlib
+    import pkgutil
+
+    import studio.cli
+    from studio.cli.common import CORE_COMMANDS
+
+    for info in pkgutil.iter_modules(studio.cli.__path__):
+        importlib.import_module(f"studio.cli.{info.name}")
+    defined = {name: command.callback.__module__ for name, command in cli.commands.items()
+               if command.callback.__module__.startswith("studio.cli.")}
+    assert defined == {name: f"studio.cli.{module}" for name, module in CORE_COMMANDS.items()}
+
+
+def test_a_core_command_imports_only_its_own_module():
+    code = ("import sys; from studio.cli import main\n"
+            "try:\n    main(['config', '--json'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith('studio.cli.')), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stderr.strip().splitlines()[-1] == "['studio.cli.common', 'studio.cli.models']"

@@ -3,7 +3,9 @@
 One package, the only place that imports click: :mod:`studio.cli.common` holds the group,
 the per-invocation app object, the consoles and the output helpers; each other module adds
 one group of core commands to that group with its decorators (importing it is registering
-it). Plugins add theirs through the ``register_commands`` hook. torch is never imported on
+it), and the group imports a module when one of its commands is asked for
+(:data:`studio.cli.common.CORE_COMMANDS`). Plugins add theirs through the
+``register_commands`` hook. torch is never imported on
 the paths of ``--help``, ``jobs``, ``show``, ``models``, ``plugins`` and ``config``, and the
 database layer not on those of ``--help``, ``models``, ``plugins`` and ``config``.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 
-from studio.cli import common, db, doctor, gallery, jobs, ml, models, workers  # noqa: F401 - registers the core commands
+from studio.cli import common
 from studio.cli.common import App, CommandError, add_plugin_commands, cli, console, err_console, pass_app, print_json
 
 __all__ = ["App", "CommandError", "add_plugin_commands", "cli", "console", "err_console", "main", "pass_app",

@@ -51,10 +51,13 @@ def shown_json(data: Any) -> str:
     return "\n".join(shown(line) for line in text.splitlines())
 
 class _Console:
-    """A rich ``Console`` made on first use: commands that print nothing never import rich."""
+    """A rich ``Console`` made on first use: commands that print nothing never import rich.
+
+    Emoji codes are off: ``:smile:`` in a prompt is shown as typed, like any other text.
+    """
 
     def __init__(self, **options: Any) -> None:
-        self._options = options
+        self._options = {"emoji": False, **options}
         self._console = None
 
     def __getattr__(self, name: str) -> Any:
@@ -179,12 +182,27 @@ def add_plugin_commands(group: click.Group) -> None:
     registry.call_each("register_commands", lambda _name: {"cli": group})
 
 
+#: The module of :mod:`studio.cli` that defines each core command; importing the module registers
+#: its commands on :func:`cli` (``tests/test_cli.py`` checks this table against the modules).
+CORE_COMMANDS = {
+    "submit": "jobs", "jobs": "jobs", "show": "jobs", "wait": "jobs", "cancel": "jobs", "retry": "jobs",
+    "gallery": "gallery", "regen": "gallery", "vary": "gallery", "check": "gallery", "export": "gallery",
+    "import": "gallery",
+    "models": "models", "plugins": "models", "config": "models",
+    "train": "ml", "eval": "ml",
+    "worker": "workers", "queue": "workers",
+    "db": "db", "doctor": "doctor",
+}
+
+
 class StudioGroup(click.Group):
     """Turns Studio's errors, in core and plugin commands alike, into :class:`CommandError`.
 
-    Plugin commands are added on demand: a plain core command (``jobs``, ``config``...) runs
-    without loading any plugin; listing the commands, a core group (plugins add subcommands
-    to ``train`` and ``models import``) or a name the core does not know loads them first.
+    Commands load on demand, so a command pays only for its own imports: a core command's
+    module is imported when that command is looked up (:data:`CORE_COMMANDS`), and a plain
+    core command (``jobs``, ``config``...) runs without loading any plugin; listing the
+    commands, a core group (plugins add subcommands to ``train`` and ``models import``) or a
+    name the core does not know loads the plugins first.
     """
 
     plugins_added = False
@@ -193,12 +211,20 @@ class StudioGroup(click.Group):
         if not self.plugins_added:
             add_plugin_commands(self)
 
+    def _core(self, name: str) -> click.Command | None:
+        module = CORE_COMMANDS.get(name)
+        if module is not None and name not in self.commands:
+            import importlib
+
+            importlib.import_module(f"studio.cli.{module}")
+        return self.commands.get(name)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._with_plugins()
-        return super().list_commands(ctx)
+        return sorted(set(super().list_commands(ctx)) | set(CORE_COMMANDS))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        command = super().get_command(ctx, name)
+        command = self._core(name)
         if command is None or isinstance(command, click.Group):
             self._with_plugins()
             command = super().get_command(ctx, name)

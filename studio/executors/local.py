@@ -49,7 +49,7 @@ def run_local(engine: Engine, job: JobInfo, console: Console | None = None, show
 
 
 def _run_local(engine: Engine, job: JobInfo, console: Console | None = None, show_progress: bool = True) -> JobInfo:
-    with run_display(console or Console(stderr=True), f"{job.model_id} x{job.count}", show_progress) as hooks:
+    with run_display(console or Console(stderr=True, emoji=False), f"{job.model_id} x{job.count}", show_progress) as hooks:
         return engine.run(job.id, **hooks)
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import click
 
-from .generator import BUNDLED_CLIP, INTERPOLATION_MODES
+from studio.ml import BUNDLED_CLIP_ARCH as BUNDLED_CLIP
 
-OFFICIAL_CLIP_ARCH = "ViT-B-32-quickgelu"  # as studio_galip.model_dir.OFFICIAL_CLIP_ARCH (kept cheap to import)
+from .model_dir import OFFICIAL_CLIP_ARCH
+from .plugin import INTERPOLATION_MODES
 
 
 @click.group(name="galip")

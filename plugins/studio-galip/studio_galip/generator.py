@@ -28,13 +28,9 @@ from typing import Any, Sequence
 
 from studio.api import GenerationError, ProgressCallback, Request, Result
 
-#: ``clip_arch`` value for Studio's own small CLIP files (read by studio.ml.clip_configs).
-BUNDLED_CLIP = "studio-bundled"
+from studio.ml import BUNDLED_CLIP_ARCH as BUNDLED_CLIP  # ``clip_arch`` of Studio's own small CLIP files
 
-#: What an interpolation moves: the noise (between seeds), the text (between prompts), or both.
-INTERPOLATION_MODES = ("both", "noise", "text")
-#: ``interp_seed_to`` when the noise stays at the request's own seed.
-NO_SEED = -1
+from .plugin import INTERPOLATION_MODES, NO_SEED  # beside the parameter table that uses them
 
 
 @dataclass(frozen=True)

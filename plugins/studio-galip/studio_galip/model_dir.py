@@ -14,9 +14,11 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .generator import GalipSource, open_clip_model
+if TYPE_CHECKING:
+    from .generator import GalipSource
+
 
 CARD = "model.json"
 WEIGHTS = "galip.safetensors"
@@ -75,6 +77,8 @@ class ModelCard:
         return self.data.get("terms", "")
 
     def source(self) -> GalipSource:
+        from .generator import GalipSource
+
         return GalipSource(self.id, self.weights, self.clip_arch, self.clip_file,
                            self.data.get("weights_sha256"), self.data["clip"].get("sha256"))
 
@@ -189,6 +193,8 @@ def import_model(name: str, checkpoint: Path, clip_file: Path, clip_arch: str, m
         raise ModelImportError(f"{dest} already exists (use --force to replace it)")
     checkpoint, clip_file = Path(checkpoint).absolute(), Path(clip_file).absolute()
     try:
+        from .generator import open_clip_model
+
         clip = open_clip_model(clip_arch, clip_file)
         weights = read_weights(checkpoint)
         cfg = weights.config or infer_config(weights, clip, checkpoint)

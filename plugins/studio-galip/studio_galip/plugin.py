@@ -1,26 +1,37 @@
 """Studio hooks for GALIP: the models this plugin provides and its commands.
 
-Cheap by design: reading model cards is JSON only; torch is imported when a model is first
-used (the spec's factory, then ``load``) or when a command runs.
+Cheap by design, since every `studio` command that lists models or commands loads it: reading
+model cards is JSON only; the generator module (and torch) is imported when a model is first
+used (the spec's factory, then ``load``), the commands when a command runs.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.metadata
+import functools
 import logging
 
 from studio.api import GenerationError, ModelSpec, Param, hookimpl, load_settings
 
-from .generator import NO_SEED, GalipGenerator
 from .model_dir import BUNDLED_ID, BUNDLED_WEIGHTS, ModelCard, bundled_card, imported_cards
 
 log = logging.getLogger(__name__)
 
-try:
-    VERSION = importlib.metadata.version("studio-galip")
-except importlib.metadata.PackageNotFoundError:  # running from a source tree
-    VERSION = "0+unknown"
+#: ``interp_seed_to`` when the noise stays at the request's own seed.
+NO_SEED = -1
+#: What an interpolation moves: the noise (between seeds), the text (between prompts), or both.
+INTERPOLATION_MODES = ("both", "noise", "text")
+
+
+@functools.cache
+def version() -> str:
+    """This plugin's version, recorded with every image (read once, when a model is first built)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("studio-galip")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
 
 PARAMS = (
     Param("image", "image", "", help="A picture whose CLIP image embedding conditions the image (stored under inputs/ at submit)."),
@@ -36,7 +47,12 @@ PARAMS = (
 
 
 def _factory(card: ModelCard):
-    return lambda: GalipGenerator(card.source(), plugin_version=VERSION)
+    def build():
+        from .generator import GalipGenerator
+
+        return GalipGenerator(card.source(), plugin_version=version())
+
+    return build
 
 
 def _bundled_missing():
