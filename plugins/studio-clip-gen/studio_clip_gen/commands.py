@@ -17,6 +17,10 @@ import click
 VQ_PRESETS = {
     "tiny": dict(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(8,), resolution=64,
                  z_channels=64, embed_dim=64, n_embed=512),
+    # the tiny one at 4x the codes (16x16 grid at 64px): the tiny VQGAN's 8x8 codes cannot hold the
+    # corners of small shapes (see `studio clip-gen judge-vqgan`)
+    "tiny-f4": dict(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(), resolution=64,
+                    z_channels=64, embed_dim=64, n_embed=1024),
     "f16": dict(),  # taming's ImageNet f16 (256px, 16x16 grid)
 }
 
@@ -103,6 +107,11 @@ def _report(stage: str, summary: dict, out_dir: Path, as_json: bool) -> None:
     click.echo(f"trained {summary['steps']} steps in {summary['elapsed_s']:.0f}s" + (f": {figures}" if figures else ""))
     click.echo(f"weights: {summary['weights']}  (all figures: {out_dir / 'metrics.jsonl'})")
     if stage == "vqgan":
+        if "reconstruction_judge" in summary:
+            from .ceiling import ceiling_line
+
+            click.echo(f"pixel judge on its reconstructions (the most a transformer over it can reach): "
+                       f"{ceiling_line(summary['reconstruction_judge'])}")
         click.echo(f"next: studio clip-gen train transformer --vqgan {summary['weights']} --out RUN_FOLDER")
     else:
         click.echo(f"import it: studio models import clip-gen NAME {out_dir}")
@@ -143,9 +152,12 @@ def train_group() -> None:
 @click.option("--clip-arch", help="open_clip architecture of --clip (not needed for Studio's bundled CLIP file).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
+@click.option("--judge-n", type=click.IntRange(0), default=256, show_default=True,
+              help="After training a 64px VQGAN on shapes: held-out scenes it reconstructs for the pixel judge "
+                   "(the ceiling of any transformer over it; 0: skip).")
 @_JSON
 def train_vqgan_command(dataset, out_dir, preset, n_embed, steps, minutes, batch_size, lr, disc_start, perceptual,
-                        l2_weight, clip_file, clip_arch, seed, resume, as_json) -> None:
+                        l2_weight, clip_file, clip_arch, seed, resume, judge_n, as_json) -> None:
     """Train the VQGAN (stage 1): L1 + perceptual + codebook + PatchGAN after --disc-start."""
     from .checkpoints import WeightsError
     from .losses import LPIPS, ClipPerceptual
@@ -168,11 +180,43 @@ def train_vqgan_command(dataset, out_dir, preset, n_embed, steps, minutes, batch
         with _training_display("vqgan", as_json) as (echo, on_step):
             summary = train_vqgan(data, out_dir, vq, cfg, perceptual=distance, resume=resume, echo=echo,
                                   on_step=on_step)
+        if judge_n and dataset == "shapes" and vq.resolution == 64:
+            from .ceiling import vqgan_ceiling
+            from .checkpoints import load_vqgan
+
+            summary["reconstruction_judge"] = vqgan_ceiling(load_vqgan(Path(summary["weights"])), judge_n)
         _write_run_card(out_dir, {"model": "clip-gen", "stage": "vqgan", "dataset": dataset, **summary,
                                   "vqgan": {"file": str((out_dir / "vqgan.safetensors").absolute())}})
     except (WeightsError, ValueError, OSError) as exc:
         raise _fail(exc) from None
     _report("vqgan", summary, out_dir, as_json)
+
+
+@clip_gen_group.command(name="judge-vqgan")
+@click.argument("vqgan_file", type=_FILE, metavar="VQGAN_FILE")
+@click.option("-n", "count", type=click.IntRange(1, 4096), default=256, show_default=True,
+              help="Held-out scenes of the shapes grammar to reconstruct.")
+@_JSON
+def judge_vqgan_command(vqgan_file, count, as_json) -> None:
+    """The pixel judge on a VQGAN's reconstructions of held-out `shapes` scenes (64px VQGANs).
+
+    Every CLIP-GEN image is the decoding of some code grid, so these figures are the most a
+    transformer trained over this VQGAN can reach (see studio_clip_gen.ceiling).
+    """
+    from .ceiling import ceiling_line, vqgan_ceiling
+    from .checkpoints import WeightsError, load_vqgan
+
+    try:
+        vqgan = load_vqgan(vqgan_file)
+    except (WeightsError, ValueError, OSError) as exc:
+        raise _fail(exc) from None
+    if vqgan.config.resolution != 64:
+        raise click.ClickException(f"{vqgan_file} works at {vqgan.config.resolution}px; the shapes judge needs a 64px VQGAN")
+    scores = vqgan_ceiling(vqgan, count)
+    if as_json:
+        click.echo(json.dumps({"vqgan": str(vqgan_file), "n": count, **scores}))
+    else:
+        click.echo(f"{vqgan_file} ({vqgan.config.grid}x{vqgan.config.grid} codes, n={count}): {ceiling_line(scores)}")
 
 
 @train_group.command(name="transformer")
