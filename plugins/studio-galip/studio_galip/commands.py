@@ -248,7 +248,7 @@ def _check_galip_model(engine, model_id: str) -> None:
 @click.option("--copy-clip", is_flag=True, help="Copy the CLIP file into the model folder instead of referencing it.")
 @click.option("--force", is_flag=True, help="Replace an existing model of that name.")
 def import_command(name, run_folder, checkpoint, clip_file, clip_arch, copy_clip, force) -> None:
-    """Import GALIP weights as model galip-NAME (checks they fit, converts to safetensors).
+    """Import GALIP weights as model galip/NAME (checks they fit, converts to safetensors).
 
     Give a finished `studio galip train` run folder as RUN_FOLDER (its model card names the CLIP),
     or a checkpoint file with --checkpoint (and --clip/--clip-arch for official weights).

@@ -8,6 +8,7 @@ start; importing converts an official checkpoint once so later loads are fast an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -84,14 +85,26 @@ class ModelCard:
 
 
 def model_id_for(name: str) -> str:
-    """Imported models are ``galip-NAME`` so they never clash with other plugins' models."""
+    """Imported models are ``galip/NAME``: the plugin, then the folder under ``models/galip/``, as
+    every plugin names what it imports (CLIP-GEN's are ``clip-gen/NAME``)."""
+    return f"galip/{name}"
+
+
+def legacy_model_id(name: str) -> str:
+    """The id of a model imported before the card recorded one (``galip-NAME``): its images name it
+    in their recipes, so it keeps that id and they keep verifying."""
     return name if name.startswith("galip-") else f"galip-{name}"
 
 
-def read_card(path: Path, model_id: str) -> ModelCard:
+def read_card(path: Path, model_id: str | None = None) -> ModelCard:
+    """A model card; its id is ``model_id``, else ``galip/NAME`` when the card records that id (an
+    import since ids were unified), else the legacy id of its folder."""
     data = json.loads(path.read_text())
     if not isinstance(data, dict) or "clip" not in data:
         raise ValueError(f"{path}: not a GALIP model card")
+    if model_id is None:
+        name = path.parent.name
+        model_id = model_id_for(name) if data.get("id") == model_id_for(name) else legacy_model_id(name)
     return ModelCard(model_id, path.parent, data)
 
 
@@ -114,7 +127,7 @@ def imported_cards(models_dir: Path) -> tuple[list[ModelCard], list[str]]:
         if not card.is_file():
             continue
         try:
-            cards.append(read_card(card, model_id_for(folder.name)))
+            cards.append(read_card(card))
         except (OSError, ValueError, KeyError) as exc:
             problems.append(f"{card}: {exc}")
     return cards, problems
@@ -191,6 +204,9 @@ def import_model(name: str, checkpoint: Path, clip_file: Path, clip_arch: str, m
     dest = Path(models_dir) / "galip" / name
     if (dest / CARD).exists() and not force:
         raise ModelImportError(f"{dest} already exists (use --force to replace it)")
+    model_id = model_id_for(name)
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        model_id = read_card(dest / CARD).id  # a replaced model keeps its id: images made with it name it
     checkpoint, clip_file = Path(checkpoint).absolute(), Path(clip_file).absolute()
     try:
         from .generator import open_clip_model
@@ -208,6 +224,7 @@ def import_model(name: str, checkpoint: Path, clip_file: Path, clip_arch: str, m
     dest.mkdir(parents=True, exist_ok=True)
     official = weights.config is None
     data: dict[str, Any] = {
+        "id": model_id,
         "arch": "galip",
         "config": cfg.to_dict(),
         "weights": WEIGHTS,
@@ -231,4 +248,4 @@ def import_model(name: str, checkpoint: Path, clip_file: Path, clip_arch: str, m
                                          include_trunk=not same_trunk)
     with atomic_path(dest / CARD) as tmp:
         tmp.write_text(json.dumps(data, indent=2))
-    return ModelCard(model_id_for(name), dest, data)
+    return ModelCard(model_id, dest, data)

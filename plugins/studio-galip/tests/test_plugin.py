@@ -73,12 +73,12 @@ def test_bundled_model_loads_when_present(monkeypatch, tmp_path):
 def test_import_then_generate_gives_the_source_pixels(no_bundled, official_files):
     nets, ckpt, clip_file = official_files
     card = model_dir.import_model("tiny", ckpt, clip_file, TINY_ARCH, load_settings().models_dir)
-    assert card.id == "galip-tiny"
+    assert card.id == "galip/tiny"
     data = json.loads((card.folder / "model.json").read_text())
     assert data["clip"]["arch"] == TINY_ARCH and len(data["clip"]["sha256"]) == 64
     assert data["source"]["format"] == "official" and "CC BY-NC-SA 4.0" in data["terms"]
     assert data["trunk"] == "clip file"
-    spec = registered()["galip-tiny"]
+    spec = registered()["galip/tiny"]
     gen = spec.factory()
     gen.load("cpu")
     requests = [Request("a red circle", 1), Request("a blue square", 2)]
@@ -89,6 +89,23 @@ def test_import_then_generate_gives_the_source_pixels(no_bundled, official_files
         assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
     with pytest.raises(model_dir.ModelImportError, match="already exists"):
         model_dir.import_model("tiny", ckpt, clip_file, TINY_ARCH, load_settings().models_dir)
+
+
+def test_a_model_imported_before_ids_were_unified_keeps_its_id(no_bundled, official_files):
+    """Cards without a recorded id are ``galip-NAME`` (the id their images name); a forced
+    re-import keeps the id of the model it replaces, a fresh one is ``galip/NAME``."""
+    nets, ckpt, clip_file = official_files
+    models = load_settings().models_dir
+    card = model_dir.import_model("old", ckpt, clip_file, TINY_ARCH, models)
+    data = json.loads((card.folder / "model.json").read_text())
+    del data["id"]  # as written before
+    (card.folder / "model.json").write_text(json.dumps(data))
+    assert "galip-old" in registered() and "galip/old" not in registered()
+    again = model_dir.import_model("old", ckpt, clip_file, TINY_ARCH, models, force=True)
+    assert again.id == "galip-old" and "galip-old" in registered()
+    assert again.data["weights_sha256"] == card.data["weights_sha256"]
+    assert model_dir.import_model("new", ckpt, clip_file, TINY_ARCH, models).id == "galip/new"
+    assert {"galip-old", "galip/new"} <= set(registered())
 
 
 def test_import_keeps_a_trunk_that_differs_from_the_clip_file(no_bundled, tmp_path, official_files):
@@ -102,7 +119,7 @@ def test_broken_cards_are_skipped(no_bundled):
     folder = load_settings().models_dir / "galip" / "broken"
     folder.mkdir(parents=True)
     (folder / "model.json").write_text("{not json")
-    assert "galip-broken" not in registered()
+    assert "galip/broken" not in registered()
 
 
 def make_cli() -> click.Group:
@@ -151,7 +168,7 @@ def test_import_command_shows_the_terms(no_bundled, official_files):
     result = CliRunner().invoke(make_cli(), ["models", "import", "galip", "coco", "--checkpoint", str(ckpt),
                                              "--clip", str(clip_file), "--clip-arch", TINY_ARCH])
     assert result.exit_code == 0, result.output
-    assert "galip-coco" in result.output and "CC BY-NC-SA" in result.output
+    assert "galip/coco" in result.output and "CC BY-NC-SA" in result.output
 
 
 def test_import_command_bad_input_is_one_line(no_bundled, tmp_path, official_files):
@@ -201,7 +218,7 @@ def test_train_and_interpolate_commands(no_bundled, fresh_process, tmp_path, mon
     card = json.loads((load_settings().models_dir / "galip" / "same" / "model.json").read_text())
     assert card["clip"]["arch"] == TINY_ARCH and card["clip"]["file"] == str(clip_file.absolute())
     frames = tmp_path / "frames"
-    result = CliRunner().invoke(cli, ["galip", "interpolate", "a red square", "a blue square", "-m", "galip-mine",
+    result = CliRunner().invoke(cli, ["galip", "interpolate", "a red square", "a blue square", "-m", "galip/mine",
                                       "--frames", "3", "--out", str(frames)])
     assert result.exit_code == 0, result.output
     assert len(list(frames.glob("frame_*.png"))) == 4 and (frames / "strip.png").is_file()
@@ -228,12 +245,12 @@ def test_interpolation_frames_are_stored_reproducible_jobs(no_bundled, fresh_pro
     model_dir.import_model("tiny", ckpt, clip_file, TINY_ARCH, load_settings().models_dir)
     out = tmp_path / "frames"
     result = CliRunner().invoke(make_cli(), ["galip", "interpolate", "a red square", "a blue square", "-m",
-                                             "galip-tiny", "--seed", "3", "--seed", "8", "--frames", "3",
+                                             "galip/tiny", "--seed", "3", "--seed", "8", "--frames", "3",
                                              "--out", str(out)])
     assert result.exit_code == 0, result.output
     engine = Engine(load_settings())
     jobs = sorted(engine.list_jobs(limit=10), key=lambda j: j.id)
-    assert len(jobs) == 4 and all(j.status == "succeeded" and j.model_id == "galip-tiny" for j in jobs)
+    assert len(jobs) == 4 and all(j.status == "succeeded" and j.model_id == "galip/tiny" for j in jobs)
     assert all(j.id in result.output for j in jobs)
     assert [j.params["interp_t"] for j in jobs] == [0.0, 1 / 3, 2 / 3, 1.0]
     assert {(j.prompt, j.seed, j.params["interp_to"], j.params["interp_seed_to"]) for j in jobs} == {
@@ -253,8 +270,8 @@ def test_interpolation_frames_are_stored_reproducible_jobs(no_bundled, fresh_pro
     assert again.status == "succeeded" and engine.images(again.id)[0].sha256 == middle.sha256
 
     # The ends are plain images of the key prompts and seeds; the frames between are new.
-    first = engine.run(engine.submit("a red square", "galip-tiny", seed=3).id)
-    last = engine.run(engine.submit("a blue square", "galip-tiny", seed=8).id)
+    first = engine.run(engine.submit("a red square", "galip/tiny", seed=3).id)
+    last = engine.run(engine.submit("a blue square", "galip/tiny", seed=8).id)
     assert np.array_equal(stored_pixels(engine, jobs[0].id), stored_pixels(engine, first.id))
     assert np.array_equal(stored_pixels(engine, jobs[-1].id), stored_pixels(engine, last.id))
     for job in jobs[1:3]:
@@ -268,16 +285,16 @@ def test_interpolate_without_out_only_stores(no_bundled, fresh_process, tmp_path
     _, ckpt, clip_file = official_files
     model_dir.import_model("tiny", ckpt, clip_file, TINY_ARCH, load_settings().models_dir)
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(make_cli(), ["galip", "interpolate", "a red square", "-m", "galip-tiny",
+    result = CliRunner().invoke(make_cli(), ["galip", "interpolate", "a red square", "-m", "galip/tiny",
                                              "--what", "noise", "--frames", "2"])
     assert result.exit_code == 0, result.output
     jobs = sorted(Engine(load_settings()).list_jobs(limit=10), key=lambda j: j.id)
     assert [(j.seed, j.params["interp_seed_to"], j.params["interp_to"]) for j in jobs] == [(0, 1, "")] * 3
     assert not list(tmp_path.glob("*.png"))
 
-    bad = CliRunner().invoke(make_cli(), ["galip", "interpolate", "a", "   ", "-m", "galip-tiny"])
+    bad = CliRunner().invoke(make_cli(), ["galip", "interpolate", "a", "   ", "-m", "galip/tiny"])
     assert bad.exit_code == 1 and "the prompt is empty" in bad.output and bad.output.count("\n") == 1
-    bad = CliRunner().invoke(make_cli(), ["galip", "interpolate", "a", "--seed", "4", "-m", "galip-tiny"])
+    bad = CliRunner().invoke(make_cli(), ["galip", "interpolate", "a", "--seed", "4", "-m", "galip/tiny"])
     assert bad.exit_code == 1 and "at least two prompts or two seeds" in bad.output
     assert len(Engine(load_settings()).list_jobs(limit=10)) == 3  # nothing stored by a refused walk
 
@@ -298,7 +315,7 @@ def test_changed_weights_are_detected(no_bundled, official_files):
     with open(card.weights, "r+b") as fh:  # flip bytes inside a tensor: still a valid file
         fh.seek(-8, 2)
         fh.write(b"\x01\x02\x03\x04\x05\x06\x07\x08")
-    gen = registered()["galip-tiny"].factory()
+    gen = registered()["galip/tiny"].factory()
     with pytest.raises(GenerationError, match="changed since it was installed"):
         gen.load("cpu")
 
@@ -370,7 +387,7 @@ def test_a_run_on_the_bundled_clip_imports_as_it_is(no_bundled, tmp_path):
     assert result.exit_code == 0, result.output
     card = json.loads((load_settings().models_dir / "galip" / "pets" / "model.json").read_text())
     assert card["clip"]["package"] == "studio.ml" and card["clip"]["arch"] == "studio-bundled"
-    assert "galip-pets" in registered()
+    assert "galip/pets" in registered()
 
     empty = tmp_path / "empty"
     empty.mkdir()
