@@ -8,16 +8,19 @@ itself, loaded by its generator. Random weights get random affine layers too, so
 changes the image as in a trained model (speed does not depend on the values).
 
 For every network and batch the variants run interleaved on the same inputs (best of the
-repeats): ``eager`` is ``G(noise, sent)`` under ``torch.no_grad``, the official sampler and
-the figure every ratio is against; ``inference_mode``; ``+ channels_last`` (inference_mode
-with channels-last weights and activations); ``N threads`` (eager on all cores, batch 1; not
-for the official size with ``--quick``); with ``--compile``, ``torch.compile`` (batch 1;
-compiling takes a minute or more per network). ``pixels`` says whether the uint8 image
-(``to_uint8``) is bit-identical to eager's; the largest float difference is in the JSON. An
-optimisation that changes pixels is not used by the generator, where an official checkpoint
-must give the official pixels. Small and bundled networks add ``GalipGenerator.generate`` end
-to end for 32 requests (prompt encoding included): ``generate()`` is the default batch-invariant
-path (one image at a time), ``generate() batched`` is ``batch_invariant=False``.
+repeats): ``eager`` is ``G(noise, sent)`` under ``torch.no_grad``, the official sampler and the
+figure every ratio is against; ``inference_mode``; ``+ channels_last`` (inference_mode with
+channels-last weights and activations); ``winograd convs`` (the large 3x3 layers on NNPACK's
+Winograd kernels: the generator's ``cpu_convs=winograd``, its default, see
+studio_galip.kernels); ``N threads`` (eager on all cores, batch 1; not for the official size
+with ``--quick``); with ``--compile``, ``torch.compile`` (batch 1; compiling takes a minute or
+more per network). ``pixels`` says whether the uint8 image (``to_uint8``) is bit-identical to
+eager's; the largest float difference is in the JSON. An optimisation that changes pixels is
+used by the generator only as a setting recorded in the recipe (``cpu_convs``), so an image
+regenerates with the kernels it was made with. Small and bundled networks add
+``GalipGenerator.generate`` end to end for 32 requests (prompt encoding included):
+``generate()`` is the default batch-invariant path (one image at a time), ``generate() batched``
+is ``batch_invariant=False``.
 ``--quick``: official size at batch 1 and 8 with 1-2 repeats, small configuration at 1 and 32.
 Usage: python benchmarks/galip_speed.py [--quick] [--threads N] [--compile]   (needs: pip install -e plugins/studio-galip)
 """
@@ -121,7 +124,14 @@ def variants(G, threads: int, compile_: bool, more_threads: bool, notes: dict) -
         with torch.inference_mode():
             return G_cl(noise, sent)
 
-    out = [Variant(EAGER, eager), Variant("inference_mode", inference), Variant("+ channels_last", channels_last)]
+    from studio_galip.kernels import winograd_convs
+
+    def winograd(noise, sent):
+        with torch.no_grad(), winograd_convs(G):
+            return G(noise, sent)
+
+    out = [Variant(EAGER, eager), Variant("inference_mode", inference), Variant("+ channels_last", channels_last),
+           Variant("winograd convs", winograd)]
     cores = os.cpu_count() or 1
     if cores > threads and more_threads:
         out.append(Variant(f"{cores} threads", eager, threads=cores, batch_one_only=True))

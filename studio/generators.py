@@ -37,6 +37,11 @@ class Param:
     max: float | None = None
     choices: Sequence[Any] | None = None
     help: str = ""
+    #: The value that images made before this parameter existed were made with. A stored recipe
+    #: without the parameter is regenerated (``regen``, ``vary``, ``--verify``) with this value,
+    #: not ``default``, and a job's recipe leaves the parameter out at this value, so old images
+    #: come out as they were, recipe and file alike. None: the default holds for them too.
+    unset_means: Any = None
 
     def __post_init__(self) -> None:
         if self.type not in _TYPES:
@@ -151,10 +156,18 @@ class ModelSpec:
         raise ParamError(f"model {self.id!r} has no parameter {name!r} (known: {known})")
 
     def validate_params(self, given: dict[str, Any]) -> dict[str, Any]:
-        """Return the full parameter dict: defaults filled in, every given value checked."""
+        """Return the full parameter dict: defaults filled in, every given value checked.
+
+        A parameter at its ``unset_means`` value is left out: a recipe without it means that
+        value, so an image made before the parameter existed regenerates to the same recipe
+        (and the same file) as it was stored with.
+        """
         values = {p.name: p.default for p in self.params}
         for name, raw in given.items():
             values[name] = self.param(name).coerce(raw)
+        for p in self.params:
+            if p.unset_means is not None and values.get(p.name) == p.unset_means:
+                del values[p.name]
         return values
 
 

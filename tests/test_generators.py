@@ -48,3 +48,12 @@ def test_json_values_keep_their_type():
 def test_unknown_param_type_is_a_programming_error():
     with pytest.raises(ValueError):
         Param("x", "complex")
+
+
+def test_a_parameter_at_its_unset_means_value_is_left_out_of_the_recipe():
+    model = ModelSpec(id="m", plugin="p", factory=lambda: None,
+                      params=(Param("kernels", "str", "fast", choices=("fast", "exact"), unset_means="exact"),
+                              Param("size", "int", 8)))
+    assert model.validate_params({}) == {"kernels": "fast", "size": 8}
+    assert model.validate_params({"kernels": "exact"}) == {"size": 8}  # as a recipe made before the parameter
+    assert model.validate_params({"kernels": "fast", "size": 4}) == {"kernels": "fast", "size": 4}

@@ -73,15 +73,19 @@ def recipe_params(engine: Engine, src: Source, replaced: Iterable[str] = ()) -> 
     """The source's parameters, as a recipe may give them: an ``image`` parameter must name a
     stored input (``inputs/<sha256>.png``) that is here. A recipe (an imported PNG's, say) that
     names any other path is refused: no recipe makes Studio open a file outside its inputs store.
+    A parameter the model gained after the recipe was made takes its ``unset_means`` value.
     """
     from studio.inputs import is_reference, resolve_input
     from studio.plugins import UnknownModel
 
-    params = src.params
+    params = dict(src.params)
     try:
         spec = engine.registry.model(src.model_id)
     except UnknownModel:
         return params  # submit says so, with the known models
+    for p in spec.params:  # a parameter added since the recipe was made: the value it was made with
+        if p.name not in params and p.unset_means is not None:
+            params[p.name] = p.unset_means
     for p in spec.params:
         value = params.get(p.name)
         if p.type != "image" or value in (None, "") or p.name in replaced:

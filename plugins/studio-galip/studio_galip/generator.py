@@ -209,17 +209,30 @@ class GalipGenerator:
         self._require_loaded()
         results: list[Result] = []
         total = len(requests)
-        for start in range(0, total, self.chunk):
-            batch = requests[start : start + self.chunk]
+        for batch in self._chunks(requests):
+            winograd = _cpu_convs(batch[0]) == "winograd"
             with torch.no_grad():
                 cond = self.conditions(batch)
                 noise = self.noise(batch)
-                images = self.render(noise, cond)
+                images, ran = self.render(noise, cond, winograd=winograd)
             pixels = self.checked_pixels(images, batch).cpu().numpy()
             for request, array in zip(batch, pixels):
-                results.append(Result(Image.fromarray(array), extra=self._extra(request)))
+                extra = self._extra(request)
+                if winograd and not ran:  # the recipe asks for kernels this device or PyTorch lacks
+                    extra["cpu_convs_ran"] = "exact"
+                results.append(Result(Image.fromarray(array), extra=extra))
             progress(len(results), total)
         return results
+
+    def _chunks(self, requests: list[Request]) -> list[list[Request]]:
+        """Runs of at most ``chunk`` requests that ask for the same convolution kernels."""
+        out: list[list[Request]] = []
+        for request in requests:
+            if out and len(out[-1]) < self.chunk and _cpu_convs(out[-1][0]) == _cpu_convs(request):
+                out[-1].append(request)
+            else:
+                out.append([request])
+        return out
 
     # ---- building blocks ----------------------------------------------------------------------
 
@@ -308,9 +321,15 @@ class GalipGenerator:
         x = x.to(self.device)
         return image_embedding(clip, to_clip_input(x, clip, self.nets.cfg.mapping))[0].float()
 
-    def render(self, noise, cond):
-        """Run G in eval mode: float images [B,3,S,S] (not yet clamped)."""
+    def render(self, noise, cond, winograd: bool = False):
+        """Run G in eval mode: (float images [B,3,S,S], not yet clamped; whether Winograd kernels ran).
+
+        ``winograd``: the large 3x3 convolutions use NNPACK's Winograd kernels on CPU (see
+        :mod:`studio_galip.kernels`; the ``cpu_convs`` parameter).
+        """
         import torch
+
+        from .kernels import winograd_convs
 
         G = self.nets.G
         # eval() sets a flag on every module (1.5-2 ms for the small model, 10-15% of its time
@@ -318,8 +337,10 @@ class GalipGenerator:
         # needed after training.
         if any(m.training for m in G.modules()):
             G.eval()
-        with torch.no_grad():
-            return G(noise.to(self.device), cond.to(self.device))
+        on_cpu = torch.device(self.device).type == "cpu"
+        side = self.nets.cfg.image_size
+        with torch.no_grad(), winograd_convs(G, enabled=winograd and on_cpu, max_side=side) as ran:
+            return G(noise.to(self.device), cond.to(self.device)), ran
 
     def checked_pixels(self, images, requests: Sequence[Request]):
         """uint8 pixels; NaN/inf or a single-colour image fails the job with a clear message."""
@@ -370,6 +391,11 @@ class GalipGenerator:
                 "text: lerp(embedding(prompt), embedding(interp_to), interp_t) before scaling"
             )
         return extra
+
+
+def _cpu_convs(request: Request) -> str:
+    """The request's ``cpu_convs``; a request without it (a recipe older than the parameter) is exact."""
+    return str(request.params.get("cpu_convs", "exact"))
 
 
 def _verified_sha(model_id: str, path: Path, expected: str | None) -> str:
