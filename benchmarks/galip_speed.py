@@ -10,13 +10,13 @@ changes the image as in a trained model (speed does not depend on the values).
 For every network and batch the variants run interleaved on the same inputs (best of the
 repeats): ``eager`` is ``G(noise, sent)`` under ``torch.no_grad``, the official sampler and the
 figure every ratio is against; ``inference_mode``; ``+ channels_last`` (inference_mode with
-channels-last weights and activations); ``winograd convs`` (the large 3x3 layers on NNPACK's
-Winograd kernels: the generator's ``cpu_convs=winograd``, its default, see
+channels-last weights and activations); ``fast kernels`` (the large 3x3 layers on NNPACK's
+Winograd kernels and the fused modulation: the generator's ``cpu_kernels=fast``, its default, see
 studio_galip.kernels); ``N threads`` (eager on all cores, batch 1; not for the official size
 with ``--quick``); with ``--compile``, ``torch.compile`` (batch 1; compiling takes a minute or
 more per network). ``pixels`` says whether the uint8 image (``to_uint8``) is bit-identical to
 eager's; the largest float difference is in the JSON. An optimisation that changes pixels is
-used by the generator only as a setting recorded in the recipe (``cpu_convs``), so an image
+used by the generator only as a setting recorded in the recipe (``cpu_kernels``), so an image
 regenerates with the kernels it was made with. Small and bundled networks add
 ``GalipGenerator.generate`` end to end for 32 requests (prompt encoding included):
 ``generate()`` is the default batch-invariant path (one image at a time), ``generate() batched``
@@ -124,14 +124,14 @@ def variants(G, threads: int, compile_: bool, more_threads: bool, notes: dict) -
         with torch.inference_mode():
             return G_cl(noise, sent)
 
-    from studio_galip.kernels import winograd_convs
+    from studio_galip.kernels import fast_kernels
 
-    def winograd(noise, sent):
-        with torch.no_grad(), winograd_convs(G):
+    def fast(noise, sent):
+        with torch.no_grad(), fast_kernels(G):
             return G(noise, sent)
 
     out = [Variant(EAGER, eager), Variant("inference_mode", inference), Variant("+ channels_last", channels_last),
-           Variant("winograd convs", winograd)]
+           Variant("fast kernels", fast)]
     cores = os.cpu_count() or 1
     if cores > threads and more_threads:
         out.append(Variant(f"{cores} threads", eager, threads=cores, batch_one_only=True))

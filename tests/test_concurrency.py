@@ -15,7 +15,8 @@ from studio.engine import Engine
 engine = Engine(load_settings())
 for i in range(int(sys.argv[1])):
     job = engine.submit(f"p{i}", "testgen", params={"size": 4})
-    assert engine.run(job.id).status == "succeeded"
+    final = engine.run(job.id)
+    assert final.status == "succeeded", (final.status, final.error)
 """
 
 
@@ -26,7 +27,10 @@ def test_concurrent_submitters_on_sqlite(studio_home, engine):
         for _ in range(4)
     ]
     errors = [p.communicate(timeout=120)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    failed = [f"submitter {i} exited {p.returncode}:\n{err[-2000:]}" for i, (p, err) in enumerate(zip(procs, errors))
+              if p.returncode]
+    if failed:  # pytest.fail prints all of it (an assertion's message would be cut short)
+        pytest.fail("\n".join(failed))
     assert not any("locked" in e for e in errors)
     jobs = engine.list_jobs(limit=100)
     assert len(jobs) == 60 and {j.status for j in jobs} == {"succeeded"}

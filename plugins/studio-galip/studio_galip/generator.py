@@ -210,25 +210,25 @@ class GalipGenerator:
         results: list[Result] = []
         total = len(requests)
         for batch in self._chunks(requests):
-            winograd = _cpu_convs(batch[0]) == "winograd"
+            fast = _cpu_kernels(batch[0]) == "fast"
             with torch.no_grad():
                 cond = self.conditions(batch)
                 noise = self.noise(batch)
-                images, ran = self.render(noise, cond, winograd=winograd)
+                images, ran = self.render(noise, cond, fast=fast)
             pixels = self.checked_pixels(images, batch).cpu().numpy()
             for request, array in zip(batch, pixels):
                 extra = self._extra(request)
-                if winograd and not ran:  # the recipe asks for kernels this device or PyTorch lacks
-                    extra["cpu_convs_ran"] = "exact"
+                if fast and not all(ran.values()):  # the recipe asks for kernels this device or PyTorch lacks
+                    extra["cpu_kernels_ran"] = ran
                 results.append(Result(Image.fromarray(array), extra=extra))
             progress(len(results), total)
         return results
 
     def _chunks(self, requests: list[Request]) -> list[list[Request]]:
-        """Runs of at most ``chunk`` requests that ask for the same convolution kernels."""
+        """Runs of at most ``chunk`` requests that ask for the same CPU kernels."""
         out: list[list[Request]] = []
         for request in requests:
-            if out and len(out[-1]) < self.chunk and _cpu_convs(out[-1][0]) == _cpu_convs(request):
+            if out and len(out[-1]) < self.chunk and _cpu_kernels(out[-1][0]) == _cpu_kernels(request):
                 out[-1].append(request)
             else:
                 out.append([request])
@@ -321,15 +321,15 @@ class GalipGenerator:
         x = x.to(self.device)
         return image_embedding(clip, to_clip_input(x, clip, self.nets.cfg.mapping))[0].float()
 
-    def render(self, noise, cond, winograd: bool = False):
-        """Run G in eval mode: (float images [B,3,S,S], not yet clamped; whether Winograd kernels ran).
+    def render(self, noise, cond, fast: bool = False):
+        """Run G in eval mode: (float images [B,3,S,S], not yet clamped; the fast kernels in effect).
 
-        ``winograd``: the large 3x3 convolutions use NNPACK's Winograd kernels on CPU (see
-        :mod:`studio_galip.kernels`; the ``cpu_convs`` parameter).
+        ``fast``: on CPU, the large 3x3 convolutions on NNPACK's Winograd kernels and the fused
+        modulation (see :mod:`studio_galip.kernels`; the ``cpu_kernels`` parameter).
         """
         import torch
 
-        from .kernels import winograd_convs
+        from .kernels import fast_kernels
 
         G = self.nets.G
         # eval() sets a flag on every module (1.5-2 ms for the small model, 10-15% of its time
@@ -339,7 +339,7 @@ class GalipGenerator:
             G.eval()
         on_cpu = torch.device(self.device).type == "cpu"
         side = self.nets.cfg.image_size
-        with torch.no_grad(), winograd_convs(G, enabled=winograd and on_cpu, max_side=side) as ran:
+        with torch.no_grad(), fast_kernels(G, enabled=fast and on_cpu, max_side=side) as ran:
             return G(noise.to(self.device), cond.to(self.device)), ran
 
     def checked_pixels(self, images, requests: Sequence[Request]):
@@ -393,9 +393,9 @@ class GalipGenerator:
         return extra
 
 
-def _cpu_convs(request: Request) -> str:
-    """The request's ``cpu_convs``; a request without it (a recipe older than the parameter) is exact."""
-    return str(request.params.get("cpu_convs", "exact"))
+def _cpu_kernels(request: Request) -> str:
+    """The request's ``cpu_kernels``; a request without it (a recipe older than the parameter) is exact."""
+    return str(request.params.get("cpu_kernels", "exact"))
 
 
 def _verified_sha(model_id: str, path: Path, expected: str | None) -> str:

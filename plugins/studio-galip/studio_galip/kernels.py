@@ -1,17 +1,22 @@
-"""Faster CPU convolutions for GALIP's generator: NNPACK's Winograd kernels for its large 3x3 layers.
+"""Faster CPU kernels for GALIP's generator, as a recorded setting: ``cpu_kernels=fast``.
 
-At batch 1 on a CPU, most of GALIP's time is 3x3 convolutions on large maps (at 224 px, the
-64-512 channel layers from 32x32 up to 224x224), where NNPACK's Winograd kernels run 1.3-2x
-faster than PyTorch's default (oneDNN) ones; on small layers they are slower, so only the
-layers with enough work use them (:func:`eligible`): at 224 px most of the generator, in the
-bundled 64 px model none (its pixels do not change). Winograd rounds differently: the float
-output moves by about 1e-5 of its range, so a pixel is at most one level off the default
-kernels' (tested). PyTorch itself picks NNPACK only for batches of 16 and more.
+At batch 1 on a CPU most of GALIP's time is 3x3 convolutions on large maps, then the affine
+modulations and LeakyReLUs that run over those maps between them. ``fast`` changes two things:
 
-That is why the choice is a model parameter, ``cpu_convs`` (``winograd`` or ``exact``), stored
-in every recipe: an image regenerates with the kernels it was made with. Images made before the
-parameter existed were made with ``exact`` (its ``unset_means``). On other devices, and where
-PyTorch lacks NNPACK, every layer runs the default kernels (the image's recipe says which ran).
+* **Winograd convolutions.** NNPACK's Winograd kernels run the large 3x3 layers 1.3-2x faster
+  than PyTorch's default (oneDNN) ones at batch 1 (at 224 px, the 64-512 channel layers from
+  32x32 maps up); on small layers they are slower, so only layers with enough work use them
+  (:func:`eligible`): at 224 px most of the generator, in the bundled 64 px model none. PyTorch
+  itself picks NNPACK only for batches of 16 and more.
+* **Fused modulation.** Each of the fuse blocks' ``LeakyReLU(gamma * x + beta)`` runs as one
+  ``addcmul`` and an in-place LeakyReLU: two passes over the map instead of three.
+
+Both round differently from the plain ops (about 1e-5 of the output's range for Winograd, less
+for ``addcmul``), so a pixel may move by one level (tested), and that is why the choice is a
+model parameter stored in every recipe: an image regenerates with the kernels it was made with.
+Images made before the parameter existed were made with ``exact`` (its ``unset_means``). On
+other devices every op runs as in ``exact``; where PyTorch lacks NNPACK only the fusion applies
+(the image's recipe says so).
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ import weakref
 from contextlib import contextmanager
 from typing import Iterator
 
-#: The parameter's values: PyTorch's default kernels, or NNPACK's Winograd kernels where they gain.
-CPU_CONVS = ("winograd", "exact")
+#: The parameter's values: the faster kernels, or the plain PyTorch ops (the official numerics).
+CPU_KERNELS = ("fast", "exact")
 #: The least work (multiply-adds x 2, per image) of a layer that gains from Winograd. Measured on
 #: a 2-core AVX2 CPU at batch 1: every 3x3 layer of the 224 px generator from 3.7 GFLOP up ran
 #: 1.3-2x faster (64-512 channels, 32x32 to 224x224 maps); those of 1.2 GFLOP and less ran
@@ -29,6 +34,8 @@ CPU_CONVS = ("winograd", "exact")
 MIN_FLOPS = 2e9
 #: PyTorch's own NNPACK threshold: from this batch size on it may choose NNPACK by itself.
 MAX_BATCH = 16
+#: The fuse blocks' LeakyReLU slope (studio_galip.model.FuseBlock).
+SLOPE = 0.2
 
 
 def nnpack_available() -> bool:
@@ -59,38 +66,55 @@ def _winograd_forward(conv, x):
     return conv._conv_forward(x, conv.weight, conv.bias)
 
 
-_CANDIDATES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+def _fused_forward(block, x, c):
+    """FuseBlock.forward with each ``leaky_relu(gamma * x + beta)`` as addcmul + in-place LeakyReLU."""
+    import torch
+    import torch.nn.functional as F
+
+    for affine in (block.affine0, block.affine1):
+        x = torch.addcmul(affine.fc_beta(c)[:, :, None, None], affine.fc_gamma(c)[:, :, None, None], x)
+        x = F.leaky_relu_(x, SLOPE)
+    return x
 
 
-def candidates(module, max_side: int) -> list:
-    """The 3x3 layers of ``module`` that could reach ``MIN_FLOPS`` on maps up to ``max_side``
-    (found once per module: the small models have none, and then nothing is patched)."""
+_LAYERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def layers(module, max_side: int) -> tuple[list, list]:
+    """(3x3 layers that could reach ``MIN_FLOPS`` on maps up to ``max_side``, fuse blocks) of
+    ``module``, found once per module."""
     import torch.nn as nn
 
-    found = _CANDIDATES.get(module)
+    from .model import FuseBlock
+
+    found = _LAYERS.get(module)
     if found is None or found[0] != max_side:
         convs = [m for m in module.modules() if type(m) is nn.Conv2d and m.kernel_size == (3, 3)
                  and 18 * m.in_channels * m.out_channels * max_side * max_side >= MIN_FLOPS]
-        found = _CANDIDATES[module] = (max_side, convs)
-    return found[1]
+        fuses = [m for m in module.modules() if type(m) is FuseBlock]
+        found = _LAYERS[module] = (max_side, convs, fuses)
+    return found[1], found[2]
 
 
 @contextmanager
-def winograd_convs(module, enabled: bool = True, max_side: int = 4096) -> Iterator[bool]:
-    """Run ``module``'s eligible convolutions with NNPACK's Winograd kernels inside the block.
+def fast_kernels(module, enabled: bool = True, max_side: int = 4096) -> Iterator[dict]:
+    """Run ``module`` (a GALIP generator) with the fast kernels inside the block, in inference.
 
-    ``max_side``: the largest map the module makes (its image size). Yields whether the
-    setting is in effect (False where disabled or where PyTorch lacks NNPACK). The layers'
-    weights are untouched; leaving the block restores their own forward.
+    ``max_side``: the largest map the module makes (its image size). Yields what is in effect,
+    ``{"fused": bool, "winograd": bool}`` (Winograd needs NNPACK). The weights are untouched;
+    leaving the block restores every layer's own forward.
     """
     import functools
 
-    active = enabled and nnpack_available()
-    convs = candidates(module, max_side) if active else []
-    for conv in convs:
+    convs, fuses = layers(module, max_side) if enabled else ([], [])
+    winograd = enabled and nnpack_available()
+    patched = (convs if winograd else []) + fuses
+    for conv in convs if winograd else []:
         conv.forward = functools.partial(_winograd_forward, conv)
+    for block in fuses:
+        block.forward = functools.partial(_fused_forward, block)
     try:
-        yield active
+        yield {"fused": enabled, "winograd": winograd}
     finally:
-        for conv in convs:
-            del conv.forward
+        for layer in patched:
+            del layer.forward

@@ -13,7 +13,7 @@ import logging
 
 from studio.api import GenerationError, ModelSpec, Param, hookimpl, load_settings
 
-from .kernels import CPU_CONVS
+from .kernels import CPU_KERNELS
 from .model_dir import BUNDLED_ID, BUNDLED_WEIGHTS, ModelCard, bundled_card, imported_cards
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,10 @@ PARAMS = (
           help=f"Interpolation: the seed whose noise to move towards (slerp by interp_t); {NO_SEED}: none."),
     Param("interp_t", "float", 0.0, 0.0, 1.0,
           help="Interpolation: how far towards interp_to / interp_seed_to (0: the prompt and seed, 1: the targets)."),
-    Param("cpu_convs", "str", "winograd", choices=CPU_CONVS, unset_means="exact",
-          help="CPU convolution kernels: winograd (NNPACK's, for the large 3x3 layers: faster at batch 1, "
-               "pixels within one level of exact) or exact (PyTorch's default, as images made before "
-               "this parameter)."),
+    Param("cpu_kernels", "str", "fast", choices=CPU_KERNELS, unset_means="exact",
+          help="CPU kernels: fast (Winograd for the large 3x3 convolutions, fused modulation: faster at "
+               "batch 1, pixels within one level of exact) or exact (the plain ops, as images made "
+               "before this parameter)."),
 )
 
 

@@ -45,7 +45,7 @@ def test_bundled_model_is_registered_even_when_missing(no_bundled):
     spec = registered()["galip"]
     assert "not installed" in spec.weights
     assert [p.name for p in spec.params] == ["image", "image_strength", "interp_to", "interp_seed_to", "interp_t",
-                                            "cpu_convs"]
+                                            "cpu_kernels"]
     assert spec.validate_params({})["interp_seed_to"] == -1
     with pytest.raises(GenerationError, match="the bundled galip weights are not installed"):
         spec.factory()
@@ -398,11 +398,11 @@ def test_a_run_on_the_bundled_clip_imports_as_it_is(no_bundled, tmp_path):
     assert result.exit_code == 1 and "run folder or --checkpoint" in result.output
 
 
-def test_winograd_kernels_stay_within_a_level_and_old_recipes_keep_the_exact_ones(
+def test_fast_kernels_stay_within_a_level_and_old_recipes_keep_the_exact_ones(
         no_bundled, fresh_process, official_files, monkeypatch):
-    """With every 3x3 layer made eligible (the tiny model has none of the size that gains), the
-    Winograd setting changes floats but no pixel by more than one level; a job at the exact
-    setting stores no `cpu_convs` (as recipes made before the parameter), and regenerates so."""
+    """With every 3x3 layer made eligible for Winograd (the tiny model has none of the size that
+    gains), the fast kernels change floats but no pixel by more than one level; a job at the exact
+    setting stores no `cpu_kernels` (as recipes made before the parameter), and regenerates so."""
     from studio.engine import Engine
     from studio.gallery import actions
     from studio_galip import kernels
@@ -416,16 +416,17 @@ def test_winograd_kernels_stay_within_a_level_and_old_recipes_keep_the_exact_one
     gen.load("cpu")
     noise, cond = gen.noise([Request("a red square", 3)]), gen.conditions([Request("a red square", 3)])
     exact, ran_exact = gen.render(noise, cond)
-    fast, ran_fast = gen.render(noise, cond, winograd=True)
-    again, _ = gen.render(noise, cond, winograd=True)
-    assert (ran_exact, ran_fast) == (False, True)
+    fast, ran_fast = gen.render(noise, cond, fast=True)
+    again, _ = gen.render(noise, cond, fast=True)
+    assert ran_exact == {"fused": False, "winograd": False} and ran_fast == {"fused": True, "winograd": True}
     assert not torch_equal(exact, fast) and torch_equal(fast, again)
     assert float((exact - fast).abs().max()) < 1e-3
+    assert not any("forward" in vars(m) for m in gen.nets.G.modules())  # every layer's own forward again
 
     engine = Engine(load_settings())
     default = engine.run(engine.submit("a red square", "galip/tiny", seed=3).id)
-    exact_job = engine.run(engine.submit("a red square", "galip/tiny", seed=3, params={"cpu_convs": "exact"}).id)
-    assert default.params["cpu_convs"] == "winograd" and "cpu_convs" not in exact_job.params
+    exact_job = engine.run(engine.submit("a red square", "galip/tiny", seed=3, params={"cpu_kernels": "exact"}).id)
+    assert default.params["cpu_kernels"] == "fast" and "cpu_kernels" not in exact_job.params
     diff = np.abs(stored_pixels(engine, default.id).astype(int) - stored_pixels(engine, exact_job.id).astype(int))
     assert diff.max() <= 1
     child = engine.run(actions.regenerate(engine, actions.source(engine, exact_job.id)).id)
