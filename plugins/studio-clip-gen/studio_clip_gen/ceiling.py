@@ -17,7 +17,7 @@ from typing import Callable
 FIGURES = ("colour", "shape", "relation", "size", "background", "blank", "strays")
 
 
-def reconstruction_scores(reconstruct: Callable, n: int = 256, canvas: int = 64, batch: int = 32) -> dict[str, float]:
+def reconstruction_scores(reconstruct: Callable, n: int = 256, canvas: int = 64, batch: int = 32) -> dict[str, float | None]:
     """The pixel judge on ``reconstruct(images)`` for ``n`` held-out scenes of the ``shapes`` grammar.
 
     ``reconstruct`` maps a float batch ``[B, 3, canvas, canvas]`` in [-1, 1] to another; the
@@ -40,15 +40,16 @@ def reconstruction_scores(reconstruct: Callable, n: int = 256, canvas: int = 64,
         pixels = ((y + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         images += [Image.fromarray(a) for a in pixels]
     scores = checker.score_images(images, [p.attrs for p in prompts])
-    return {name: round(scores[name]["value"], 4) for name in FIGURES}
+    # a figure no scene asks for (no two-object scene among a handful) is None, not NaN
+    return {name: round(v, 4) if (v := scores[name]["value"]) == v else None for name in FIGURES}
 
 
-def vqgan_ceiling(vqgan, n: int = 256) -> dict[str, float]:
+def vqgan_ceiling(vqgan, n: int = 256) -> dict[str, float | None]:
     """:func:`reconstruction_scores` of a :class:`~studio_clip_gen.vqgan.VQModel` at its resolution."""
     vqgan = vqgan.eval()
     return reconstruction_scores(lambda x: vqgan.decode_indices(vqgan.encode_to_indices(x)), n=n,
                                  canvas=vqgan.config.resolution)
 
 
-def ceiling_line(scores: dict[str, float]) -> str:
-    return ", ".join(f"{name} {scores[name]:.3f}" for name in FIGURES if name in scores)
+def ceiling_line(scores: dict[str, float | None]) -> str:
+    return ", ".join(f"{name} {scores[name]:.3f}" for name in FIGURES if scores.get(name) is not None)

@@ -75,7 +75,7 @@ def test_train_vqgan_records_its_ceiling_in_the_run_card(tmp_path):
     assert "pixel judge on its reconstructions" in result.output
     card = json.loads((run / RUN_CARD).read_text())
     assert set(card["reconstruction_judge"]) == set(FIGURES)
-    assert all(0 <= v <= 1 for v in card["reconstruction_judge"].values())
+    assert all(v is None or 0 <= v <= 1 for v in card["reconstruction_judge"].values())
 
 
 def test_the_f4_preset_codes_64px_images_on_a_16x16_grid():
@@ -85,3 +85,10 @@ def test_the_f4_preset_codes_64px_images_on_a_16x16_grid():
     vq = VQConfig.from_dict({**VQConfig().to_dict(), **VQ_PRESETS["tiny-f4"]})
     indices = VQModel(vq).eval().encode_to_indices(torch.zeros(2, 3, 64, 64))
     assert vq.grid == 16 and tuple(indices.shape) == (2, 256)
+
+
+def test_a_handful_of_scenes_gives_no_nan():
+    """With one scene the relation and size figures have nothing to judge: None (JSON null), not NaN."""
+    scores = reconstruction_scores(lambda x: x, n=1)
+    assert scores["colour"] == 1.0 and scores["relation"] is None
+    assert json.loads(json.dumps(scores, allow_nan=False)) == scores

@@ -218,8 +218,8 @@ class GalipGenerator:
             pixels = self.checked_pixels(images, batch).cpu().numpy()
             for request, array in zip(batch, pixels):
                 extra = self._extra(request)
-                if fast and not all(ran.values()):  # the recipe asks for kernels this device or PyTorch lacks
-                    extra["cpu_kernels_ran"] = ran
+                if fast and not ran:  # Winograd was asked for and this PyTorch lacks NNPACK: say so
+                    extra["cpu_kernels_ran"] = "fused only (no NNPACK for Winograd)"
                 results.append(Result(Image.fromarray(array), extra=extra))
             progress(len(results), total)
         return results
@@ -322,10 +322,12 @@ class GalipGenerator:
         return image_embedding(clip, to_clip_input(x, clip, self.nets.cfg.mapping))[0].float()
 
     def render(self, noise, cond, fast: bool = False):
-        """Run G in eval mode: (float images [B,3,S,S], not yet clamped; the fast kernels in effect).
+        """Run G in eval mode: (float images [B,3,S,S], not yet clamped; whether the kernels asked
+        for ran as asked).
 
         ``fast``: on CPU, the large 3x3 convolutions on NNPACK's Winograd kernels and the fused
-        modulation (see :mod:`studio_galip.kernels`; the ``cpu_kernels`` parameter).
+        modulation (see :mod:`studio_galip.kernels`; the ``cpu_kernels`` parameter). On other
+        devices the parameter means nothing: every op runs as it is.
         """
         import torch
 

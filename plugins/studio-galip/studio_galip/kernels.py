@@ -21,6 +21,7 @@ other devices every op runs as in ``exact``; where PyTorch lacks NNPACK only the
 
 from __future__ import annotations
 
+import threading
 import weakref
 from contextlib import contextmanager
 from typing import Iterator
@@ -58,63 +59,78 @@ def eligible(conv, x) -> bool:
     )
 
 
-def _winograd_forward(conv, x):
+_LOCAL = threading.local()  # whether this thread's renders use the fast kernels
+_INSTALL = threading.Lock()
+
+
+def _fast_here() -> bool:
+    return getattr(_LOCAL, "fast", False)
+
+
+def _conv_forward(conv, x):
+    """Conv2d.forward, or NNPACK's Winograd kernels where this thread asked and the layer gains."""
     import torch
 
-    if eligible(conv, x):
+    if _fast_here() and _LOCAL.winograd and eligible(conv, x):
         return torch._nnpack_spatial_convolution(x, conv.weight, conv.bias, [1, 1])
     return conv._conv_forward(x, conv.weight, conv.bias)
 
 
-def _fused_forward(block, x, c):
-    """FuseBlock.forward with each ``leaky_relu(gamma * x + beta)`` as addcmul + in-place LeakyReLU."""
+def _fuse_forward(block, x, c):
+    """FuseBlock.forward, or each ``leaky_relu(gamma * x + beta)`` as addcmul + in-place LeakyReLU
+    where this thread asked."""
     import torch
     import torch.nn.functional as F
 
+    if not _fast_here():
+        return type(block).forward(block, x, c)
     for affine in (block.affine0, block.affine1):
         x = torch.addcmul(affine.fc_beta(c)[:, :, None, None], affine.fc_gamma(c)[:, :, None, None], x)
         x = F.leaky_relu_(x, SLOPE)
     return x
 
 
-_LAYERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_INSTALLED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def layers(module, max_side: int) -> tuple[list, list]:
-    """(3x3 layers that could reach ``MIN_FLOPS`` on maps up to ``max_side``, fuse blocks) of
-    ``module``, found once per module."""
+def install(module, max_side: int) -> bool:
+    """Route ``module``'s fuse blocks and the 3x3 layers that could reach ``MIN_FLOPS`` on maps up
+    to ``max_side`` through the dispatchers above (once per module). With no thread asking they
+    run exactly their own forward. Returns whether any layer can use Winograd."""
+    import functools
+
     import torch.nn as nn
 
     from .model import FuseBlock
 
-    found = _LAYERS.get(module)
-    if found is None or found[0] != max_side:
-        convs = [m for m in module.modules() if type(m) is nn.Conv2d and m.kernel_size == (3, 3)
-                 and 18 * m.in_channels * m.out_channels * max_side * max_side >= MIN_FLOPS]
-        fuses = [m for m in module.modules() if type(m) is FuseBlock]
-        found = _LAYERS[module] = (max_side, convs, fuses)
-    return found[1], found[2]
+    with _INSTALL:
+        if module not in _INSTALLED:
+            convs = [m for m in module.modules() if type(m) is nn.Conv2d and m.kernel_size == (3, 3)
+                     and 18 * m.in_channels * m.out_channels * max_side * max_side >= MIN_FLOPS]
+            for conv in convs:
+                conv.forward = functools.partial(_conv_forward, conv)
+            for block in (m for m in module.modules() if type(m) is FuseBlock):
+                block.forward = functools.partial(_fuse_forward, block)
+            _INSTALLED[module] = bool(convs)
+        return _INSTALLED[module]
 
 
 @contextmanager
-def fast_kernels(module, enabled: bool = True, max_side: int = 4096) -> Iterator[dict]:
-    """Run ``module`` (a GALIP generator) with the fast kernels inside the block, in inference.
+def fast_kernels(module, enabled: bool = True, max_side: int = 4096) -> Iterator[bool]:
+    """Run ``module`` (a GALIP generator) with the fast kernels inside the block, in this thread.
 
-    ``max_side``: the largest map the module makes (its image size). Yields what is in effect,
-    ``{"fused": bool, "winograd": bool}`` (Winograd needs NNPACK). The weights are untouched;
-    leaving the block restores every layer's own forward.
+    ``max_side``: the largest map the module makes (its image size). The choice is per thread,
+    so renders of one model in other threads keep their own kernels. Yields whether the setting
+    is wholly in effect: False only where layers qualify for Winograd and PyTorch lacks NNPACK
+    (the fusion still applies). The weights are never touched.
     """
-    import functools
-
-    convs, fuses = layers(module, max_side) if enabled else ([], [])
-    winograd = enabled and nnpack_available()
-    patched = (convs if winograd else []) + fuses
-    for conv in convs if winograd else []:
-        conv.forward = functools.partial(_winograd_forward, conv)
-    for block in fuses:
-        block.forward = functools.partial(_fused_forward, block)
+    if not enabled:
+        yield True
+        return
+    has_candidates = install(module, max_side)
+    outer = (getattr(_LOCAL, "fast", False), getattr(_LOCAL, "winograd", False))
+    _LOCAL.fast, _LOCAL.winograd = True, nnpack_available()
     try:
-        yield {"fused": enabled, "winograd": winograd}
+        yield _LOCAL.winograd or not has_candidates
     finally:
-        for layer in patched:
-            del layer.forward
+        _LOCAL.fast, _LOCAL.winograd = outer
