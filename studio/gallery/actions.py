@@ -83,10 +83,9 @@ def recipe_params(engine: Engine, src: Source, replaced: Iterable[str] = ()) -> 
         spec = engine.registry.model(src.model_id)
     except UnknownModel:
         return params  # submit says so, with the known models
-    for p in spec.params:  # a parameter added since the recipe was made: the value it was made with
-        if p.name not in params and p.unset_means is not None:
-            params[p.name] = p.unset_means
     for p in spec.params:
+        if p.name not in params and p.unset_means is not None:  # added since: the value it was made with
+            params[p.name] = p.unset_means
         value = params.get(p.name)
         if p.type != "image" or value in (None, "") or p.name in replaced:
             continue

@@ -35,14 +35,17 @@ CPU_KERNELS = ("fast", "exact")
 MIN_FLOPS = 2e9
 #: PyTorch's own NNPACK threshold: from this batch size on it may choose NNPACK by itself.
 MAX_BATCH = 16
-#: The fuse blocks' LeakyReLU slope (studio_galip.model.FuseBlock).
-SLOPE = 0.2
 
 
 def nnpack_available() -> bool:
     import torch
 
     return bool(getattr(torch, "_nnpack_available", lambda: False)())
+
+
+def flops(conv, height: int, width: int) -> int:
+    """Multiply-adds x 2 of a 3x3 layer on one ``height`` x ``width`` map."""
+    return 18 * conv.in_channels * conv.out_channels * height * width
 
 
 def eligible(conv, x) -> bool:
@@ -54,7 +57,7 @@ def eligible(conv, x) -> bool:
         conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
         and conv.padding == (1, 1) and conv.padding_mode == "zeros"
         and x.dim() == 4 and x.shape[0] < MAX_BATCH
-        and 18 * conv.in_channels * conv.out_channels * x.shape[2] * x.shape[3] >= MIN_FLOPS
+        and flops(conv, x.shape[2], x.shape[3]) >= MIN_FLOPS
         and x.dtype == torch.float32 and x.device.type == "cpu" and conv.weight.device.type == "cpu"
     )
 
@@ -85,8 +88,8 @@ def _fuse_forward(block, x, c):
     if not _fast_here():
         return type(block).forward(block, x, c)
     for affine in (block.affine0, block.affine1):
-        x = torch.addcmul(affine.fc_beta(c)[:, :, None, None], affine.fc_gamma(c)[:, :, None, None], x)
-        x = F.leaky_relu_(x, SLOPE)
+        gamma, beta = affine.modulation(c)
+        x = F.leaky_relu_(torch.addcmul(beta, gamma, x), block.slope)
     return x
 
 
@@ -106,7 +109,7 @@ def install(module, max_side: int) -> bool:
     with _INSTALL:
         if module not in _INSTALLED:
             convs = [m for m in module.modules() if type(m) is nn.Conv2d and m.kernel_size == (3, 3)
-                     and 18 * m.in_channels * m.out_channels * max_side * max_side >= MIN_FLOPS]
+                     and flops(m, max_side, max_side) >= MIN_FLOPS]
             for conv in convs:
                 conv.forward = functools.partial(_conv_forward, conv)
             for block in (m for m in module.modules() if type(m) is FuseBlock):

@@ -184,14 +184,19 @@ class Affine(nn.Module):
             ("linear2", nn.Linear(channels, channels)),
         ]))
 
+    def modulation(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gamma, beta), each [B, channels, 1, 1]."""
+        return self.fc_gamma(c)[:, :, None, None], self.fc_beta(c)[:, :, None, None]
+
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        gamma = self.fc_gamma(c)[:, :, None, None]
-        beta = self.fc_beta(c)[:, :, None, None]
+        gamma, beta = self.modulation(c)
         return gamma * x + beta
 
 
 class FuseBlock(nn.Module):
     """Two affine transforms, each followed by LeakyReLU(0.2) (the official DFBLK)."""
+
+    slope = 0.2
 
     def __init__(self, cond_dim: int, channels: int) -> None:
         super().__init__()
@@ -199,8 +204,8 @@ class FuseBlock(nn.Module):
         self.affine1 = Affine(cond_dim, channels)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        x = F.leaky_relu(self.affine0(x, c), 0.2)
-        return F.leaky_relu(self.affine1(x, c), 0.2)
+        x = F.leaky_relu(self.affine0(x, c), self.slope)
+        return F.leaky_relu(self.affine1(x, c), self.slope)
 
 
 # ---- generator: the CLIP adapter ----------------------------------------------------------------
