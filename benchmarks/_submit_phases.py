@@ -19,12 +19,16 @@ import sys  # noqa: E402
 
 def main() -> None:
     phases = {"import torch": 0.0, "import open_clip": 0.0, "model load": 0.0, "generate": 0.0, "store": 0.0}
+    from studio.plumbing import collector_paused  # the command imports both with the collector paused
+
     start = time.perf_counter()
-    import torch  # noqa: F401
+    with collector_paused():
+        import torch  # noqa: F401
 
     phases["import torch"] = time.perf_counter() - start
     start = time.perf_counter()
-    import open_clip  # noqa: F401
+    with collector_paused():
+        import open_clip  # noqa: F401
 
     phases["import open_clip"] = time.perf_counter() - start
 

@@ -88,8 +88,11 @@ class Settings:
         """
         if self.device == "cpu":
             return self.device
+        from studio.plumbing import collector_paused
+
         try:
-            import torch
+            with collector_paused():
+                import torch
         except ImportError:
             if self.device == "auto":
                 return "cpu"

@@ -10,6 +10,7 @@ import threading
 from collections import OrderedDict
 
 from studio.generators import GenerationError, Generator, ModelSpec
+from studio.plumbing import collector_paused
 
 DEFAULT_MAX_LOADED = 2
 
@@ -29,7 +30,8 @@ class GeneratorCache:
         generator = spec.factory()
         if not isinstance(generator, Generator):
             raise GenerationError(f"model {spec.id!r}: its factory returned {type(generator).__name__}, not a Generator")
-        generator.load(device)
+        with collector_paused(ends_startup=True):
+            generator.load(device)
         with self._lock:
             self._items[key] = generator
             while len(self._items) > self.max_loaded:

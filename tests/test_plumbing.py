@@ -160,3 +160,82 @@ def test_ids_in_one_frozen_millisecond_stay_ordered_and_roll_over(monkeypatch):
     assert ids == sorted(ids) and len({short_id(i) for i in ids}) == len(ids)
     millis = {int(ULID.from_str(i).milliseconds) for i in ids}
     assert min(millis) == 1_800_000_000_000 and len(millis) > 1
+
+
+@pytest.fixture
+def fresh_collector(monkeypatch):
+    """The collector as a new process has it: on, nothing frozen, no model loaded yet."""
+    import gc
+
+    was = gc.isenabled()
+    gc.enable()
+    gc.unfreeze()
+    monkeypatch.setattr(plumbing, "_starting", True)
+    yield gc
+    gc.unfreeze()
+    (gc.enable if was else gc.disable)()
+
+
+def test_the_collector_is_off_inside_a_pause_and_back_after_it(fresh_collector):
+    gc = fresh_collector
+    with plumbing.collector_paused():
+        assert not gc.isenabled()
+        with plumbing.collector_paused():  # nested: the inner end must not switch it back on
+            pass
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
+def test_a_pause_leaves_a_collector_switched_off_by_the_program_off(fresh_collector):
+    gc = fresh_collector
+    gc.disable()
+    with plumbing.collector_paused():
+        pass
+    assert not gc.isenabled()
+
+
+def test_a_failing_load_still_switches_the_collector_back_on(fresh_collector):
+    gc = fresh_collector
+    with pytest.raises(RuntimeError):
+        with plumbing.collector_paused(ends_startup=True):
+            raise RuntimeError("broken weights")
+    assert gc.isenabled()
+    assert plumbing._starting  # a failed load does not end the start-up
+
+
+def test_what_start_up_made_is_frozen_and_later_loads_freeze_nothing(fresh_collector):
+    gc = fresh_collector
+    kept = []
+    with plumbing.collector_paused():
+        kept.append([object() for _ in range(100)])
+    after_imports = gc.get_freeze_count()
+    assert after_imports >= 100
+    with plumbing.collector_paused(ends_startup=True):  # the first model load
+        kept.append([[] for _ in range(100)])
+    after_first_load = gc.get_freeze_count()
+    assert after_first_load >= after_imports + 100
+    with plumbing.collector_paused(ends_startup=True):  # a later load in a long-lived worker
+        kept.append([[] for _ in range(100)])
+    assert gc.get_freeze_count() == after_first_load
+
+
+def test_concurrent_pauses_switch_the_collector_on_when_the_last_ends(fresh_collector):
+    import threading
+
+    gc = fresh_collector
+    inside, release = threading.Barrier(3), threading.Event()
+
+    def load():
+        with plumbing.collector_paused():
+            inside.wait()
+            release.wait()
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    inside.wait()
+    assert not gc.isenabled()
+    release.set()
+    for t in threads:
+        t.join()
+    assert gc.isenabled()
