@@ -43,21 +43,23 @@ CONFIGS: dict[str, dict] = {
 }
 DEFAULT_CONFIG = "studio-tiny-64"
 
-_registered_dir: Path | None = None
+_registered = False
 
 
 def register_configs() -> None:
     """Make every Studio config known to open_clip (idempotent)."""
-    global _registered_dir
+    global _registered
     import open_clip
 
-    if _registered_dir is not None and all(name in open_clip.list_models() for name in CONFIGS):
+    if _registered and all(name in open_clip.list_models() for name in CONFIGS):
         return
-    folder = Path(tempfile.mkdtemp(prefix="studio-clip-configs-"))
-    for name, cfg in CONFIGS.items():
-        (folder / f"{name}.json").write_text(json.dumps(cfg, indent=2))
-    open_clip.add_model_config(folder)
-    _registered_dir = folder
+    # open_clip reads configs from files, once, when a path is added; the folder can go right after
+    with tempfile.TemporaryDirectory(prefix="studio-clip-configs-") as tmp:
+        folder = Path(tmp)
+        for name, cfg in CONFIGS.items():
+            (folder / f"{name}.json").write_text(json.dumps(cfg, indent=2))
+        open_clip.add_model_config(folder)
+    _registered = True
 
 
 def create_small_clip(name: str = DEFAULT_CONFIG) -> torch.nn.Module:
@@ -148,8 +150,8 @@ def load_bundled_clip(path: str | Path) -> torch.nn.Module:
     name = metadata["config_name"]
     if name not in CONFIGS:  # a file from a newer Studio: trust its own config
         CONFIGS[name] = json.loads(metadata["config"])
-        global _registered_dir
-        _registered_dir = None
+        global _registered
+        _registered = False
     model = create_small_clip(name)
     rows, ids = state.pop(_ROWS_KEY).float(), state.pop(_IDS_KEY).long()
     table = rows.mean(dim=0, keepdim=True).repeat(int(metadata["vocab_size"]), 1)

@@ -30,3 +30,16 @@ def test_bundled_clip_names_colour_and_shape_of_unseen_images(bundled):
     scores = zero_shot.evaluate_zero_shot(bundled, n=128)
     assert scores["colour"] >= 0.9  # 8 choices: chance is 0.125
     assert scores["shape"] >= 0.8  # 4 choices: chance is 0.25
+
+
+def test_registering_the_configs_leaves_no_folder_behind(tmp_path, monkeypatch):
+    import tempfile
+
+    import open_clip
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(clip_configs, "_registered", False)
+    clip_configs.register_configs()
+    assert set(clip_configs.CONFIGS) <= set(open_clip.list_models())
+    assert list(tmp_path.iterdir()) == []  # every process that made a CLIP used to leave one in /tmp
+    assert clip_configs.create_small_clip(clip_configs.DEFAULT_CONFIG).visual is not None
