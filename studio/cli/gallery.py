@@ -230,9 +230,9 @@ def vary(app: App, ident, count, seed, as_json) -> None:
 
 def print_tree(app: App, ident: str, as_json: bool) -> None:
     """``studio show ID --tree``: the family of a job, the asked-for one highlighted."""
-    from studio.gallery.lineage import lineage, rich_tree
+    from studio.gallery.lineage import lineage, rich_tree, unset_values_of
 
-    family = lineage(app.engine.db, ident)
+    family = lineage(app.engine.db, ident, unset_values_of(app.engine.registry))
     if as_json:
         print_json(family.as_dict())
         return

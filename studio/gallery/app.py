@@ -375,7 +375,7 @@ def fields_table(entry: Entry, home: Path, state: str | None = None) -> Table:
 
 
 def lineage_renderable(app: "GalleryApp", entry: Entry) -> RenderableType:
-    family = lineage.lineage(app.view.db, entry.job_id)
+    family = lineage.lineage(app.view.db, entry.job_id, lineage.unset_values_of(app.engine.registry))
 
     def label(node: lineage.Node, parent: lineage.Node | None) -> str:
         changes = node.changes_from(parent)

@@ -79,8 +79,34 @@ class Lineage:
         return {"focus": self.focus, "truncated": self.truncated, "root": self.root.as_dict()}
 
 
-def _node(job: Job) -> Node:
-    return Node(job.id, job.prompt, job.model_id, job.status, job.seed, job.count, dict(job.params or {}), job.parent_id)
+UnsetValues = Callable[[str], dict[str, Any]]
+
+
+def unset_values_of(registry) -> UnsetValues:
+    """model id -> the values its recipes mean by leaving a parameter out (``Param.unset_means``).
+
+    A recipe omits a parameter at that value, so without these a child made with
+    ``cpu_kernels=exact`` under a ``fast`` parent would read as ``cpu_kernels=None``.
+    """
+    from studio.errors import UnknownModel
+
+    known: dict[str, dict[str, Any]] = {}
+
+    def values(model_id: str) -> dict[str, Any]:
+        if model_id not in known:
+            try:
+                params = registry.model(model_id).params
+            except UnknownModel:
+                params = ()
+            known[model_id] = {p.name: p.unset_means for p in params if p.unset_means is not None}
+        return known[model_id]
+
+    return values
+
+
+def _node(job: Job, unset: UnsetValues | None = None) -> Node:
+    params = {**(unset(job.model_id) if unset else {}), **(job.params or {})}
+    return Node(job.id, job.prompt, job.model_id, job.status, job.seed, job.count, params, job.parent_id)
 
 
 def _root(session: Session, job: Job) -> Job:
@@ -94,11 +120,12 @@ def _root(session: Session, job: Job) -> Job:
     return job
 
 
-def lineage(db: Database, ident: str) -> Lineage:
-    """The family of the job ``ident`` names (an image id names its job)."""
+def lineage(db: Database, ident: str, unset: UnsetValues | None = None) -> Lineage:
+    """The family of the job ``ident`` names (an image id names its job); ``unset`` (see
+    :func:`unset_values_of`) fills the parameters each recipe leaves out."""
     with db.session() as session:
         job, _image = locate(session, ident)
-        root = _node(_root(session, job))
+        root = _node(_root(session, job), unset)
         nodes = {root.job_id: root}
         level, truncated = [root], False
         while level and not truncated:
@@ -113,7 +140,7 @@ def lineage(db: Database, ident: str) -> Lineage:
                 if len(nodes) >= MAX_NODES:
                     truncated = True
                     break
-                node = _node(child)
+                node = _node(child, unset)
                 nodes[child.id] = node
                 nodes[child.parent_id].children.append(node)
                 level.append(node)

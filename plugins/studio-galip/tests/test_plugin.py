@@ -454,6 +454,13 @@ def test_fast_kernels_stay_within_a_level_and_old_recipes_keep_the_exact_ones(
     child = engine.run(actions.regenerate(engine, actions.source(engine, exact_job.id)).id)
     assert child.params == exact_job.params
     assert engine.images(child.id)[0].sha256 == engine.images(exact_job.id)[0].sha256
+    # the family tree names the value a recipe means by leaving the parameter out
+    from studio.gallery.lineage import lineage, unset_values_of
+
+    exact_child = engine.run(actions.regenerate(engine, actions.source(engine, default.id),
+                                                params={"cpu_kernels": "exact"}).id)
+    family = lineage(engine.db, exact_child.id, unset_values_of(engine.registry))
+    assert family.root.children[0].changes_from(family.root) == ["cpu_kernels=exact"]
 
 
 def torch_equal(a, b) -> bool:
