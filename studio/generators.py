@@ -73,13 +73,17 @@ class Param:
         if kind is float and (value != value or value in (float("inf"), float("-inf"))):  # NaN, inf
             raise ParamError(f"parameter {self.name!r} must be a number (finite), got {value}")
         if self.min is not None and value < self.min:
-            raise ParamError(f"parameter {self.name!r} must be >= {self.min}, got {value}")
+            raise self._out_of_range(f"must be >= {self.min}, got {value}")
         if self.max is not None and value > self.max:
-            raise ParamError(f"parameter {self.name!r} must be <= {self.max}, got {value}")
+            raise self._out_of_range(f"must be <= {self.max}, got {value}")
         if self.choices is not None and value not in self.choices:
             allowed = ", ".join(map(str, self.choices))
-            raise ParamError(f"parameter {self.name!r} must be one of {allowed}, got {value!r}")
+            raise self._out_of_range(f"must be one of {allowed}, got {value!r}")
         return value
+
+    def _out_of_range(self, text: str) -> ParamError:
+        """The error for a value of the right type outside what the model takes: its help says why."""
+        return ParamError(f"parameter {self.name!r} {text}" + (f" ({self.help})" if self.help else ""))
 
 
 @dataclass(frozen=True)

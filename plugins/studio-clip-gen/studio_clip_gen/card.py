@@ -34,7 +34,7 @@ def training_summary(path: Path) -> dict[str, Any]:
     metrics = meta.get("metrics") or {}
     seconds = meta.get("train_seconds", metrics.get("elapsed_s"))  # all resumed legs; older files: the last leg
     out = {"steps": meta.get("steps"), "minutes": round(seconds / 60, 1) if seconds is not None else None}
-    for key in ("cond_noise", "clip_loss_weight", "gpt", "vqgan"):
+    for key in ("cond_noise", "cond_drop", "clip_loss_weight", "gpt", "vqgan"):
         if key in meta:
             out[key] = meta[key]
     out["final_metrics"] = {k: v for k, v in metrics.items() if k not in ("step", "elapsed_s")}
@@ -67,8 +67,12 @@ def vqgan_report(vqgan, n: int = 256, seed: int = 1) -> dict[str, Any]:
 
 
 def write_card(root: Path, *, eval_n: int, candidates: int, sources: dict[str, Path], extra: dict | None = None,
-               progress=None) -> dict[str, Any]:
-    """Measure the model in ``root`` and write its ``model_card.json``; returns the card."""
+               guidance: float = 1.0, progress=None) -> dict[str, Any]:
+    """Measure the model in ``root`` and write its ``model_card.json``; returns the card.
+
+    ``guidance`` becomes the model's default guidance (a transformer with a null condition only)
+    and every evaluation row uses it.
+    """
     from studio.ml.evaluate import evaluate_generator
 
     from .generator import ClipGenGenerator
@@ -76,19 +80,25 @@ def write_card(root: Path, *, eval_n: int, candidates: int, sources: dict[str, P
 
     generator = ClipGenGenerator("clip-gen", root)
     generator.load("cpu")
+    defaults = {k: v for k, v in DEFAULTS.items() if k not in ("image", "guidance")}
+    if generator.gpt.config.null_condition:
+        defaults["guidance"] = guidance
+    elif guidance != 1.0:
+        raise ValueError("guidance needs a transformer trained with --cond-drop (this one has no null condition)")
     card: dict[str, Any] = {
         "model": "clip-gen",
         "data": "shapes images only (captions never used for training); held-out eval split for every number here",
         "hardware": hardware(),
         "training": {part: training_summary(path) for part, path in sources.items() if part in ("vqgan", "transformer")},
         "vqgan": vqgan_report(generator.vqgan),
-        "defaults": {k: v for k, v in DEFAULTS.items() if k != "image"},
+        "defaults": defaults,
         "eval": {},
         **(extra or {}),
     }
-    settings = {"candidates=1": {"candidates": 1}}
+    guided = {"guidance": guidance} if "guidance" in defaults else {}
+    settings = {"candidates=1": {"candidates": 1, **guided}}
     if candidates > 1:
-        settings[f"candidates={candidates}"] = {"candidates": candidates, "keep": 1}
+        settings[f"candidates={candidates}"] = {"candidates": candidates, "keep": 1, **guided}
     for label, params in settings.items():
         report = evaluate_generator(generator, n=eval_n, seed=0, params=params,
                                     progress=(lambda d, t, label=label: progress(label, d, t)) if progress else None)

@@ -237,12 +237,15 @@ def judge_vqgan_command(vqgan_file, count, as_json) -> None:
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-4, show_default=True)
 @click.option("--cond-noise", type=click.FloatRange(0), default=0.1, show_default=True, help="LAFITE noise on the image embedding.")
 @click.option("--clip-loss-weight", type=click.FloatRange(0), default=0.0, show_default=True, help="The paper's image-level CLIP loss.")
+@click.option("--cond-drop", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Share of rows trained on a learned null condition, so the model can sample with classifier-free "
+                   "guidance (the `guidance` parameter; 0.1 is usual; 0: no null condition).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
 @_JSON
 def train_transformer_command(dataset, out_dir, vqgan_file, vqgan_config, clip_file, clip_arch, width, layers, heads,
-                              dropout, steps, minutes, batch_size, lr, cond_noise, clip_loss_weight, seed, resume,
-                              as_json) -> None:
+                              dropout, steps, minutes, batch_size, lr, cond_noise, clip_loss_weight, cond_drop, seed,
+                              resume, as_json) -> None:
     """Train the transformer (stage 2) on images: CLIP image embeddings condition the tokens."""
     from .checkpoints import WeightsError
     from .clip_embed import embed_dim
@@ -258,9 +261,9 @@ def train_transformer_command(dataset, out_dir, vqgan_file, vqgan_config, clip_f
         vqgan.load_state_dict(state)
         clip_model, clip_spec = read_clip(clip_file, clip_arch)
         gpt = GPTConfig(n_codes=vq.n_embed, grid=vq.grid, width=width, n_layers=layers, n_heads=heads,
-                        clip_dim=embed_dim(clip_model), dropout=dropout)
+                        clip_dim=embed_dim(clip_model), dropout=dropout, null_condition=cond_drop > 0)
         cfg = GPTTrainConfig(steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, cond_noise=cond_noise,
-                             clip_loss_weight=clip_loss_weight, seed=seed)
+                             clip_loss_weight=clip_loss_weight, cond_drop=cond_drop, seed=seed)
         data = _dataset(dataset, vq.resolution)
         with _training_display("transformer", as_json) as (echo, on_step):
             summary = train_transformer(data, out_dir, vqgan, clip_model, gpt, cfg,
@@ -386,12 +389,17 @@ def import_command(name, run_folder, vqgan, vqgan_config, transformer, clip_file
               help="Score the packaged model on this many held-out `shapes` prompts into model_card.json (0: no card).")
 @click.option("--candidates", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Re-ranking width of the card's second evaluation.")
-def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force, eval_n, candidates) -> None:
+@click.option("--guidance", type=click.FloatRange(0, 20), default=1.0, show_default=True,
+              help="The model's default guidance, used by the card's evaluations (a transformer trained with --cond-drop).")
+def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force, eval_n, candidates,
+                    guidance) -> None:
     """Write a model folder (as bundled in studio_clip_gen/weights) from trained parts.
 
     With --eval-n the folder gets a model card: VQGAN PSNR and codebook usage, and `studio eval`
     numbers without and with re-ranking, all measured on the packaged files.
     """
+    if guidance != 1.0 and not eval_n:
+        raise click.UsageError("--guidance is the default the model card records: give --eval-n too")
     vqgan, vqgan_config, transformer, clip_file, clip_arch = run_parts(None, vqgan, vqgan_config, transformer,
                                                                        clip_file, clip_arch)
     summary = _assemble(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force)
@@ -409,6 +417,9 @@ def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_a
                     tasks[label] = bar.add_task(f"eval {label}", total=total)
                 bar.update(tasks[label], completed=done)
 
-            summary["card"] = write_card(out_dir, eval_n=eval_n, candidates=candidates,
-                                         sources={"vqgan": vqgan, "transformer": transformer}, progress=progress)
+            try:
+                summary["card"] = write_card(out_dir, eval_n=eval_n, candidates=candidates, guidance=guidance,
+                                             sources={"vqgan": vqgan, "transformer": transformer}, progress=progress)
+            except ValueError as exc:
+                raise _fail(exc) from None
     click.echo(json.dumps(summary, indent=2))

@@ -125,7 +125,8 @@ class ClipGenGenerator:
             "image": image_path,
             "candidates": candidates,
             "keep": max(1, min(int(params["keep"]), candidates)),
-            "sampling": (float(params["temperature"]), int(params["top_k"]), float(params["top_p"])),
+            "sampling": (float(params["temperature"]), int(params["top_k"]), float(params["top_p"]),
+                         float(params.get("guidance", 1.0))),
             "cond": self._condition(request.prompt, image_path),
         }
 
@@ -158,7 +159,10 @@ class ClipGenGenerator:
         from .clip_embed import encode_images
         from .gpt import sample
 
-        temperature, top_k, top_p = plan[chunk[0][0]]["sampling"]
+        temperature, top_k, top_p, guidance = plan[chunk[0][0]]["sampling"]
+        if guidance != 1.0 and not self.gpt.config.null_condition:
+            raise GenerationError(f"model {self.model_id!r} was trained without a null condition: guidance must be 1 "
+                                  "(train the transformer with --cond-drop to use it)")
         cond = torch.stack([plan[i]["cond"] for i, _ in chunk]).to(self.device)
         gens = [torch.Generator().manual_seed(candidate_seed(plan[i]["seed"], j)) for i, j in chunk]
         offset = done
@@ -166,7 +170,8 @@ class ClipGenGenerator:
         def step(d: int, _t: int) -> None:
             progress(offset + d, total)
 
-        tokens = sample(self.gpt, cond, gens, temperature=temperature, top_k=top_k, top_p=top_p, progress=step)
+        tokens = sample(self.gpt, cond, gens, temperature=temperature, top_k=top_k, top_p=top_p, guidance=guidance,
+                        progress=step)
         with torch.no_grad():
             # batched, but every image bit-identical to decoding it alone: PyTorch would otherwise pick
             # other convolution kernels for a batch, and an image must not depend on what it was batched

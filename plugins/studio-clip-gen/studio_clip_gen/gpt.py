@@ -8,7 +8,9 @@ Decoder-only, causal, pre-LayerNorm, GELU, in the style of nanoGPT. The sequence
     predicts:  t0       t1    t2    ...  t(g*g-1)
 
 where ``cond`` is the L2-normalised CLIP embedding projected by one Linear (with bias). So the
-block size is exactly ``g*g`` and no special tokens exist. During training the condition is a
+block size is exactly ``g*g`` and no special tokens exist. A model with ``null_condition`` also
+learns one prefix vector that stands for "no condition" (trained by dropping the condition of
+some rows, ``--cond-drop``), which classifier-free guidance samples against. During training the condition is a
 CLIP *image* embedding, at inference a *text* embedding: the normalisation happens inside the
 model so the two can never be fed at different scales.
 
@@ -42,6 +44,7 @@ class GPTConfig:
     n_heads: int = 8
     clip_dim: int = 512
     dropout: float = 0.0
+    null_condition: bool = False  # a learned "no condition" prefix, for classifier-free guidance
 
     def __post_init__(self) -> None:
         if self.width % self.n_heads:
@@ -134,6 +137,8 @@ class GPT(nn.Module):
         self.pos_emb = nn.Parameter(torch.zeros(1, cfg.block_size, cfg.width))
         self.tok_emb = nn.Embedding(cfg.n_codes, cfg.width)
         self.cond_proj = nn.Linear(cfg.clip_dim, cfg.width)
+        if cfg.null_condition:
+            self.null_cond = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.width)
@@ -143,6 +148,8 @@ class GPT(nn.Module):
             if name.endswith("attn.proj.weight") or name.endswith("mlp.proj.weight"):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layers))  # GPT-2's residual scaling
         nn.init.normal_(self.pos_emb, std=0.02)
+        if cfg.null_condition:
+            nn.init.normal_(self.null_cond, std=0.02)
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -151,9 +158,17 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def condition(self, cond: torch.Tensor) -> torch.Tensor:
-        """The prefix token for a CLIP embedding ``[B, clip_dim]`` (normalised here): ``[B, 1, width]``."""
-        return self.cond_proj(F.normalize(cond.to(self.cond_proj.weight.dtype), dim=-1)).unsqueeze(1)
+    def condition(self, cond: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """The prefix token for a CLIP embedding ``[B, clip_dim]`` (normalised here): ``[B, 1, width]``.
+
+        ``drop [B]`` (bool) puts the learned null condition in place of a row's embedding.
+        """
+        x = self.cond_proj(F.normalize(cond.to(self.cond_proj.weight.dtype), dim=-1)).unsqueeze(1)
+        if drop is None:
+            return x
+        if not self.config.null_condition:
+            raise ValueError("this transformer has no null condition (it was trained without condition dropout)")
+        return torch.where(drop.view(-1, 1, 1), self.null_cond.to(x.dtype).expand_as(x), x)
 
     def _run(self, x: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
         start = cache.length if cache is not None else 0
@@ -164,24 +179,24 @@ class GPT(nn.Module):
             cache.length += x.shape[1]
         return self.head(self.ln_f(x))
 
-    def forward(self, cond: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, cond: torch.Tensor, tokens: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[B, T+1, n_codes]`` for the prefix and ``tokens [B, T]`` (``T < block_size``).
 
         ``logits[:, i]`` predicts token ``i``; for training pass ``tokens[:, :-1]`` and compare
-        with all tokens.
+        with all tokens. ``drop``: rows conditioned on the null condition (see :meth:`condition`).
         """
-        x = self.condition(cond)
+        x = self.condition(cond, drop)
         if tokens is not None and tokens.shape[1]:
             if tokens.shape[1] >= self.config.block_size:
                 raise ValueError(f"at most {self.config.block_size - 1} input tokens, got {tokens.shape[1]}")
             x = torch.cat([x, self.tok_emb(tokens)], dim=1)
         return self._run(x, None)
 
-    def start(self, cond: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def start(self, cond: torch.Tensor, cache: KVCache, drop: torch.Tensor | None = None) -> torch.Tensor:
         """Fill the cache with the prefix; returns the logits for token 0: ``[B, n_codes]``."""
         if cache.length:
             raise ValueError("start() needs an empty cache")
-        return self._run(self.condition(cond), cache)[:, -1]
+        return self._run(self.condition(cond, drop), cache)[:, -1]
 
     def step(self, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Append one token per row ``[B]``; returns the logits for the next one: ``[B, n_codes]``."""
@@ -232,6 +247,7 @@ def sample(
     top_k: int = 0,
     top_p: float = 1.0,
     use_cache: bool = True,
+    guidance: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Token grids ``[B, block_size]`` for CLIP embeddings ``cond [B, clip_dim]``, one generator per row.
@@ -239,22 +255,41 @@ def sample(
     ``progress(done, total)`` is called after every token; an exception it raises (a canceled
     job) stops sampling there. ``use_cache=False`` recomputes the whole prefix each step, as the
     reimplementation does (kept for the benchmark and the equality test).
+
+    ``guidance`` != 1 is classifier-free guidance: every row is also run on the null condition
+    (twice the rows, in one batch) and sampled from ``uncond + guidance * (cond - uncond)``
+    logits; 1 runs the conditional rows alone, exactly as a model without a null condition.
     """
     if len(generators) != cond.shape[0]:
         raise ValueError(f"{cond.shape[0]} conditions but {len(generators)} generators")
-    total = model.config.block_size
+    if guidance != 1.0 and not model.config.null_condition:
+        raise ValueError("guidance needs a transformer trained with condition dropout (it has no null condition)")
+    total, rows = model.config.block_size, cond.shape[0]
+    drop = None
+    if guidance != 1.0:  # rows [0, B) conditioned, [B, 2B) on the null condition
+        cond = torch.cat([cond, cond])
+        drop = torch.arange(2 * rows, device=cond.device) >= rows
+
+    def guided(logits: torch.Tensor) -> torch.Tensor:
+        if drop is None:
+            return logits
+        conditional, unconditional = logits[:rows].float(), logits[rows:].float()
+        return unconditional + guidance * (conditional - unconditional)
+
     tokens = torch.zeros(cond.shape[0], 0, dtype=torch.long, device=cond.device)
     cache = KVCache(model.config, cond.shape[0], cond.device, model.head.weight.dtype) if use_cache else None
-    logits = model.start(cond, cache) if cache is not None else model(cond)[:, -1]
+    logits = model.start(cond, cache, drop) if cache is not None else model(cond, drop=drop)[:, -1]
     for i in range(total):
-        token = draw(filter_logits(logits, temperature, top_k, top_p), generators)
+        token = draw(filter_logits(guided(logits), temperature, top_k, top_p), generators)
+        if drop is not None:
+            token = torch.cat([token, token])
         tokens = torch.cat([tokens, token[:, None]], dim=1)
         if progress is not None:
             progress(i + 1, total)
         if i + 1 == total:
             break
-        logits = model.step(token, cache) if cache is not None else model(cond, tokens)[:, -1]
-    return tokens
+        logits = model.step(token, cache) if cache is not None else model(cond, tokens, drop)[:, -1]
+    return tokens[:rows]
 
 
 # ---- the clip-gen reimplementation's layout ------------------------------------------------------------

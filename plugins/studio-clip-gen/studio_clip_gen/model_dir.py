@@ -200,6 +200,6 @@ def assemble(
             write_safetensors(tmp / "clip.safetensors", clip_model.state_dict(), {"arch": clip_arch, "source": clip.name})
         manifest = {"format": FORMAT, "vqgan": "vqgan.safetensors", "transformer": "transformer.safetensors",
                     "clip": clip_spec, "resolution": vq_cfg.resolution, "grid": vq_cfg.grid,
-                    "source": source or {}}
+                    "null_condition": gpt_cfg.null_condition, "source": source or {}}
         (tmp / MODEL_JSON).write_text(json.dumps(manifest, indent=2) + "\n")
     return {**manifest, "path": str(dest), "weights_sha256": weights_sha256(dest, manifest)}

@@ -23,8 +23,35 @@ PARAMS = (
     Param("candidates", "int", 8, min=1, max=64, help="images sampled per request and re-ranked by CLIP (1: no re-ranking)"),
     Param("keep", "int", 1, min=1, max=16, help="best candidates shown (more than 1: a row of them)"),
     Param("image", "image", "", help="condition on this image's CLIP embedding instead of the prompt"),
+    Param("guidance", "float", 1.0, min=0.0, max=20.0, unset_means=1.0,
+          help="classifier-free guidance on the CLIP condition (1: off; more follows the prompt more closely)"),
 )
 DEFAULTS = {p.name: p.default for p in PARAMS}
+
+
+def params_for(folder: Path, card: dict) -> tuple[Param, ...]:
+    """The parameters of the model in ``folder``: its card's ``defaults`` replace the plugin's, and a
+    model whose transformer has no null condition (trained without ``--cond-drop``; ``model.json``
+    says) takes guidance 1 only, so asking for more is refused at submit, before a job is stored."""
+    from dataclasses import replace
+
+    defaults = card.get("defaults") if isinstance(card.get("defaults"), dict) else {}
+    try:
+        null_condition = bool(json.loads((folder / MODEL_JSON).read_text()).get("null_condition"))
+    except (OSError, ValueError, AttributeError):
+        null_condition = False
+    out = []
+    for p in PARAMS:
+        if p.name == "guidance" and not null_condition:
+            p = replace(p, min=None, max=None, choices=(1.0,),
+                        help=p.help + "; this model was trained without a null condition, so 1 only")
+        if p.name in defaults and p.type != "image":
+            try:
+                p = replace(p, default=p.coerce(defaults[p.name]))
+            except ValueError:
+                pass  # a card with a bad default keeps the plugin's
+        out.append(p)
+    return tuple(out)
 
 
 def imported_root() -> Path | None:
@@ -80,7 +107,7 @@ def register_models(register):
             id="clip-gen",
             plugin="clip-gen",
             factory=_factory("clip-gen", BUNDLED_DIR),
-            params=PARAMS,
+            params=params_for(BUNDLED_DIR, read_card(BUNDLED_DIR)),
             weights="bundled (studio_clip_gen/weights)" if bundled else "bundled weights not installed",
             description="CLIP-GEN: VQGAN tokens sampled by a transformer conditioned on CLIP (trained on images only)",
             max_batch=16,
@@ -91,16 +118,17 @@ def register_models(register):
     if root is None or not root.is_dir():
         return
     for folder in sorted(p for p in root.iterdir() if (p / MODEL_JSON).is_file()):
+        card = read_card(folder)
         register(
             ModelSpec(
                 id=f"clip-gen/{folder.name}",
                 plugin="clip-gen",
                 factory=_factory(f"clip-gen/{folder.name}", folder),
-                params=PARAMS,
+                params=params_for(folder, card),
                 weights=f"imported ({folder})",
                 description=f"CLIP-GEN model imported as {folder.name}",
                 max_batch=16,
-                **card_details(read_card(folder)),
+                **card_details(card),
             )
         )
 

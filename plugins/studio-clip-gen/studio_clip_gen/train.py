@@ -294,6 +294,7 @@ class GPTTrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     cond_noise: float = 0.1  # LAFITE: norm of the Gaussian perturbation relative to the unit embedding
+    cond_drop: float = 0.0  # share of rows trained on the null condition (for classifier-free guidance)
     clip_loss_weight: float = 0.0  # the paper's image-level CLIP loss (0: off, as the reimplementation)
     log_every: int = 25
     sample_every: int = 250
@@ -376,6 +377,8 @@ def train_transformer(
 
     cfg = cfg or GPTTrainConfig()
     check_compatible(gpt, vqgan.config, embed_dim(clip_model))
+    if cfg.cond_drop > 0 and not gpt.null_condition:
+        raise ValueError("condition dropout needs a transformer with a null condition (GPTConfig.null_condition)")
     out = Path(out_dir)
     (out / "samples").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -409,7 +412,10 @@ def train_transformer(
             tokens = vqgan.encode_to_indices(images)
             image_emb = encode_images(clip_model, images)
         cond = perturb(image_emb, cfg.cond_noise, generator)
-        logits = model(cond, tokens[:, :-1])
+        drop = None
+        if cfg.cond_drop > 0:
+            drop = (torch.rand(cond.shape[0], generator=generator) < cfg.cond_drop).to(cond.device)
+        logits = model(cond, tokens[:, :-1], drop)
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
         loss = ce
         clip_loss = torch.zeros(())
@@ -443,7 +449,7 @@ def train_transformer(
     save()
     model.eval()
     path = write_safetensors(out / "transformer.safetensors", model.state_dict(),
-                             {"gpt": gpt.to_dict(), "clip": clip_info or {}, "cond_noise": cfg.cond_noise,
+                             {"gpt": gpt.to_dict(), "clip": clip_info or {}, "cond_noise": cfg.cond_noise, "cond_drop": cfg.cond_drop,
                               "clip_loss_weight": cfg.clip_loss_weight, "steps": step, "metrics": metrics.last,
                               "train_seconds": round(prior_s + time.monotonic() - started, 1)})
     return {"steps": step, "weights": str(path), "metrics": metrics.last, "elapsed_s": time.monotonic() - started}

@@ -119,3 +119,56 @@ def test_clipgen_blocks_compute_the_same_as_torch_encoder_layers():
         x = torch.nn.functional.layer_norm(x, (width,), state["norm.weight"], state["norm.bias"])
         expected = x @ state["head.weight"].t() + state["head.bias"]
         assert torch.allclose(model(cond, tokens), expected, atol=1e-4)
+
+
+GUIDED = GPTConfig(n_codes=32, grid=4, width=32, n_layers=2, n_heads=4, clip_dim=16, null_condition=True)
+
+
+@pytest.fixture
+def guided_model():
+    torch.manual_seed(0)
+    return GPT(GUIDED).eval()
+
+
+def test_guided_logits_push_away_from_the_null_condition(guided_model):
+    """Sampling with guidance s draws from ``u + s * (c - u)``, ``c`` and ``u`` the logits of the
+    prompt's condition and of the null one: checked token by token against the full model."""
+    model, cond, seeds = guided_model, torch.randn(2, 16), (5, 6)
+    tokens = sample(model, cond, _generators(*seeds), guidance=3.0)
+    assert tokens.shape == (2, GUIDED.block_size)
+    with torch.no_grad():
+        prefix = tokens[:, :-1]
+        c = model(cond, prefix)
+        u = model(cond, prefix, drop=torch.ones(2, dtype=torch.bool))
+    gens = _generators(*seeds)
+    from studio_clip_gen.gpt import draw
+
+    expected = torch.stack([draw(u[:, i] + 3.0 * (c[:, i] - u[:, i]), gens) for i in range(GUIDED.block_size)], dim=1)
+    assert torch.equal(tokens, expected)
+    assert torch.equal(sample(model, cond, _generators(*seeds), guidance=3.0, use_cache=False), tokens)
+    alone = sample(model, cond[1:], _generators(6), guidance=3.0)
+    assert torch.equal(alone[0], tokens[1])  # batch-invariant as without guidance
+    assert not torch.equal(sample(model, cond, _generators(*seeds), guidance=1.0), tokens)
+
+
+def test_guidance_one_is_the_plain_sampler_and_needs_no_null_condition(model, guided_model):
+    cond = torch.randn(2, 16)
+    # guidance 1 runs the conditional rows alone: a model with a null condition samples as one without
+    with torch.no_grad():
+        guided_model.null_cond.fill_(1e6)  # were the null rows used at all, this would show
+    plain = sample(guided_model, cond, _generators(1, 2))
+    assert torch.equal(sample(guided_model, cond, _generators(1, 2), guidance=1.0), plain)
+    with pytest.raises(ValueError, match="null condition"):
+        sample(model, cond, _generators(1, 2), guidance=2.0)
+    with pytest.raises(ValueError, match="null condition"):
+        model(cond, drop=torch.ones(2, dtype=torch.bool))
+
+
+def test_the_null_condition_replaces_only_the_dropped_rows(guided_model):
+    cond = torch.randn(3, 16)
+    drop = torch.tensor([False, True, False])
+    with torch.no_grad():
+        mixed = guided_model(cond, drop=drop)
+        assert torch.allclose(mixed[[0, 2]], guided_model(cond[[0, 2]]), atol=1e-6)
+        other = guided_model(torch.randn(1, 16), drop=torch.tensor([True]))
+        assert torch.allclose(mixed[1], other[0], atol=1e-6)  # the condition itself no longer matters

@@ -28,7 +28,7 @@ def test_bundled_model_is_registered_even_without_weights(monkeypatch, tmp_path)
     specs = _registered(monkeypatch, tmp_path / "weights")
     spec = specs["clip-gen"]
     assert spec.weights == "bundled weights not installed"
-    assert {p.name for p in spec.params} == {"temperature", "top_k", "top_p", "candidates", "keep", "image"}
+    assert {p.name for p in spec.params} == {"temperature", "top_k", "top_p", "candidates", "keep", "image", "guidance"}
     with pytest.raises(GenerationError, match="bundled clip-gen weights are not installed"):
         spec.factory()
 
@@ -171,3 +171,44 @@ def test_training_commands_have_one_shape_and_json_lines_for_machines(parts, squ
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     assert lines[0]["step"] == 2 and "loss" in lines[0]
     assert lines[-1]["steps"] == 2 and lines[-1]["weights"].endswith("transformer.safetensors")
+
+
+def test_a_transformer_trained_with_condition_dropout_samples_with_guidance(parts, squares, studio_home, tmp_path,
+                                                                            monkeypatch):
+    from click.testing import CliRunner
+
+    from studio.engine import Engine
+    from studio.errors import UsageError
+    from studio.config import load_settings
+    from studio_clip_gen import commands
+    from studio_clip_gen.checkpoints import read_safetensors
+
+    monkeypatch.setattr(commands, "_dataset", lambda name, size: squares)
+    run = tmp_path / "run"
+    common = ["--clip", str(parts / "clip.safetensors"), "--clip-arch", "studio-tiny-64"]
+    result = CliRunner().invoke(commands.clip_gen_group, [
+        "train", "transformer", "--out", str(run), "--vqgan", str(parts / "vqgan.safetensors"), "--width", "32",
+        "--layers", "1", "--heads", "2", "--steps", "3", "--batch-size", "4", "--cond-drop", "0.5", *common])
+    assert result.exit_code == 0, result.output
+    state, meta = read_safetensors(run / "transformer.safetensors")
+    assert "null_cond" in state and meta["cond_drop"] == 0.5 and meta["gpt"]["null_condition"] is True
+
+    for name, transformer in (("guided", run / "transformer.safetensors"), ("plain", parts / "transformer.safetensors")):
+        result = CliRunner().invoke(commands.import_command, [name, "--vqgan", str(parts / "vqgan.safetensors"),
+                                                              "--transformer", str(transformer), *common])
+        assert result.exit_code == 0, result.output
+    engine = Engine(load_settings())
+    guided = engine.run(engine.submit("a red square", "clip-gen/guided", seed=4, params={"guidance": 2.5}).id)
+    plain = engine.run(engine.submit("a red square", "clip-gen/guided", seed=4).id)
+    assert guided.status == plain.status == "succeeded"
+    assert guided.params["guidance"] == 2.5 and "guidance" not in plain.params  # 1 (off) is what no value means
+    assert engine.images(guided.id)[0].sha256 != engine.images(plain.id)[0].sha256
+    # a transformer without a null condition: refused at submit, before any job is stored
+    jobs_before = len(engine.list_jobs(limit=100))
+    with pytest.raises(UsageError, match="guidance.*without a null condition"):
+        engine.submit("a red square", "clip-gen/plain", params={"guidance": 2.0})
+    assert len(engine.list_jobs(limit=100)) == jobs_before
+    result = CliRunner().invoke(commands.clip_gen_group, [
+        "package", str(tmp_path / "pkg"), "--vqgan", str(parts / "vqgan.safetensors"), "--transformer",
+        str(parts / "transformer.safetensors"), *common, "--eval-n", "2", "--candidates", "1", "--guidance", "3"])
+    assert result.exit_code == 1 and "--cond-drop" in result.output

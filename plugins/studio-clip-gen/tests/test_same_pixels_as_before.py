@@ -24,7 +24,7 @@ class _ReferenceGenerator(ClipGenGenerator):
         from studio_clip_gen.clip_embed import encode_images
         from studio_clip_gen.gpt import sample
 
-        temperature, top_k, top_p = plan[chunk[0][0]]["sampling"]
+        temperature, top_k, top_p = plan[chunk[0][0]]["sampling"][:3]  # (guidance: 1, off)
         cond = torch.stack([plan[i]["cond"] for i, _ in chunk]).to(self.device)
         gens = [torch.Generator().manual_seed(candidate_seed(plan[i]["seed"], j)) for i, j in chunk]
         tokens = sample(self.gpt, cond, gens, temperature=temperature, top_k=top_k, top_p=top_p)
