@@ -21,6 +21,10 @@ VQ_PRESETS = {
     # corners of small shapes (see `studio clip-gen judge-vqgan`)
     "tiny-f4": dict(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(), resolution=64,
                     z_channels=64, embed_dim=64, n_embed=1024),
+    # the same with centred downsampling (taming pads right and bottom only, which shifts every code
+    # half a pixel per level towards the lower right)
+    "tiny-f4c": dict(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(), resolution=64,
+                     z_channels=64, embed_dim=64, n_embed=1024, downsample_padding="centred"),
     "f16": dict(),  # taming's ImageNet f16 (256px, 16x16 grid)
 }
 

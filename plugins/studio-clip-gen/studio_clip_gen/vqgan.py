@@ -45,8 +45,14 @@ class VQConfig:
     beta: float = 0.25
     eps: float = 1e-6
     norm_groups: int = 32
+    #: ``taming``: zero-pad right and bottom, then a stride-2 3x3 conv (every taming checkpoint), which
+    #: centres each output half a pixel down and right of the 2x2 pixels it stands for (a code of an
+    #: f4 model 1.5 pixels off); ``centred``: a 4x4 stride-2 conv padded one on every side, centred
+    downsample_padding: str = "taming"
 
     def __post_init__(self) -> None:
+        if self.downsample_padding not in ("taming", "centred"):
+            raise ValueError(f"downsample_padding must be 'taming' or 'centred', not {self.downsample_padding!r}")
         object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
         object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
         for width in {self.ch * m for m in self.ch_mult}:
@@ -215,14 +221,19 @@ class AttnBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Asymmetric zero pad (right, bottom) then a stride-2 3x3 conv, as taming does."""
+    """A stride-2 3x3 conv after taming's asymmetric zero pad (right, bottom), or a centred 4x4 one.
 
-    def __init__(self, channels: int) -> None:
+    An odd kernel at stride 2 cannot be centred on a 2x2 block: padded on one side it leans half a
+    pixel that way. A 4x4 kernel padded one on each side covers pixels 2i-1..2i+2, centred on 2i+0.5.
+    """
+
+    def __init__(self, channels: int, padding: str = "taming") -> None:
         super().__init__()
-        self.conv = Conv2d(channels, channels, 3, stride=2, padding=0)
+        self.centred = padding == "centred"
+        self.conv = Conv2d(channels, channels, 4 if self.centred else 3, stride=2, padding=1 if self.centred else 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
+        return self.conv(x if self.centred else F.pad(x, (0, 1, 0, 1)))
 
 
 class Upsample(nn.Module):
@@ -275,7 +286,7 @@ class Encoder(nn.Module):
                 if res in cfg.attn_resolutions:
                     attns.append(AttnBlock(block_in, cfg))
             last = level == self.num_resolutions - 1
-            self.down.append(_Level(blocks, attns, None if last else Downsample(block_in), "downsample"))
+            self.down.append(_Level(blocks, attns, None if last else Downsample(block_in, cfg.downsample_padding), "downsample"))
             res = res if last else res // 2
         self.mid = _Mid(block_in, cfg)
         self.norm_out = _norm(block_in, cfg)

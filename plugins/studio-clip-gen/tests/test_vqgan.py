@@ -74,3 +74,33 @@ def test_decode_indices_matches_decode_of_quantized(tiny_vq_config):
 def test_config_rejects_widths_groupnorm_cannot_split():
     with pytest.raises(ValueError, match="norm_groups"):
         VQConfig(ch=24, ch_mult=(1,), resolution=16)
+
+
+def test_centred_downsampling_keeps_a_code_over_the_middle_of_its_pixels():
+    """A picture symmetric under a half turn, through a downsampling conv whose kernel is too,
+    comes out symmetric only when the padding is centred: taming's right/bottom pad shifts it."""
+    from studio_clip_gen.vqgan import Downsample
+
+    torch.manual_seed(0)
+    picture = torch.rand(1, 4, 16, 16)
+    picture = picture + picture.flip(-1, -2)
+    outputs = {}
+    for padding in ("taming", "centred"):
+        layer = Downsample(4, padding)
+        with torch.no_grad():
+            layer.conv.weight.copy_(layer.conv.weight + layer.conv.weight.flip(-1, -2))
+            layer.conv.bias.zero_()
+            outputs[padding] = layer(picture)
+        assert outputs[padding].shape == (1, 4, 8, 8)  # same grid and parameters either way
+    assert torch.allclose(outputs["centred"], outputs["centred"].flip(-1, -2), atol=1e-5)
+    assert not torch.allclose(outputs["taming"], outputs["taming"].flip(-1, -2), atol=1e-3)
+
+
+def test_the_padding_is_part_of_the_config_and_old_configs_read_as_taming():
+    cfg = VQConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), resolution=16, z_channels=8,
+                   embed_dim=8, n_embed=16, downsample_padding="centred")
+    assert VQConfig.from_dict(cfg.to_dict()) == cfg
+    old = {k: v for k, v in cfg.to_dict().items() if k != "downsample_padding"}
+    assert VQConfig.from_dict(old).downsample_padding == "taming"
+    with pytest.raises(ValueError, match="downsample_padding"):
+        VQConfig(downsample_padding="left")
