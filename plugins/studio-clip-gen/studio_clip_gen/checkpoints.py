@@ -379,6 +379,17 @@ def detect_layout(state: dict[str, torch.Tensor]) -> str:
     raise WeightsError("not a VQGAN state dict (no quantize.embedding.weight or quantizer.embedding.weight)")
 
 
+def training_checkpoint_config(raw: Any) -> VQConfig | None:
+    """The config a ``studio clip-gen train vqgan`` checkpoint carries (None for any other file),
+    so a run can be judged or built on before it finishes."""
+    if isinstance(raw, dict) and isinstance(raw.get("vq"), dict) and "model" in raw:
+        try:
+            return VQConfig.from_dict(raw["vq"])
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
 def load_vqgan_state(path: str | Path, cfg: VQConfig | None = None) -> tuple[dict[str, torch.Tensor], VQConfig]:
     """Taming-layout VQGAN weights from any supported file, checked key by key against ``cfg``.
 
@@ -392,7 +403,9 @@ def load_vqgan_state(path: str | Path, cfg: VQConfig | None = None) -> tuple[dic
         if cfg is None and "vqgan" in meta:
             cfg = VQConfig.from_dict(meta["vqgan"])
     else:
-        state = extract_state_dict(read_checkpoint(path), path)
+        raw = read_checkpoint(path)
+        state = extract_state_dict(raw, path)
+        cfg = cfg or training_checkpoint_config(raw)
     if cfg is None:
         raise WeightsError(f"{path}: carries no VQGAN config; give one (a taming yaml)")
     try:

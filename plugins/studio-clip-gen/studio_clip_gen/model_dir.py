@@ -114,7 +114,8 @@ def read_clip(path: Path, arch: str | None):
 
 
 def read_vqgan(path: Path, config_yaml: Path | None):
-    from .checkpoints import WeightsError, extract_state_dict, load_vqgan_state, read_checkpoint
+    from .checkpoints import (WeightsError, extract_state_dict, load_vqgan_state, read_checkpoint,
+                              training_checkpoint_config)
     from .vqgan import F16_1024, VQConfig
 
     cfg = None
@@ -126,8 +127,12 @@ def read_vqgan(path: Path, config_yaml: Path | None):
         except (OSError, ValueError, yaml.YAMLError) as exc:
             raise WeightsError(f"{config_yaml}: {one_line(exc)}") from None
     elif path.suffix != ".safetensors":
+        raw = read_checkpoint(path)
+        cfg = training_checkpoint_config(raw)  # a Studio training run's checkpoint knows its network
+        if cfg is not None:
+            return load_vqgan_state(path, cfg)
         # No yaml: taming's ImageNet f16 network, with the codebook size and width of the file.
-        state = extract_state_dict(read_checkpoint(path), path)
+        state = extract_state_dict(raw, path)
         codes = state.get("quantize.embedding.weight", state.get("quantizer.embedding.weight"))
         if codes is None:
             raise WeightsError(f"{path}: not a VQGAN checkpoint (no codebook)")

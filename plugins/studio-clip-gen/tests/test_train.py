@@ -50,6 +50,15 @@ def test_vqgan_training_reduces_loss_logs_codebook_and_resumes(tmp_path, squares
     assert read_safetensors(resumed["weights"])[1]["train_seconds"] > meta["train_seconds"] > 0
     assert [r["step"] for r in _log(tmp_path)][-1] == 50
     assert not list(tmp_path.glob(".*.tmp"))
+    # a run's checkpoint is a VQGAN file too (judge or build on a run before it ends): same network
+    from studio_clip_gen.checkpoints import load_vqgan
+    from studio_clip_gen.model_dir import read_vqgan
+
+    from_checkpoint = load_vqgan(tmp_path / "checkpoint.pt")
+    assert from_checkpoint.config == tiny_vq_config
+    final, _ = read_safetensors(resumed["weights"])
+    assert all(torch.equal(from_checkpoint.state_dict()[k], v) for k, v in final.items())
+    assert read_vqgan(tmp_path / "checkpoint.pt", None)[1] == tiny_vq_config
 
 
 def test_transformer_training_reduces_loss_and_measures_the_gap(tmp_path, squares, tiny_vq_config, tiny_clip):
