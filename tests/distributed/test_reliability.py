@@ -98,7 +98,7 @@ def test_redis_flush_then_reconcile_loses_no_job(cluster, engine, redis_url):
 
 def test_cancel_queued_and_running_jobs(cluster, engine):
     cluster.start_worker()
-    long = submit(engine, "long running", steps=100, delay=0.05)
+    long = submit(engine, "long running", steps=600, delay=0.05)  # 30 s: it is canceled long before, even on a starved CPU
     behind = submit(engine, "queued behind")
     wait_for(lambda: running(engine, long.id, 0.05), 30, "the long job to run", cluster)
     assert cluster.studio("cancel", behind.id).stdout.strip() == f"job {behind.id} canceled"
