@@ -1,3 +1,3 @@
-from studio.cli import main
+from studio.cli import run
 
-main()
+run()

@@ -137,6 +137,32 @@ def test_real_subprocess_and_no_torch_on_the_light_paths(studio_home):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown model" in proc.stderr
 
 
+def test_the_executable_ends_at_once_after_torch_with_all_output_and_the_right_status(studio_home, tmp_path):
+    """With torch loaded the process ends without the interpreter's teardown: the exit handlers
+    still run, every line reaches the pipe, the database holds the job, the status is the command's."""
+    env = dict(os.environ, STUDIO_HOME=str(studio_home))
+    marker = tmp_path / "exit-handler-ran"
+    code = (
+        "import atexit, pathlib, sys, torch\n"
+        f"atexit.register(pathlib.Path({str(marker)!r}).touch)\n"
+        "from studio.cli import run\n"
+        "sys.argv[0] = 'studio'\n"
+        "run()\n"
+        "raise AssertionError('run() returned')\n"
+    )
+    many = [sys.executable, "-c", code, "submit", "a red x", "-m", "testgen", "-p", "size=4", "-n", "40", "--json"]
+    proc = subprocess.run(many, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    job = json.loads(proc.stdout)  # the whole document, though the process skipped its teardown
+    assert job["status"] == "succeeded" and len(job["images"]) == 40 and marker.is_file()
+    listed = subprocess.run([sys.executable, "-m", "studio", "jobs", "--json"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert job["id"] in listed.stdout
+    proc = subprocess.run([sys.executable, "-c", code, "submit", "x", "-m", "nope"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown model" in proc.stderr
+
+
 def test_eval_applies_params_to_every_image_and_rejects_bad_ones(run, studio_home):
     result = run("eval", "-m", "testgen", "--n", "4", "-p", "size=24", "--json")
     assert result.exit_code == 0, result.output

@@ -19,7 +19,7 @@ from studio.cli import common
 from studio.cli.common import App, CommandError, add_plugin_commands, cli, console, err_console, pass_app, print_json
 
 __all__ = ["App", "CommandError", "add_plugin_commands", "cli", "console", "err_console", "main", "pass_app",
-           "print_json"]
+           "print_json", "run"]
 
 
 class _OneLineFormatter(logging.Formatter):
@@ -76,3 +76,43 @@ def setup_logging() -> None:
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
     cli.main(args=argv, prog_name="studio")
+
+
+def run() -> None:
+    """The ``studio`` executable: :func:`main`, then an exit that skips tearing torch down.
+
+    Once torch and open_clip are loaded, the interpreter spends about 0.2 s after the last line
+    of a command freeing their objects one by one (a tenth of a cold ``studio submit``), for a
+    process that is ending anyway. So when torch was imported the exit handlers run and the
+    output is flushed as usual, and then the process ends at once with the command's exit code.
+    Nothing is left unwritten: Studio writes files through context managers and commits every
+    database change before a command returns. Without torch the ordinary exit is just as fast.
+    """
+    import sys
+
+    try:
+        main()
+    except SystemExit as exc:
+        if "torch" not in sys.modules:
+            raise
+        code = exc.code
+    else:  # pragma: no cover - click's standalone mode always exits
+        code = 0
+    _exit_now(code)
+
+
+def _exit_now(code) -> None:
+    import atexit
+    import sys
+
+    if code is not None and not isinstance(code, int):  # sys.exit("message"): printed, status 1
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()  # logging.shutdown, temporary folders, pools: what an exit runs first
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
+    os._exit(code or 0)
+
