@@ -30,7 +30,7 @@ class GeneratorCache:
         generator = spec.factory()
         if not isinstance(generator, Generator):
             raise GenerationError(f"model {spec.id!r}: its factory returned {type(generator).__name__}, not a Generator")
-        with collector_paused(ends_startup=True):
+        with collector_paused(freeze=True):
             generator.load(device)
         with self._lock:
             self._items[key] = generator

@@ -433,25 +433,27 @@ def append_jsonl(path: str | Path, record: dict, digits: int | None = None) -> d
 _collector_lock = threading.Lock()
 _collector_holds = 0
 _collector_was_enabled = True
-_starting = True  # until the first model has loaded
+_collector_frozen = False  # set once, after the first model of this process loaded
+_collector_freeze_asked = False
 
 
 @contextlib.contextmanager
-def collector_paused(*, ends_startup: bool = False) -> Iterator[None]:
+def collector_paused(*, freeze: bool = False) -> Iterator[None]:
     """Python's cycle collector off while heavy imports run or a model loads.
 
     Importing torch and open_clip creates about a million long-lived objects, and the collector
     walks all of them again in each full pass it starts while they are made: six passes, 0.6 s of
-    a cold `studio submit` on a 2-core machine, and one more pass (0.2 s) when the process exits.
-    None of those objects is garbage, so until the first model has loaded (``ends_startup``) what
-    a pause made is moved out of the collector's reach (``gc.freeze``), which also makes every later
-    pass in a long-lived worker cheap. Later loads only pause: freezing then could keep a failed
-    job's garbage (a traceback holding tensors) for the life of the worker. Nested and concurrent
-    pauses (threads loading two models) switch the collector back on when the last one ends.
+    a cold `studio submit` on a 2-core machine, and one more right after, once it is back on.
+    None of those objects is garbage. So after the first model of a process has loaded
+    (``freeze``, which only a successful load asks for) everything alive is moved out of the
+    collector's reach (``gc.freeze``), which also keeps every later pass in a long-lived worker
+    cheap. That happens once: freezing later could keep a failed job's garbage (a traceback
+    holding tensors) for the life of the worker. Nested and concurrent pauses (threads loading two
+    models) switch the collector back on when the last one ends.
     """
     import gc
 
-    global _collector_holds, _collector_was_enabled, _starting
+    global _collector_holds, _collector_was_enabled, _collector_frozen, _collector_freeze_asked
     with _collector_lock:
         if _collector_holds == 0:
             _collector_was_enabled = gc.isenabled()
@@ -464,12 +466,29 @@ def collector_paused(*, ends_startup: bool = False) -> Iterator[None]:
     finally:
         with _collector_lock:
             _collector_holds -= 1
+            _collector_freeze_asked = _collector_freeze_asked or (freeze and ok)
             if _collector_holds == 0:
-                if _starting:
+                if _collector_freeze_asked and not _collector_frozen:
                     gc.freeze()
-                    _starting = not (ends_startup and ok)
+                    _collector_frozen = True
                 if _collector_was_enabled:
                     gc.enable()
+
+
+def _collector_after_fork() -> None:
+    """A child forked while another thread held a pause must not inherit the collector off."""
+    import gc
+
+    global _collector_lock, _collector_holds
+    _collector_lock = threading.Lock()
+    if _collector_holds:
+        _collector_holds = 0
+        if _collector_was_enabled:
+            gc.enable()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_collector_after_fork)
 
 
 _last_id = (0, 0)  # (milliseconds, 80-bit random part) of the id made last in this process

@@ -161,6 +161,12 @@ def test_the_executable_ends_at_once_after_torch_with_all_output_and_the_right_s
     proc = subprocess.run([sys.executable, "-c", code, "submit", "x", "-m", "nope"], env=env, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown model" in proc.stderr
+    if os.path.exists("/dev/full"):  # output that cannot be written is a failure, not success
+        buffered = {k: v for k, v in env.items() if k != "PYTHONUNBUFFERED"}
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run([sys.executable, "-c", code, "jobs", "--json"], env=buffered, stdout=full,
+                                  stderr=subprocess.PIPE, text=True, timeout=60)
+        assert proc.returncode != 0
 
 
 def test_eval_applies_params_to_every_image_and_rejects_bad_ones(run, studio_home):

@@ -170,7 +170,9 @@ def fresh_collector(monkeypatch):
     was = gc.isenabled()
     gc.enable()
     gc.unfreeze()
-    monkeypatch.setattr(plumbing, "_starting", True)
+    monkeypatch.setattr(plumbing, "_collector_frozen", False)
+    monkeypatch.setattr(plumbing, "_collector_freeze_asked", False)
+    monkeypatch.setattr(plumbing, "_collector_holds", 0)
     yield gc
     gc.unfreeze()
     (gc.enable if was else gc.disable)()
@@ -189,53 +191,56 @@ def test_the_collector_is_off_inside_a_pause_and_back_after_it(fresh_collector):
 def test_a_pause_leaves_a_collector_switched_off_by_the_program_off(fresh_collector):
     gc = fresh_collector
     gc.disable()
-    with plumbing.collector_paused():
+    with plumbing.collector_paused(freeze=True):
         pass
     assert not gc.isenabled()
 
 
-def test_a_failing_load_still_switches_the_collector_back_on(fresh_collector):
+def test_a_failing_load_switches_the_collector_back_on_and_freezes_nothing(fresh_collector):
     gc = fresh_collector
     with pytest.raises(RuntimeError):
-        with plumbing.collector_paused(ends_startup=True):
+        with plumbing.collector_paused(freeze=True):
+            cycle = []
+            cycle.append(cycle)  # garbage of the kind a failed load leaves (a traceback's frames)
+            del cycle
             raise RuntimeError("broken weights")
     assert gc.isenabled()
-    assert plumbing._starting  # a failed load does not end the start-up
+    assert gc.get_freeze_count() == 0  # it stays collectable
 
 
-def test_what_start_up_made_is_frozen_and_later_loads_freeze_nothing(fresh_collector):
+def test_only_the_first_loaded_model_freezes_what_is_alive(fresh_collector):
     gc = fresh_collector
     kept = []
-    with plumbing.collector_paused():
+    with plumbing.collector_paused():  # importing torch: nothing frozen yet
         kept.append([object() for _ in range(100)])
-    after_imports = gc.get_freeze_count()
-    assert after_imports >= 100
-    with plumbing.collector_paused(ends_startup=True):  # the first model load
+    assert gc.get_freeze_count() == 0
+    with plumbing.collector_paused(freeze=True):  # the first model load
         kept.append([[] for _ in range(100)])
-    after_first_load = gc.get_freeze_count()
-    assert after_first_load >= after_imports + 100
-    with plumbing.collector_paused(ends_startup=True):  # a later load in a long-lived worker
+    first = gc.get_freeze_count()
+    assert first >= 200  # the imports' objects and the model's
+    with plumbing.collector_paused(freeze=True):  # a later load in a long-lived worker
         kept.append([[] for _ in range(100)])
-    assert gc.get_freeze_count() == after_first_load
+    assert gc.get_freeze_count() == first
 
 
-def test_concurrent_pauses_switch_the_collector_on_when_the_last_ends(fresh_collector):
+def test_concurrent_pauses_switch_the_collector_on_and_freeze_when_the_last_ends(fresh_collector):
     import threading
 
     gc = fresh_collector
     inside, release = threading.Barrier(3), threading.Event()
 
-    def load():
-        with plumbing.collector_paused():
+    def pause(freeze):
+        with plumbing.collector_paused(freeze=freeze):
             inside.wait()
-            release.wait()
+            release.wait(30)
 
-    threads = [threading.Thread(target=load) for _ in range(2)]
+    threads = [threading.Thread(target=pause, args=(f,)) for f in (True, False)]
     for t in threads:
         t.start()
     inside.wait()
-    assert not gc.isenabled()
+    assert not gc.isenabled() and gc.get_freeze_count() == 0
     release.set()
     for t in threads:
         t.join()
     assert gc.isenabled()
+    assert gc.get_freeze_count() > 0  # the load's wish to freeze held until the other pause ended

@@ -83,17 +83,19 @@ def run() -> None:
 
     Once torch and open_clip are loaded, the interpreter spends about 0.2 s after the last line
     of a command freeing their objects one by one (a tenth of a cold ``studio submit``), for a
-    process that is ending anyway. So when torch was imported the exit handlers run and the
-    output is flushed as usual, and then the process ends at once with the command's exit code.
+    process that is ending anyway. So when torch was imported and no other thread is left, the
+    output is flushed, the exit handlers run as usual, and then the process ends at once with
+    the command's exit status (120 if the output could not be written, as Python's own exit).
     Nothing is left unwritten: Studio writes files through context managers and commits every
     database change before a command returns. Without torch the ordinary exit is just as fast.
     """
     import sys
+    import threading
 
     try:
         main()
     except SystemExit as exc:
-        if "torch" not in sys.modules:
+        if "torch" not in sys.modules or threading.active_count() > 1:
             raise
         code = exc.code
     else:  # pragma: no cover - click's standalone mode always exits
@@ -108,11 +110,15 @@ def _exit_now(code) -> None:
     if code is not None and not isinstance(code, int):  # sys.exit("message"): printed, status 1
         print(code, file=sys.stderr)
         code = 1
+    code = int(code or 0)
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):  # a full disk, a closed pipe: the output is incomplete
+        code = code or 120
     atexit._run_exitfuncs()  # logging.shutdown, temporary folders, pools: what an exit runs first
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+        except (OSError, ValueError):
             pass
-    os._exit(code or 0)
-
+    os._exit(code)

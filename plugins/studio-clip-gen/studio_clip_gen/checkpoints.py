@@ -390,12 +390,13 @@ def training_checkpoint_config(raw: Any) -> VQConfig | None:
     return None
 
 
-def load_vqgan_state(path: str | Path, cfg: VQConfig | None = None) -> tuple[dict[str, torch.Tensor], VQConfig]:
+def load_vqgan_state(path: str | Path, cfg: VQConfig | None = None, raw: Any = None) -> tuple[dict[str, torch.Tensor], VQConfig]:
     """Taming-layout VQGAN weights from any supported file, checked key by key against ``cfg``.
 
     ``cfg`` may be omitted for Studio's own safetensors files, which carry their config.
     Returns the state dict and the config to build (eps and beta follow the file's layout).
-    ``loss.*`` (LPIPS and discriminator) is dropped: sampling never needs it.
+    ``loss.*`` (LPIPS and discriminator) is dropped: sampling never needs it. ``raw``: the
+    checkpoint's contents when the caller has read them already (a file is read once).
     """
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -403,7 +404,7 @@ def load_vqgan_state(path: str | Path, cfg: VQConfig | None = None) -> tuple[dic
         if cfg is None and "vqgan" in meta:
             cfg = VQConfig.from_dict(meta["vqgan"])
     else:
-        raw = read_checkpoint(path)
+        raw = read_checkpoint(path) if raw is None else raw
         state = extract_state_dict(raw, path)
         cfg = cfg or training_checkpoint_config(raw)
     if cfg is None:

@@ -130,7 +130,7 @@ def read_vqgan(path: Path, config_yaml: Path | None):
         raw = read_checkpoint(path)
         cfg = training_checkpoint_config(raw)  # a Studio training run's checkpoint knows its network
         if cfg is not None:
-            return load_vqgan_state(path, cfg)
+            return load_vqgan_state(path, cfg, raw)
         # No yaml: taming's ImageNet f16 network, with the codebook size and width of the file.
         state = extract_state_dict(raw, path)
         codes = state.get("quantize.embedding.weight", state.get("quantizer.embedding.weight"))
