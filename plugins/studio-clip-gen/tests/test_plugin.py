@@ -197,7 +197,9 @@ def test_a_transformer_trained_with_condition_dropout_samples_with_guidance(part
         result = CliRunner().invoke(commands.import_command, [name, "--vqgan", str(parts / "vqgan.safetensors"),
                                                               "--transformer", str(transformer), *common])
         assert result.exit_code == 0, result.output
-    engine = Engine(load_settings())
+    from studio.plugins import load_registry
+
+    engine = Engine(load_settings(), registry=load_registry())  # this process's registry predates the imports
     guided = engine.run(engine.submit("a red square", "clip-gen/guided", seed=4, params={"guidance": 2.5}).id)
     plain = engine.run(engine.submit("a red square", "clip-gen/guided", seed=4).id)
     assert guided.status == plain.status == "succeeded"
