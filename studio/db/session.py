@@ -60,6 +60,10 @@ def _check_sqlite_file(path: Path) -> None:
         raise DatabaseError(f"cannot make the database folder {folder}: {exc.strerror or one_line(exc)}") from None
     if not folder.is_dir():
         raise DatabaseError(f"the database folder {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DatabaseError(f"the database folder {folder} is not writable (read-only home?); SQLite needs to write there")
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        _create_sqlite_file(path)
     if path.exists():
         if path.is_dir():
             raise DatabaseError(f"the database {path} is a folder, not a SQLite file")
@@ -70,8 +74,36 @@ def _check_sqlite_file(path: Path) -> None:
             )
         if not os.access(path, os.R_OK | os.W_OK):
             raise DatabaseError(f"the database file {path} is not readable and writable by this user")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise DatabaseError(f"the database folder {folder} is not writable (read-only home?); SQLite needs to write there")
+
+
+def _create_sqlite_file(path: Path) -> None:
+    """Make a new database file non-empty at once, under the lock migrations take.
+
+    SQLite creates an empty file when it connects and writes to it only later, so a second
+    process opening a new home in that moment would take the 0-byte file for a truncated
+    database. Here the file is created and given its header while holding the migrations' lock;
+    a process that finds a 0-byte file waits for that lock and looks again, so only a file still
+    empty with nobody creating it is refused.
+    """
+    import fcntl
+    import sqlite3
+
+    try:
+        with open(path.parent / ".studio-migrate.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                if path.exists():
+                    return  # created meanwhile, or an empty file: the checks that follow judge it
+                conn = sqlite3.connect(path)
+                try:
+                    conn.execute("PRAGMA user_version = 0")  # writes the header: the file is a database now
+                    conn.commit()
+                finally:
+                    conn.close()
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    except (OSError, sqlite3.Error) as exc:
+        raise DatabaseError(f"cannot create the database {path}: {one_line(exc)}") from None
 
 
 def make_engine(url: str) -> Engine:
