@@ -62,7 +62,14 @@ def _migration_lock(db: "Database", lock_dir: Path | None) -> Iterator[None]:
         yield
         return
     lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / ".studio-migrate.lock", "a") as handle:
+    with folder_lock(lock_dir):
+        yield
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """The lock of the SQLite database in ``folder``: held while the file is created or migrated."""
+    with open(folder / ".studio-migrate.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

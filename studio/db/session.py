@@ -85,23 +85,18 @@ def _create_sqlite_file(path: Path) -> None:
     a process that finds a 0-byte file waits for that lock and looks again, so only a file still
     empty with nobody creating it is refused.
     """
-    import fcntl
     import sqlite3
 
     try:
-        with open(path.parent / ".studio-migrate.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        with migrate.folder_lock(path.parent):
+            if path.exists():
+                return  # created meanwhile, or an empty file: the checks that follow judge it
+            conn = sqlite3.connect(path)
             try:
-                if path.exists():
-                    return  # created meanwhile, or an empty file: the checks that follow judge it
-                conn = sqlite3.connect(path)
-                try:
-                    conn.execute("PRAGMA user_version = 0")  # writes the header: the file is a database now
-                    conn.commit()
-                finally:
-                    conn.close()
+                conn.execute("PRAGMA user_version = 0")  # writes the header: the file is a database now
+                conn.commit()
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                conn.close()
     except (OSError, sqlite3.Error) as exc:
         raise DatabaseError(f"cannot create the database {path}: {one_line(exc)}") from None
 

@@ -43,15 +43,12 @@ CONFIGS: dict[str, dict] = {
 }
 DEFAULT_CONFIG = "studio-tiny-64"
 
-_registered = False
-
 
 def register_configs() -> None:
     """Make every Studio config known to open_clip (idempotent)."""
-    global _registered
     import open_clip
 
-    if _registered and all(name in open_clip.list_models() for name in CONFIGS):
+    if all(name in open_clip.list_models() for name in CONFIGS):
         return
     # open_clip reads configs from files, once, when a path is added; the folder can go right after
     with tempfile.TemporaryDirectory(prefix="studio-clip-configs-") as tmp:
@@ -59,7 +56,6 @@ def register_configs() -> None:
         for name, cfg in CONFIGS.items():
             (folder / f"{name}.json").write_text(json.dumps(cfg, indent=2))
         open_clip.add_model_config(folder)
-    _registered = True
 
 
 def create_small_clip(name: str = DEFAULT_CONFIG) -> torch.nn.Module:
@@ -149,9 +145,7 @@ def load_bundled_clip(path: str | Path) -> torch.nn.Module:
         raise ValueError(f"{path}: not a Studio bundled CLIP file")
     name = metadata["config_name"]
     if name not in CONFIGS:  # a file from a newer Studio: trust its own config
-        CONFIGS[name] = json.loads(metadata["config"])
-        global _registered
-        _registered = False
+        CONFIGS[name] = json.loads(metadata["config"])  # registered with open_clip by create_small_clip
     model = create_small_clip(name)
     rows, ids = state.pop(_ROWS_KEY).float(), state.pop(_IDS_KEY).long()
     table = rows.mean(dim=0, keepdim=True).repeat(int(metadata["vocab_size"]), 1)

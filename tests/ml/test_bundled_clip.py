@@ -32,14 +32,17 @@ def test_bundled_clip_names_colour_and_shape_of_unseen_images(bundled):
     assert scores["shape"] >= 0.8  # 4 choices: chance is 0.25
 
 
-def test_registering_the_configs_leaves_no_folder_behind(tmp_path, monkeypatch):
-    import tempfile
+def test_registering_the_configs_leaves_no_folder_behind(tmp_path):
+    """A fresh process that builds a CLIP leaves nothing in the temporary folder (each used to leave one)."""
+    import os
+    import subprocess
+    import sys
 
-    import open_clip
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(clip_configs, "_registered", False)
-    clip_configs.register_configs()
-    assert set(clip_configs.CONFIGS) <= set(open_clip.list_models())
-    assert list(tmp_path.iterdir()) == []  # every process that made a CLIP used to leave one in /tmp
-    assert clip_configs.create_small_clip(clip_configs.DEFAULT_CONFIG).visual is not None
+    code = ("import open_clip; from studio.ml import clip_configs as c\n"
+            "assert not set(c.CONFIGS) & set(open_clip.list_models())\n"
+            "assert c.create_small_clip(c.DEFAULT_CONFIG).visual is not None\n"
+            "assert set(c.CONFIGS) <= set(open_clip.list_models())\n")
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TMPDIR": str(tmp_path)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert list(tmp_path.iterdir()) == []

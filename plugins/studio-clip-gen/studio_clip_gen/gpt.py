@@ -8,11 +8,11 @@ Decoder-only, causal, pre-LayerNorm, GELU, in the style of nanoGPT. The sequence
     predicts:  t0       t1    t2    ...  t(g*g-1)
 
 where ``cond`` is the L2-normalised CLIP embedding projected by one Linear (with bias). So the
-block size is exactly ``g*g`` and no special tokens exist. A model with ``null_condition`` also
-learns one prefix vector that stands for "no condition" (trained by dropping the condition of
-some rows, ``--cond-drop``), which classifier-free guidance samples against. During training the condition is a
+block size is exactly ``g*g`` and no special tokens exist. During training the condition is a
 CLIP *image* embedding, at inference a *text* embedding: the normalisation happens inside the
-model so the two can never be fed at different scales.
+model so the two can never be fed at different scales. A model with ``null_condition`` also
+learns one prefix vector that stands for "no condition" (trained by dropping the condition of
+some rows, ``--cond-drop``), which classifier-free guidance samples against.
 
 Sampling (:func:`sample`) keeps a key/value cache so each new token costs one position, and draws
 every image's tokens from its own CPU ``torch.Generator`` with exactly one uniform number per
