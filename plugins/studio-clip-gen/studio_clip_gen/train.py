@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from studio.api import MetricsLog, load_checkpoint, save_checkpoint
+from studio.ml.precision import autocast
 
 from .checkpoints import write_safetensors
 from .gpt import GPT, GPTConfig, sample
@@ -127,6 +128,7 @@ class VQTrainConfig:
     checkpoint_every: int = 250
     minutes: float | None = None  # wall-time budget for this call
     seed: int = 0
+    precision: str = "fp32"  # "bf16": mixed precision (studio.ml.precision)
 
 
 def kmeans(points: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -230,16 +232,20 @@ def train_vqgan(
     model.train()
     while step < cfg.steps and not _out_of_time(started, cfg.minutes):
         x, _ = next(data)
-        xrec, q = model(x)
+        with autocast(device, cfg.precision):
+            xrec, q = model(x)
+        xrec = xrec.float()
         l1 = (x - xrec).abs().mean()
         rec = l1 + cfg.l2_weight * (x - xrec).pow(2).mean() if cfg.l2_weight else l1
-        p_loss = perceptual(x, xrec).mean() if perceptual is not None else torch.zeros((), device=x.device)
+        with autocast(device, cfg.precision):
+            p_loss = perceptual(x, xrec).mean().float() if perceptual is not None else torch.zeros((), device=x.device)
         nll = rec + cfg.perceptual_weight * p_loss
         loss = nll + cfg.codebook_weight * q.loss
         gan_on = step >= cfg.disc_start and cfg.disc_factor > 0
         d_weight = torch.zeros(())
         if gan_on:
-            g_loss = -disc(xrec).mean()
+            with autocast(device, cfg.precision):
+                g_loss = -disc(xrec).float().mean()
             d_weight = adaptive_weight(nll, g_loss, model.decoder.conv_out.weight) * cfg.disc_weight
             loss = loss + d_weight * cfg.disc_factor * g_loss
         opt_ae.zero_grad(set_to_none=True)
@@ -247,7 +253,9 @@ def train_vqgan(
         opt_ae.step()
         d_loss = torch.zeros(())
         if gan_on:
-            d_loss = cfg.disc_factor * hinge_d_loss(disc(x), disc(xrec.detach()))
+            with autocast(device, cfg.precision):
+                real, fake = disc(x).float(), disc(xrec.detach()).float()
+            d_loss = cfg.disc_factor * hinge_d_loss(real, fake)
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
@@ -296,6 +304,7 @@ class GPTTrainConfig:
     cond_noise: float = 0.1  # LAFITE: norm of the Gaussian perturbation relative to the unit embedding
     cond_drop: float = 0.0  # share of rows trained on the null condition (for classifier-free guidance)
     clip_loss_weight: float = 0.0  # the paper's image-level CLIP loss (0: off, as the reimplementation)
+    precision: str = "fp32"  # "bf16": mixed precision (studio.ml.precision)
     log_every: int = 25
     sample_every: int = 250
     checkpoint_every: int = 250
@@ -415,7 +424,9 @@ def train_transformer(
         drop = None
         if cfg.cond_drop > 0:
             drop = (torch.rand(cond.shape[0], generator=generator) < cfg.cond_drop).to(cond.device)
-        logits = model(cond, tokens[:, :-1], drop)
+        with autocast(device, cfg.precision):
+            logits = model(cond, tokens[:, :-1], drop)
+        logits = logits.float()
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
         loss = ce
         clip_loss = torch.zeros(())

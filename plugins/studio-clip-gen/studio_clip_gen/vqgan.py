@@ -368,6 +368,12 @@ class VectorQuantizer(nn.Module):
         return d.argmin(dim=1)
 
     def forward(self, z: torch.Tensor) -> Quantized:
+        # the nearest-code search and the codebook loss stay float32 under mixed precision: in
+        # bfloat16 the distances of near-equal codes tie and the choice of code becomes noise
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self._quantize(z.float())
+
+    def _quantize(self, z: torch.Tensor) -> Quantized:
         b, c, h, w = z.shape
         z_hwc = z.permute(0, 2, 3, 1)
         indices = self.nearest(z_hwc.reshape(-1, c))

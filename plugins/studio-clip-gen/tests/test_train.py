@@ -111,3 +111,54 @@ def test_loss_modules_match_taming_layouts(manifest):
         disc2 = {k: list(v.shape) for k, v in NLayerDiscriminator(n_layers=2).state_dict().items()}
     discs = [k.removeprefix("loss.discriminator.") for k, _, _ in rows if k.startswith("loss.discriminator.")]
     assert list(disc3) == discs[:22] and list(disc2) == discs[22:]
+
+
+def test_bf16_training_learns_like_fp32_and_keeps_float32_weights(tmp_path, squares, tiny_vq_config, tiny_clip):
+    """Mixed precision changes the arithmetic, not the objective: the same run in bf16 ends near the fp32 one."""
+    base = dict(steps=30, batch_size=8, lr=1e-3, disc_start=1000, kmeans_batches=2, restart_every=0, log_every=10,
+                sample_every=100, checkpoint_every=100, l2_weight=1.0)
+    ends = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        summary = train_vqgan(squares, out, tiny_vq_config, VQTrainConfig(**base, precision=precision))
+        log = _log(out)
+        assert log[-1]["l1"] < 0.8 * log[0]["l1"]
+        tensors, _ = read_safetensors(summary["weights"])
+        assert all(t.dtype == torch.float32 for t in tensors.values())
+        ends[precision] = log[-1]["l1"]
+    assert abs(ends["bf16"] - ends["fp32"]) < 0.25 * ends["fp32"]
+
+    gpt = GPTConfig(n_codes=16, grid=8, width=32, n_layers=2, n_heads=2, clip_dim=16)
+    cfg = GPTTrainConfig(steps=20, batch_size=8, lr=3e-3, warmup=2, log_every=10, sample_every=100,
+                         checkpoint_every=100, precision="bf16")
+    torch.manual_seed(0)
+    vqgan = VQModel(tiny_vq_config).eval()
+    summary = train_transformer(squares, tmp_path / "gpt", vqgan, tiny_clip, gpt, cfg)
+    log = _log(tmp_path / "gpt")
+    assert log[-1]["ce"] < log[0]["ce"]
+    assert all(t.dtype == torch.float32 for t in read_safetensors(summary["weights"])[0].values())
+
+
+def test_codes_are_chosen_in_float32_under_mixed_precision(tiny_vq_config):
+    """bf16 distances tie between near-equal codes; the quantizer must pick exactly the fp32 code."""
+    torch.manual_seed(0)
+    model = VQModel(tiny_vq_config).eval()
+    with torch.no_grad():
+        # codes of unit size, 0 and 1 closer than bf16 resolves a distance at this magnitude
+        model.quantize.embedding.weight.normal_()
+        model.quantize.embedding.weight[1] = model.quantize.embedding.weight[0] + 1e-2
+        z = (model.quantize.embedding.weight[1] + 1e-3).view(1, -1, 1, 1).expand(2, -1, 3, 3).contiguous()
+        exact = model.quantize(z)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model.quantize(z)
+    assert torch.equal(exact.indices, mixed.indices) and (exact.indices == 1).all()
+    assert mixed.z_q.dtype == torch.float32
+
+
+def test_an_unknown_precision_is_refused():
+    import pytest
+
+    from studio.ml.precision import autocast
+
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        autocast("cpu", "fp8")
