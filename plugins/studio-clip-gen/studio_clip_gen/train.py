@@ -417,9 +417,10 @@ def train_transformer(
     model.train()
     while step < cfg.steps and not _out_of_time(started, cfg.minutes):
         images, captions = next(data)
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, cfg.precision):
+            # the encoder is most of a step's cost at 64px; codes are still chosen in float32
             tokens = vqgan.encode_to_indices(images)
-            image_emb = encode_images(clip_model, images)
+            image_emb = encode_images(clip_model, images).float()
         cond = perturb(image_emb, cfg.cond_noise, generator)
         drop = None
         if cfg.cond_drop > 0:
