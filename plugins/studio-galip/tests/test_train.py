@@ -122,16 +122,32 @@ def test_iterable_datasets_are_cycled(tmp_path):
     assert card["steps"] == 2
 
 
-def test_mixed_precision_path_runs():
-    """The AMP branch (autocast + GradScaler, scaled MA-GP), exercised with bf16 on the CPU."""
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_paths_train_in_half_and_keep_float32_weights(precision):
+    """fp16 (autocast + GradScaler, scaled MA-GP) and bf16 (autocast alone), on the CPU."""
     nets = make_tiny_nets(cond_scale="sqrt_dim")
     opt_g = torch.optim.Adam([p for p in nets.G.parameters() if p.requires_grad], lr=4e-4, betas=BETAS)
     opt_d = torch.optim.Adam(list(nets.D.parameters()) + list(nets.C.parameters()), lr=4e-4, betas=BETAS)
     data = ToyColours()
     images = torch.stack([data[i]["image"] for i in range(4)])
-    losses = train_step(nets, opt_g, opt_d, images, [data[i]["caption"] for i in range(4)], TrainOptions(),
-                        scaler=torch.amp.GradScaler("cpu"))
+    seen = []
+    hook = nets.G.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    losses = train_step(nets, opt_g, opt_d, images, [data[i]["caption"] for i in range(4)],
+                        TrainOptions(precision=precision),
+                        scaler=torch.amp.GradScaler("cpu", init_scale=16.0) if precision == "fp16" else None)
+    hook.remove()
+    assert seen == [torch.float16 if precision == "fp16" else torch.bfloat16]
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert all(p.dtype == torch.float32 for p in nets.G.parameters())
+
+
+def test_fp16_on_the_cpu_is_refused_with_the_alternative(tmp_path):
+    clip = make_tiny_clip()
+    cfg = default_config(clip, ngf=8, code_ch=16, mid_ch=8, d_ch=32, c_hidden=16)
+    with pytest.raises(ValueError, match="fp16 mixed precision needs a CUDA device; use bf16"):
+        train_galip(tmp_path, ToyColours(), clip, config=cfg, steps=1, batch_size=4, precision="fp16",
+                    show_progress=False)
+    assert not (tmp_path / "checkpoint.pt").exists()
 
 
 def test_a_few_steps_lower_the_d_loss_and_give_finite_images(tmp_path):
