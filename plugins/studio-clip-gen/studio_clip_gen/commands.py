@@ -234,6 +234,9 @@ def judge_vqgan_command(vqgan_file, count, as_json) -> None:
 @click.option("--clip", "clip_file", type=_FILE,
               help="The CLIP that conditions the transformer [default: Studio's bundled small CLIP].")
 @click.option("--clip-arch", help="open_clip architecture of --clip (not needed for Studio's bundled CLIP file).")
+@click.option("--init", "init_file", type=_FILE,
+              help="Start a new run from these transformer weights (e.g. a model's transformer.safetensors); "
+                   "the architecture comes from the file.")
 @click.option("--width", type=click.IntRange(8), default=256, show_default=True)
 @click.option("--layers", type=click.IntRange(1), default=6, show_default=True)
 @click.option("--heads", type=click.IntRange(1), default=8, show_default=True)
@@ -253,7 +256,9 @@ def judge_vqgan_command(vqgan_file, count, as_json) -> None:
               help="bf16: mixed precision (weights stay fp32); much faster on GPUs and on CPUs with AMX.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
 @_JSON
-def train_transformer_command(dataset, out_dir, vqgan_file, vqgan_config, clip_file, clip_arch, width, layers, heads,
+@click.pass_context
+def train_transformer_command(ctx, dataset, out_dir, vqgan_file, vqgan_config, clip_file, clip_arch, init_file, width,
+                              layers, heads,
                               dropout, steps, minutes, batch_size, lr, cond_noise, clip_loss_weight, cond_drop, seed,
                               device, precision, resume, as_json) -> None:
     """Train the transformer (stage 2) on images: CLIP image embeddings condition the tokens."""
@@ -272,12 +277,15 @@ def train_transformer_command(dataset, out_dir, vqgan_file, vqgan_config, clip_f
         clip_model, clip_spec = read_clip(clip_file, clip_arch)
         gpt = GPTConfig(n_codes=vq.n_embed, grid=vq.grid, width=width, n_layers=layers, n_heads=heads,
                         clip_dim=embed_dim(clip_model), dropout=dropout, null_condition=cond_drop > 0)
+        init = None
+        if init_file is not None:
+            init, gpt = _initial_transformer(ctx, init_file, gpt)
         cfg = GPTTrainConfig(steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, cond_noise=cond_noise,
                              clip_loss_weight=clip_loss_weight, cond_drop=cond_drop, seed=seed, precision=precision)
         data = _dataset(dataset, vq.resolution)
         with _training_display("transformer", as_json) as (echo, on_step):
             summary = train_transformer(data, out_dir, vqgan, clip_model, gpt, cfg,
-                                        clip_info={**clip_spec, "source": str(clip_file)}, resume=resume,
+                                        clip_info={**clip_spec, "source": str(clip_file)}, init=init, resume=resume,
                                         device=device, echo=echo, on_step=on_step)
         _write_run_card(out_dir, {
             "model": "clip-gen", "stage": "transformer", "dataset": dataset, **summary,
@@ -288,6 +296,26 @@ def train_transformer_command(dataset, out_dir, vqgan_file, vqgan_config, clip_f
     except (WeightsError, ValueError, OSError) as exc:
         raise _fail(exc) from None
     _report("transformer", summary, out_dir, as_json)
+
+
+def _initial_transformer(ctx: click.Context, path: Path, asked):
+    """Weights and config of ``--init``: the file's architecture, with this run's dropout and null condition."""
+    import dataclasses
+
+    from .model_dir import read_transformer
+
+    state, cfg, _ = read_transformer(path, None)
+    for option, field in (("width", "width"), ("layers", "n_layers"), ("heads", "n_heads")):
+        given = ctx.get_parameter_source(option) is not click.core.ParameterSource.DEFAULT
+        if given and getattr(asked, field) != getattr(cfg, field):
+            raise click.UsageError(f"--{option} {getattr(asked, field)} differs from the --init transformer's "
+                                   f"{getattr(cfg, field)}; leave --{option} out to train that architecture")
+    for field in ("n_codes", "grid", "clip_dim"):
+        if getattr(asked, field) != getattr(cfg, field):
+            raise click.UsageError(f"the --init transformer has {field} {getattr(cfg, field)}, but the VQGAN and CLIP "
+                                   f"of this run need {getattr(asked, field)}")
+    return state, dataclasses.replace(cfg, dropout=asked.dropout,
+                                      null_condition=asked.null_condition or cfg.null_condition)
 
 
 def _hidden_alias(command: click.Command) -> click.Command:

@@ -372,6 +372,7 @@ def train_transformer(
     cfg: GPTTrainConfig | None = None,
     *,
     clip_info: dict | None = None,
+    init: dict[str, torch.Tensor] | None = None,
     resume: bool = False,
     device: str = "cpu",
     echo: Callable[[dict], None] | None = None,
@@ -380,7 +381,9 @@ def train_transformer(
     """Train (or resume) the CLIP-conditioned transformer on images alone.
 
     ``vqgan`` and ``clip_model`` are frozen here. ``clip_info`` (how to find that CLIP again) is
-    stored in the exported ``transformer.safetensors`` next to the config. Returns a summary.
+    stored in the exported ``transformer.safetensors`` next to the config. ``init``: weights a new
+    run starts from (a shipped model trained further; its optimiser starts afresh, so the warm-up
+    applies); a null condition it lacks starts from its initialisation. Returns a summary.
     """
     from .clip_embed import embed_dim, encode_images, encode_text
 
@@ -403,6 +406,11 @@ def train_transformer(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
+    elif init is not None:
+        missing, unexpected = model.load_state_dict(init, strict=False)
+        if unexpected or set(missing) - {"null_cond"}:
+            raise ValueError(f"the initial weights do not fit the transformer config "
+                             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
     prior_s = state.get("train_seconds", 0.0) if state is not None else 0.0
     generator = torch.Generator().manual_seed(cfg.seed + step)
     data = batches(dataset, cfg.batch_size, vqgan.config.resolution, seed=cfg.seed + step, device=device)

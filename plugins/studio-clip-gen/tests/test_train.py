@@ -162,3 +162,30 @@ def test_an_unknown_precision_is_refused():
 
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         autocast("cpu", "fp8")
+
+
+def test_a_run_can_start_from_a_models_transformer(parts, tmp_path):
+    """--init: a shipped transformer trained further; its architecture comes from the file, a null
+    condition it lacks is added for --cond-drop, and a conflicting --width is refused."""
+    from click.testing import CliRunner
+
+    from studio_clip_gen.commands import clip_gen_group
+
+    common = ["train", "transformer", "--dataset", "shapes", "--vqgan", str(parts / "vqgan.safetensors"),
+              "--clip", str(parts / "clip.safetensors"), "--clip-arch", "studio-tiny-64",
+              "--init", str(parts / "transformer.safetensors"), "--json"]
+    result = CliRunner().invoke(clip_gen_group, [*common, "--out", str(tmp_path / "a"), "--steps", "2",
+                                                 "--batch-size", "4", "--lr", "1e-9", "--cond-drop", "0.5"])
+    assert result.exit_code == 0, result.output
+    start, start_meta = read_safetensors(parts / "transformer.safetensors")
+    trained, meta = read_safetensors(tmp_path / "a" / "transformer.safetensors")
+    assert {k: v for k, v in meta["gpt"].items() if k != "null_condition"} == \
+        {k: v for k, v in start_meta["gpt"].items() if k != "null_condition"}
+    assert meta["gpt"]["null_condition"] and "null_cond" in trained and "null_cond" not in start
+    assert all(torch.allclose(trained[k], v, atol=1e-5) for k, v in start.items())  # loaded, barely moved
+
+    refused = CliRunner().invoke(clip_gen_group, [*common, "--out", str(tmp_path / "b"), "--steps", "1",
+                                                  "--width", "64"])
+    assert refused.exit_code == 2
+    assert "--width 64 differs from the --init transformer's 32" in refused.output
+    assert not (tmp_path / "b" / "checkpoint.pt").exists()
