@@ -81,6 +81,8 @@ def export_clip_command(run_dir, out, checkpoint) -> None:
 
 @cli.command(name="eval")
 @click.option("-m", "--model", "model_id", required=True, help="Model id to evaluate.")
+@click.option("--dataset", type=click.Choice(["shapes", "emoji"]), default="shapes", show_default=True,
+              help="shapes: judged from the pixels; emoji: concept accuracy against every picture of the dataset.")
 @click.option("--n", "count", type=click.IntRange(1, 100_000), default=512, show_default=True, help="Number of prompts.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prompt list and of the images.")
 @click.option("--clip", "clip_name", default="bundled", show_default=True, help="CLIP used for shape and CLIP score.")
@@ -90,11 +92,13 @@ def export_clip_command(run_dir, out, checkpoint) -> None:
 @click.option("--fd", "fd_n", type=click.IntRange(0, 100_000), default=0, show_default=True,
               help="Also a Frechet distance on CLIP image features over this many images (e.g. 1000; 0: skip).")
 @click.option("--json", "as_json", is_flag=True)
-def eval_command(model_id, count, seed, clip_name, out_path, params, fd_n, as_json) -> None:
-    """How well a model draws what `shapes` prompts ask, judged from the pixels.
+def eval_command(model_id, dataset, count, seed, clip_name, out_path, params, fd_n, as_json) -> None:
+    """How well a model draws what held-out prompts ask.
 
-    Colour, shape, relation, size, background, blank canvases and stray blobs come from the
+    shapes: colour, shape, relation, size, background, blank canvases and stray blobs come from the
     pixels; CLIP's shape choice, the CLIP score and the optional Frechet distance are secondary.
+    emoji: each image is matched against every picture of the dataset, by CLIP image features and
+    by pixels; top-1/top-5 concept accuracy, seed diversity and a Frechet distance.
     """
     from rich.console import Console
     from rich.table import Table
@@ -102,6 +106,7 @@ def eval_command(model_id, count, seed, clip_name, out_path, params, fd_n, as_js
     from rich.progress import Progress
 
     from studio.config import load_settings
+    from studio.errors import StudioError
     from studio.generators import ParamError
     from studio.ml.evaluate import LOWER_IS_BETTER, EvalError, evaluate_model
 
@@ -110,10 +115,10 @@ def eval_command(model_id, count, seed, clip_name, out_path, params, fd_n, as_js
         task = bar.add_task(f"generating {max(count, fd_n)} images", total=max(count, fd_n))
         try:
             report = evaluate_model(
-                load_settings(), model_id, n=count, seed=seed, clip=clip_name, params=values, fd_n=fd_n,
-                progress=lambda done, _total: bar.update(task, completed=done),
+                load_settings(), model_id, n=count, seed=seed, clip=clip_name, params=values, fd_n=fd_n, dataset=dataset,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
-        except (EvalError, ParamError) as exc:
+        except (EvalError, ParamError, StudioError) as exc:
             raise click.ClickException(str(exc)) from None
     if out_path is not None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,13 +127,16 @@ def eval_command(model_id, count, seed, clip_name, out_path, params, fd_n, as_js
         click.echo(json.dumps(report, indent=2, default=str))
         return
     shown = "".join(f" -p {k}={v}" for k, v in values.items())
-    table = Table(title=f"studio eval --model {model_id} --n {count}{shown}")
+    on = f" --dataset {dataset}" if dataset != "shapes" else ""
+    table = Table(title=f"studio eval --model {model_id}{on} --n {count}{shown}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("n", justify="right")
     table.add_column("judged by")
     for name, metric in report["metrics"].items():
         judge = "CLIP" if name.startswith("clip") or name == "fd" else "pixels"
+        if name == "diversity":
+            judge = "pixels, two seeds"
         better = " (lower is better)" if name in LOWER_IS_BETTER else ""
         table.add_row(name, f"{metric['value']:.3f}", str(metric["n"]), judge + better)
     Console().print(table)

@@ -120,8 +120,10 @@ def evaluate_model(
     params: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
     fd_n: int = 0,
+    dataset: str = "shapes",
 ) -> dict[str, Any]:
-    """Generate ``n`` held-out `shapes` prompts with the registered ``model_id`` and score them."""
+    """Generate ``n`` held-out prompts of ``dataset`` (``shapes`` or ``emoji``) with the registered
+    ``model_id`` and score them."""
     from studio.loader import generators
     from studio.plugins import UnknownModel, get_registry
 
@@ -131,7 +133,19 @@ def evaluate_model(
     except UnknownModel as exc:
         raise EvalError(str(exc)) from None
     values = spec.validate_params(params or {})
+    if dataset not in ("shapes", "emoji"):
+        raise EvalError(f"studio eval knows the datasets shapes and emoji, not {dataset!r}")
     device = settings.resolve_device()
+    if dataset == "emoji":
+        from studio.ml.emoji import build
+        from studio.ml.evaluate_emoji import evaluate_emoji_generator
+
+        data = build()
+        judge = load_eval_clip(clip, device)
+        started = time.perf_counter()
+        report = evaluate_emoji_generator(generators.get(spec, device), data, judge, n=n, seed=seed, params=values,
+                                          batch=spec.max_batch, progress=progress, started=started)
+        return {"model": model_id, "clip": clip, "device": device, **report}
     started = time.perf_counter()
     generator = generators.get(spec, device)
     report = evaluate_generator(generator, n=n, seed=seed, clip=clip, params=values, device=device,

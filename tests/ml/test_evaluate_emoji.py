@@ -1,0 +1,103 @@
+"""`studio eval --dataset emoji`: a generator that draws the asked concept's picture scores top-1 on
+both matchers, one that draws another concept scores near zero, and seeds are told apart."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("resvg_py", reason="the emoji dataset needs the emoji extra")
+
+from studio.generators import Result  # noqa: E402
+from studio.ml import emoji  # noqa: E402
+from studio.ml.evaluate_emoji import (evaluate_emoji_generator, eval_prompts, ranked_concepts)  # noqa: E402
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return emoji.build(size=SIZE, styles=["twemoji"], cache_dir=tmp_path_factory.mktemp("emoji"), limit=60, workers=1)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    from studio.ml import BUNDLED_CLIP_FILE
+    from studio.ml.clip_load import load_bundled_clip
+
+    return load_bundled_clip(BUNDLED_CLIP_FILE)
+
+
+class Drawer:
+    """Draws the dataset's picture of the asked concept (``mode="truth"``), of another concept
+    (``"lie"``), or the truth with seed-dependent noise (``"noisy"``)."""
+
+    def __init__(self, data, mode: str) -> None:
+        self.mode, self.data = mode, data
+        self.asked = {p["caption"]: p["concept"] for p in data.heldout_prompts()}
+        self.first = {}
+        for i, c in enumerate(data.concepts):
+            self.first.setdefault(c, i)
+        self.concepts = sorted(self.first)
+
+    def describe(self):
+        return {"model": f"drawer-{self.mode}"}
+
+    def generate(self, requests, progress):
+        out = []
+        for r in requests:
+            concept = self.asked[r.prompt]
+            if self.mode == "lie":
+                concept = self.concepts[(self.concepts.index(concept) + 1) % len(self.concepts)]
+            picture = self.data.images[self.first[concept]].astype(np.int16)
+            if self.mode == "noisy":
+                rng = np.random.default_rng(r.seed)
+                picture = picture + rng.integers(-12, 13, picture.shape)
+            out.append(Result(Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8))))
+        return out
+
+
+def test_the_truth_is_top1_by_clip_and_by_pixels_and_another_concept_is_not(data, clip):
+    truth = evaluate_emoji_generator(Drawer(data, "truth"), data, clip, n=40, seed=1, diversity_n=8)
+    m = truth["metrics"]
+    assert m["clip_top1"]["value"] == 1.0 and m["pixel_top1"]["value"] == 1.0
+    assert m["clip_top5"]["value"] == 1.0 and m["clip_top1"]["n"] == 40
+    assert m["diversity"]["value"] == 0.0  # the same picture for every seed
+    lie = evaluate_emoji_generator(Drawer(data, "lie"), data, clip, n=40, seed=1, diversity_n=8)["metrics"]
+    assert lie["pixel_top1"]["value"] <= 0.05 and lie["clip_top1"]["value"] <= 0.05
+    assert lie["fd"]["value"] >= 0 and truth["metrics"]["fd"]["value"] < lie["fd"]["value"]
+
+
+def test_seed_noise_counts_as_diversity_and_does_not_hide_the_concept(data, clip):
+    m = evaluate_emoji_generator(Drawer(data, "noisy"), data, clip, n=24, seed=2, diversity_n=8)["metrics"]
+    assert 0.01 < m["diversity"]["value"] < 0.1
+    assert m["pixel_top1"]["value"] == 1.0
+
+
+def test_prompts_are_held_out_phrasings_in_a_seeded_order(data):
+    a, b = eval_prompts(data, 30, seed=5), eval_prompts(data, 30, seed=5)
+    assert a == b and a != eval_prompts(data, 30, seed=6)
+    training = set(data.captions("train"))
+    assert all(p["caption"] not in training for p in a)
+    assert len(eval_prompts(data, 10**6)) == len(data.heldout_prompts())
+
+
+def test_concepts_rank_by_their_best_picture_without_repeats():
+    scores = torch.tensor([[0.9, 0.8, 0.1, 0.7, 0.2]])
+    assert ranked_concepts(scores, ["a", "a", "b", "c", "d"], k=3) == [["a", "c", "d"]]
+
+
+def test_the_command_line_names_a_missing_dataset_package_in_one_line(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
+    env = {"STUDIO_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    code = ("import sys; sys.modules['resvg_py'] = None; from studio.cli import main; "
+            "sys.argv = ['studio', 'eval', '-m', 'galip', '--dataset', 'emoji', '--n', '4']; main()")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "emoji" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
