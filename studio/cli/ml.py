@@ -85,7 +85,8 @@ def export_clip_command(run_dir, out, checkpoint) -> None:
               help="shapes: judged from the pixels; emoji: concept accuracy against every picture of the dataset.")
 @click.option("--n", "count", type=click.IntRange(1, 100_000), default=512, show_default=True, help="Number of prompts.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prompt list and of the images.")
-@click.option("--clip", "clip_name", default="bundled", show_default=True, help="CLIP used for shape and CLIP score.")
+@click.option("--clip", "clip_name", default="bundled", show_default=True,
+              help="CLIP behind the secondary figures (shapes) or the feature matching (emoji): bundled or ARCH:PATH.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report here.")
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
               help="Model parameter for every image (repeatable), e.g. -p candidates=8.")
@@ -111,8 +112,10 @@ def eval_command(model_id, dataset, count, seed, clip_name, out_path, params, fd
     from studio.ml.evaluate import LOWER_IS_BETTER, EvalError, evaluate_model
 
     values = parse_params(params)
+    if fd_n and dataset == "emoji":
+        raise click.UsageError("--fd is for shapes; an emoji eval always reports its Frechet distance")
     with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(f"generating {max(count, fd_n)} images", total=max(count, fd_n))
+        task = bar.add_task("generating images", total=max(count, fd_n))
         try:
             report = evaluate_model(
                 load_settings(), model_id, n=count, seed=seed, clip=clip_name, params=values, fd_n=fd_n, dataset=dataset,

@@ -6,7 +6,8 @@ words it did not see verbatim. There is no pixel judge for a cat face, so each g
 *matched against every picture of the dataset* and the concepts are ranked by their best-matching
 picture, twice:
 
-* by CLIP image features (cosine; the model's own CLIP, or any ``--clip``), and
+* by CLIP image features (cosine; Studio's bundled small CLIP unless ``--clip`` names another,
+  e.g. the CLIP the model was trained with), and
 * by a plain pixel distance (L2 on pictures averaged down to ``PIXEL_SIDE`` squared cells), which
   no CLIP can flatter.
 
@@ -171,8 +172,8 @@ def evaluate_emoji_generator(
     metrics = concept_accuracy(generated, [p["concept"] for p in prompts], reference, clip)
     metrics["diversity"] = diversity(generated[: len(second)], to_unit_tensor(again, size))
     targets = target_pictures(data, prompts)
-    metrics["fd"] = {"value": 100.0 * frechet_distance(clip_features(clip, generated).numpy(),
-                                                       clip_features(clip, targets).numpy()), "n": len(prompts)}
+    metrics["fd"] = {"value": 100.0 * frechet_distance(clip_features(clip, generated).cpu().numpy(),
+                                                       clip_features(clip, targets).cpu().numpy()), "n": len(prompts)}
     return {
         "generator": generator.describe(),
         "dataset": "emoji",

@@ -24,7 +24,24 @@ def autocast(device: str | torch.device, precision: str) -> ContextManager:
     if precision == "fp32":
         return contextlib.nullcontext()
     device_type = torch.device(device).type
-    if device_type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("this GPU does not support bfloat16; train with --precision fp32")
+    if device_type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise ValueError("this GPU has no bfloat16 arithmetic; train with --precision fp32 (or fp16 where offered)")
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+
+
+def training_device(device: str) -> str:
+    """``device`` checked before a run starts: ``cpu``, or a CUDA device this machine has."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cpu":
+        return device
+    if parsed.type != "cuda":
+        raise ValueError(f"training runs on cpu or cuda, not {device!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this machine has no usable CUDA device; use cpu")
+    if (parsed.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 

@@ -169,10 +169,13 @@ def train_vqgan_command(dataset, out_dir, preset, n_embed, steps, minutes, batch
     from .checkpoints import WeightsError
     from .losses import LPIPS, ClipPerceptual
     from .model_dir import read_clip
+    from studio.ml.precision import training_device
+
     from .train import VQTrainConfig, train_vqgan
     from .vqgan import VQConfig
 
     try:
+        training_device(device)
         vq = VQConfig.from_dict({**VQConfig().to_dict(), **VQ_PRESETS[preset], **({"n_embed": n_embed} if n_embed else {})})
         distance = None
         if perceptual == "clip":
@@ -266,6 +269,8 @@ def train_transformer_command(ctx, dataset, out_dir, vqgan_file, vqgan_config, c
     from .clip_embed import embed_dim
     from .gpt import GPTConfig
     from .model_dir import read_vqgan, read_clip
+    from studio.ml.precision import training_device
+
     from .train import GPTTrainConfig, train_transformer
     from .vqgan import VQModel
 
@@ -275,11 +280,14 @@ def train_transformer_command(ctx, dataset, out_dir, vqgan_file, vqgan_config, c
         vqgan = VQModel(vq)
         vqgan.load_state_dict(state)
         clip_model, clip_spec = read_clip(clip_file, clip_arch)
-        gpt = GPTConfig(n_codes=vq.n_embed, grid=vq.grid, width=width, n_layers=layers, n_heads=heads,
-                        clip_dim=embed_dim(clip_model), dropout=dropout, null_condition=cond_drop > 0)
+        training_device(device)
+        shape = dict(n_codes=vq.n_embed, grid=vq.grid, width=width, n_layers=layers, n_heads=heads,
+                     clip_dim=embed_dim(clip_model), dropout=dropout, null_condition=cond_drop > 0)
         init = None
         if init_file is not None:
-            init, gpt = _initial_transformer(ctx, init_file, gpt)
+            init, gpt = _initial_transformer(ctx, init_file, shape)
+        else:
+            gpt = GPTConfig(**shape)
         cfg = GPTTrainConfig(steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, cond_noise=cond_noise,
                              clip_loss_weight=clip_loss_weight, cond_drop=cond_drop, seed=seed, precision=precision)
         data = _dataset(dataset, vq.resolution)
@@ -298,24 +306,27 @@ def train_transformer_command(ctx, dataset, out_dir, vqgan_file, vqgan_config, c
     _report("transformer", summary, out_dir, as_json)
 
 
-def _initial_transformer(ctx: click.Context, path: Path, asked):
-    """Weights and config of ``--init``: the file's architecture, with this run's dropout and null condition."""
+def _initial_transformer(ctx: click.Context, path: Path, asked: dict):
+    """Weights and config of ``--init``: the file's architecture (``--width/--layers/--heads`` only
+    where given, and then they must agree), with this run's dropout and null condition."""
     import dataclasses
 
     from .model_dir import read_transformer
 
-    state, cfg, _ = read_transformer(path, None)
+    given = {option: ctx.get_parameter_source(option) is not click.core.ParameterSource.DEFAULT
+             for option in ("width", "layers", "heads")}
+    # a reimplementation checkpoint does not record its heads: a given --heads says how many
+    state, cfg, _ = read_transformer(path, asked["n_heads"] if given["heads"] else None)
     for option, field in (("width", "width"), ("layers", "n_layers"), ("heads", "n_heads")):
-        given = ctx.get_parameter_source(option) is not click.core.ParameterSource.DEFAULT
-        if given and getattr(asked, field) != getattr(cfg, field):
-            raise click.UsageError(f"--{option} {getattr(asked, field)} differs from the --init transformer's "
+        if given[option] and asked[field] != getattr(cfg, field):
+            raise click.UsageError(f"--{option} {asked[field]} differs from the --init transformer's "
                                    f"{getattr(cfg, field)}; leave --{option} out to train that architecture")
     for field in ("n_codes", "grid", "clip_dim"):
-        if getattr(asked, field) != getattr(cfg, field):
+        if asked[field] != getattr(cfg, field):
             raise click.UsageError(f"the --init transformer has {field} {getattr(cfg, field)}, but the VQGAN and CLIP "
-                                   f"of this run need {getattr(asked, field)}")
-    return state, dataclasses.replace(cfg, dropout=asked.dropout,
-                                      null_condition=asked.null_condition or cfg.null_condition)
+                                   f"of this run need {asked[field]}")
+    return state, dataclasses.replace(cfg, dropout=asked["dropout"],
+                                      null_condition=asked["null_condition"] or cfg.null_condition)
 
 
 def _hidden_alias(command: click.Command) -> click.Command:

@@ -99,7 +99,7 @@ class LPIPS(nn.Module):
         fx, fy = self.net(self.scaling_layer(x)), self.net(self.scaling_layer(y))
         total = 0.0
         for n, (a, b) in enumerate(zip(fx, fy)):
-            diff = (_unit(a) - _unit(b)) ** 2
+            diff = (_unit(a.float()) - _unit(b.float())) ** 2  # float32 under mixed precision too
             total = total + getattr(self, f"lin{n}").model(diff).mean(dim=(2, 3), keepdim=True)
         return total  # [B, 1, 1, 1]
 

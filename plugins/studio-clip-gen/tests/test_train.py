@@ -189,3 +189,27 @@ def test_a_run_can_start_from_a_models_transformer(parts, tmp_path):
     assert refused.exit_code == 2
     assert "--width 64 differs from the --init transformer's 32" in refused.output
     assert not (tmp_path / "b" / "checkpoint.pt").exists()
+
+
+def test_init_takes_matching_options_and_a_missing_device_is_one_line(parts, tmp_path):
+    from click.testing import CliRunner
+
+    from studio_clip_gen.checkpoints import write_safetensors
+    from studio_clip_gen.commands import clip_gen_group
+    from studio_clip_gen.gpt import GPT
+
+    _, meta = read_safetensors(parts / "transformer.safetensors")
+    odd = GPTConfig(**{**meta["gpt"], "width": 48, "n_heads": 3})  # the default width 256 is not a multiple of 3
+    write_safetensors(tmp_path / "odd.safetensors", GPT(odd).state_dict(), {"gpt": odd.to_dict()})
+    common = ["train", "transformer", "--dataset", "shapes", "--vqgan", str(parts / "vqgan.safetensors"),
+              "--clip", str(parts / "clip.safetensors"), "--clip-arch", "studio-tiny-64", "--json",
+              "--steps", "1", "--batch-size", "2"]
+    result = CliRunner().invoke(clip_gen_group, [*common, "--out", str(tmp_path / "a"), "--init",
+                                                 str(tmp_path / "odd.safetensors"), "--heads", "3", "--width", "48"])
+    assert result.exit_code == 0, result.output
+    assert read_safetensors(tmp_path / "a" / "transformer.safetensors")[1]["gpt"]["n_heads"] == 3
+
+    missing = CliRunner().invoke(clip_gen_group, [*common, "--out", str(tmp_path / "b"), "--device", "cuda:7"])
+    assert missing.exit_code == 1 and "cuda:7" in missing.output and "Traceback" not in missing.output
+    unknown = CliRunner().invoke(clip_gen_group, [*common, "--out", str(tmp_path / "c"), "--device", "gpu"])
+    assert unknown.exit_code == 1 and "unknown device 'gpu'" in unknown.output

@@ -130,12 +130,13 @@ def mismatched(sent: torch.Tensor) -> torch.Tensor:
 
 
 def train_step(nets: Nets, opt_g, opt_d, real: torch.Tensor, captions: Sequence[str], opts: TrainOptions,
-               scaler=None, generator: torch.Generator | None = None) -> dict[str, float]:
-    """One D/C update then one G update; returns the loss terms."""
+               scaler=None, generator: torch.Generator | None = None, bf16: bool = False) -> dict[str, float]:
+    """One D/C update then one G update; returns the loss terms. Mixed precision: fp16 with a
+    ``scaler``, bf16 with ``bf16`` (no scaler)."""
     cfg, clip, G, D, C = nets.cfg, nets.clip, nets.G, nets.D, nets.C
     device = real.device
     amp = scaler is not None
-    dtype = torch.bfloat16 if opts.precision == "bf16" else torch.float16 if amp else None
+    dtype = torch.bfloat16 if bf16 else torch.float16 if amp else None
     autocast = torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
     with torch.no_grad():
         sent_raw = sentence_embedding(clip, tokenize_for(clip, captions)).float()
@@ -358,7 +359,8 @@ def train_galip(out_dir: str | Path, dataset, clip, *, config: GalipConfig | Non
         raise ValueError(f"unknown precision {precision!r}; choose fp32, fp16 or bf16")
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("fp16 mixed precision needs a CUDA device; use bf16 on the CPU")
-    opts.precision = precision
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise ValueError("this GPU has no bfloat16 arithmetic; use --precision fp16")
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     if resumed is not None:
         optim = resumed.extra.get("optimizers", {})
@@ -393,7 +395,8 @@ def train_galip(out_dir: str | Path, dataset, clip, *, config: GalipConfig | Non
         while (target is None or step < target) and time.monotonic() < deadline:
             images, captions = pending if pending is not None else next(data)
             pending = None
-            last = train_step(nets, opt_g, opt_d, images.to(device), captions, opts, scaler, noise_rng)
+            last = train_step(nets, opt_g, opt_d, images.to(device), captions, opts, scaler, noise_rng,
+                              bf16=precision == "bf16")
             step += 1
             bad = [k for k, v in last.items() if not math.isfinite(v)]
             if bad:
