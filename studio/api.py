@@ -42,6 +42,7 @@ from studio.generators import (
     Request,
     Result,
 )
+from studio.canvas import is_near_blank
 from studio.hookspecs import hookimpl
 from studio.plumbing import (
     MetricsLog,
@@ -76,6 +77,8 @@ __all__ = [
     "Engine", "JobInfo", "ImageInfo", "engine", "dispatch", "uses_broker",
     # inputs and datasets
     "resolve_input", "store_input", "open_dataset",
+    # what an image holds
+    "is_near_blank",
     # plumbing
     "atomic_path", "atomic_dir", "write_atomic", "sha256_file", "sha256_file_cached", "one_line", "load_checkpoint", "save_checkpoint",
     "save_safetensors",

@@ -125,6 +125,7 @@ class ClipGenGenerator:
             "image": image_path,
             "candidates": candidates,
             "keep": max(1, min(int(params["keep"]), candidates)),
+            "skip_blank": bool(params.get("skip_blank", False)),
             "sampling": (float(params["temperature"]), int(params["top_k"]), float(params["top_p"]),
                          float(params.get("guidance", 1.0))),
             "cond": self._condition(request.prompt, image_path),
@@ -195,7 +196,14 @@ class ClipGenGenerator:
 
         from .imaging import grid, to_pil
 
-        ranked = sorted(range(p["candidates"]), key=lambda j: (-scores[(i, j)], j))
+        blank = set()
+        if p["skip_blank"] and p["candidates"] > 1:
+            from studio.api import is_near_blank
+
+            blank = {j for j in range(p["candidates"]) if is_near_blank(to_pil(images[(i, j)]))}
+        # near-blank candidates rank after every other one (CLIP can prefer an empty canvas to a
+        # wrong drawing); among the rest, and among them, CLIP's score decides
+        ranked = sorted(range(p["candidates"]), key=lambda j: (j in blank, -scores[(i, j)], j))
         kept = ranked[: p["keep"]]
         if len(kept) == 1:
             image = to_pil(images[(i, kept[0])])
@@ -205,6 +213,7 @@ class ClipGenGenerator:
             "candidates": [{"index": j, "seed": candidate_seed(p["seed"], j), "clip_score": round(scores[(i, j)], 6)}
                            for j in range(p["candidates"])],
             "kept": [{"index": j, "seed": candidate_seed(p["seed"], j)} for j in kept],
+            **({"near_blank": sorted(blank)} if blank else {}),
             "condition": "image" if p["image"] else "text",
         }
         return Result(image=image, extra=extra)

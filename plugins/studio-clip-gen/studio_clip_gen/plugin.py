@@ -25,6 +25,9 @@ PARAMS = (
     Param("image", "image", "", help="condition on this image's CLIP embedding instead of the prompt"),
     Param("guidance", "float", 1.0, min=0.0, max=20.0, unset_means=1.0,
           help="classifier-free guidance on the CLIP condition (1: off; more follows the prompt more closely)"),
+    # images made before this parameter existed were ranked by CLIP alone (unset_means)
+    Param("skip_blank", "bool", True, unset_means=False,
+          help="re-ranking keeps a near-blank candidate only when every candidate is near-blank"),
 )
 DEFAULTS = {p.name: p.default for p in PARAMS}
 

@@ -46,7 +46,7 @@ def test_card_states_training_and_the_eval_floors_are_met(model_card):
     assert model_card["training"]["vqgan"]["steps"] > 0 and model_card["training"]["transformer"]["steps"] > 0
     assert model_card["training"]["vqgan"]["minutes"] > 0 and model_card["training"]["transformer"]["minutes"] > 0
     # the row a plain `studio eval --model clip-gen` reproduces meets the floors
-    assert model_card["defaults"] == {k: v for k, v in plugin.DEFAULTS.items() if k not in ("image", "guidance")}
+    assert model_card["defaults"] == {k: v for k, v in plugin.DEFAULTS.items() if k not in ("image", "guidance", "skip_blank")}
     default = model_card["eval"][f"candidates={plugin.DEFAULTS['candidates']}"]
     assert default["colour"] >= COLOUR_FLOOR and default["relation"] >= RELATION_FLOOR, default
     # the plain sampler is stated too, and re-ranking is what the default buys

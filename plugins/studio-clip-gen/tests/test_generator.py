@@ -56,6 +56,38 @@ def test_candidates_are_reranked_recorded_and_regenerable(generator):
     assert alone.image.tobytes() == tile.tobytes()
 
 
+def test_reranking_passes_over_near_blank_candidates_unless_all_are(generator, monkeypatch):
+    import studio.api
+
+    params = {**PARAMS, "candidates": 4}
+    clip_only = _run(generator, [Request("a red circle", 21, {**params, "skip_blank": False})])[0]
+    scores = {c["index"]: c["clip_score"] for c in clip_only.extra["candidates"]}
+    best, runner_up = sorted(scores, key=lambda j: -scores[j])[:2]
+    assert clip_only.extra["kept"][0]["index"] == best and "near_blank" not in clip_only.extra
+    # the candidate CLIP likes best is judged near-blank: the next one is kept, and the record says why
+    best_pixels = clip_only.image.tobytes()
+    monkeypatch.setattr(studio.api, "is_near_blank", lambda image: image.tobytes() == best_pixels)
+    (result,) = _run(generator, [Request("a red circle", 21, {**params, "skip_blank": True})])
+    assert result.extra["kept"][0]["index"] == runner_up and result.extra["near_blank"] == [best]
+    (alone,) = _run(generator, [Request("a red circle", candidate_seed(21, runner_up), PARAMS)])
+    assert result.image.tobytes() == alone.image.tobytes()
+    # every candidate near-blank: CLIP's choice stands
+    monkeypatch.setattr(studio.api, "is_near_blank", lambda image: True)
+    (all_blank,) = _run(generator, [Request("a red circle", 21, {**params, "skip_blank": True})])
+    assert all_blank.image.tobytes() == best_pixels and all_blank.extra["near_blank"] == [0, 1, 2, 3]
+
+
+def test_skip_blank_is_left_out_of_recipes_made_before_it(model_folder):
+    """An old recipe has no skip_blank; it regenerates with CLIP's ranking alone, and a new job records it."""
+    from studio.generators import ModelSpec
+    from studio_clip_gen import plugin
+
+    spec = ModelSpec(id="clip-gen/tiny", plugin="clip-gen", factory=lambda: None,
+                     params=plugin.params_for(model_folder, {}))
+    assert spec.validate_params({})["skip_blank"] is True  # new jobs record it
+    assert "skip_blank" not in spec.validate_params({"skip_blank": "off"})  # as a recipe from before it
+
+
 def test_progress_cancels(generator):
     def progress(done, total):
         if done >= 3:

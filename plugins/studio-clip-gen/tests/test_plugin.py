@@ -28,7 +28,7 @@ def test_bundled_model_is_registered_even_without_weights(monkeypatch, tmp_path)
     specs = _registered(monkeypatch, tmp_path / "weights")
     spec = specs["clip-gen"]
     assert spec.weights == "bundled weights not installed"
-    assert {p.name for p in spec.params} == {"temperature", "top_k", "top_p", "candidates", "keep", "image", "guidance"}
+    assert {p.name for p in spec.params} == {"temperature", "top_k", "top_p", "candidates", "keep", "image", "guidance", "skip_blank"}
     with pytest.raises(GenerationError, match="bundled clip-gen weights are not installed"):
         spec.factory()
 
