@@ -186,3 +186,21 @@ def evaluate_emoji_generator(
         "images_per_s": round(total / generation_s, 2) if generation_s else None,
         "metrics": metrics,
     }
+
+
+@torch.no_grad()
+def zero_shot_concepts(clip, data, n: int = 256, seed: int = 0, text_encoder: Callable | None = None) -> dict[str, Any]:
+    """A CLIP's own concept accuracy on ``n`` held-out phrasings: each prompt's text embedding
+    ranks the concepts by their best-matching picture (text-to-image retrieval). ``score`` (the
+    mean of top-1 and top-5) is what a training run keeps its best checkpoint by."""
+    from studio.ml.zero_shot import embed_texts
+
+    prompts = eval_prompts(data, n, seed)
+    images = torch.from_numpy(np.ascontiguousarray(data.images)).permute(0, 3, 1, 2).float() / 255.0
+    pictures = clip_features(clip, images)
+    texts = embed_texts(clip, [p["caption"] for p in prompts], text_encoder)
+    ranked = ranked_concepts(texts @ pictures.T.to(texts.device), list(data.concepts))
+    top1 = float(np.mean([p["concept"] == top[0] for p, top in zip(prompts, ranked)]))
+    top5 = float(np.mean([p["concept"] in top for p, top in zip(prompts, ranked)]))
+    return {"concept_top1": top1, "concept_top5": top5, "n": len(prompts), "concepts": len(set(data.concepts)),
+            "score": (top1 + top5) / 2}

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from studio.ml import shapes
 from studio.plumbing import append_jsonl, atomic_dir, hardware, load_checkpoint
 from studio.ml.clip_configs import CONFIGS, DEFAULT_CONFIG, create_small_clip, get_tokenizer
+from studio.ml.precision import autocast
 from studio.ml.clip_features import to_clip_input
 from studio.ml.datasets import claim_caption, collate, open_dataset
 
@@ -80,6 +81,7 @@ class TrainConfig:
     checkpoint_every_s: float = 180.0
     eval_n: int = 256
     threads: int = 2
+    precision: str = "fp32"  # "bf16": mixed precision (studio.ml.precision)
 
 
 # ---- loss -------------------------------------------------------------------------------------
@@ -255,7 +257,9 @@ def write_model_card(out_dir: Path, config: TrainConfig, state: dict, evaluation
         "hardware": hardware(),
         "training": dataclasses.asdict(config),
         "evaluation": evaluation,
-        "evaluation_data": "shapes eval split (never used in training), zero-shot from text prompts",
+        "evaluation_data": ("emoji held-out phrasings: each prompt ranks the concepts by their best-matching picture"
+                            if config.dataset == "emoji" else
+                            "shapes eval split (never used in training), zero-shot from text prompts"),
     }
     (out_dir / "model_card.json").write_text(json.dumps(card, indent=2))
     lines = [
@@ -421,7 +425,8 @@ def train_clip(
                 for group in opt.param_groups if opt is not None else ():
                     group["lr"] = _lr_at(step, config, steps)
 
-            img = encode_images(model, images)
+            with autocast(device, config.precision):
+                img = encode_images(model, images).float()
             scale = model.logit_scale.exp()
             if is_shapes:
                 captions_, negatives, truth = _shapes_text_batch(batch, step, config)
@@ -429,7 +434,8 @@ def train_clip(
                 texts = [c.text for c in captions_ + negatives]
                 distinct = list(dict.fromkeys(texts))
                 where = {t: i for i, t in enumerate(distinct)}
-                txt_all = encode_text_trimmed(model, tokenizer(distinct).to(device))
+                with autocast(device, config.precision):
+                    txt_all = encode_text_trimmed(model, tokenizer(distinct).to(device)).float()
                 txt_all = txt_all[torch.tensor([where[t] for t in texts], device=device)]
                 b = len(captions_)
                 loss, parts = shapes_loss(img, txt_all[:b], txt_all[b:], truth.to(device), scale,
@@ -439,7 +445,8 @@ def train_clip(
                     loss = loss + config.probe_weight * aux
                     parts["probe"] = aux.item()
             else:
-                txt = encode_text_trimmed(model, tokenizer(batch["caption"]).to(device))
+                with autocast(device, config.precision):
+                    txt = encode_text_trimmed(model, tokenizer(batch["caption"]).to(device)).float()
                 loss = clip_loss(img, txt, scale)
                 parts = {}
             optimizer.zero_grad(set_to_none=True)
@@ -513,7 +520,14 @@ def _evaluate(model, config: TrainConfig, state: dict, metrics_path: Path, out_d
 
     model.eval()
     t = time.monotonic()
-    result = evaluate_zero_shot(model, n=config.eval_n, text_encoder=encode_text_trimmed)
+    if config.dataset == "emoji":  # concept retrieval from held-out phrasings (shapes' probes would be meaningless)
+        from studio.ml.emoji_dataset import EmojiDataset
+        from studio.ml.evaluate_emoji import zero_shot_concepts
+
+        data = EmojiDataset(size=CONFIGS[config.model]["vision_cfg"]["image_size"]).data
+        result = zero_shot_concepts(model, data, n=config.eval_n, text_encoder=encode_text_trimmed)
+    else:
+        result = evaluate_zero_shot(model, n=config.eval_n, text_encoder=encode_text_trimmed)
     model.train()
     result["eval_s"] = round(time.monotonic() - t, 1)
     state["last_eval"] = result
@@ -545,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=float, default=TrainConfig.eval_every_s, help="seconds")
     parser.add_argument("--checkpoint-every", type=float, default=TrainConfig.checkpoint_every_s, help="seconds")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     args = parser.parse_args(argv)
     if args.minutes is None and args.steps is None:
         parser.error("give --minutes or --steps")
@@ -554,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         hard_negative_weight=args.hard_negative_weight, probe_weight=args.probe_weight,
         single_object_negatives=args.single_object_negatives, two_object_share=args.two_object_share,
         eval_every_s=args.eval_every, checkpoint_every_s=args.checkpoint_every, threads=args.threads,
+        precision=args.precision,
     )
     print(json.dumps(summary, indent=2, default=str))
     return 0

@@ -101,3 +101,31 @@ def test_the_command_line_names_a_missing_dataset_package_in_one_line(monkeypatc
     assert done.returncode == 1
     assert "emoji" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_zero_shot_concepts_ranks_concepts_by_their_best_picture(data, monkeypatch):
+    """A CLIP whose text embedding points at the asked concept's pictures for every other prompt,
+    and at another concept's for the rest, scores top-1 0.5 and top-5 between 0.5 and 1."""
+    from studio.ml import evaluate_emoji, zero_shot
+
+    concepts = sorted(set(data.concepts))
+    axis = {c: i for i, c in enumerate(concepts)}
+    prompts = evaluate_emoji.eval_prompts(data, 40, seed=3)
+
+    def pictures(_clip, images):
+        return torch.nn.functional.one_hot(torch.tensor([axis[c] for c in data.concepts]), len(concepts)).float()
+
+    def texts(_clip, captions, _encoder=None):
+        asked = {p["caption"]: p["concept"] for p in prompts}
+        rows = []
+        for k, caption in enumerate(captions):
+            target = axis[asked[caption]] if k % 2 == 0 else (axis[asked[caption]] + 1) % len(concepts)
+            rows.append(torch.nn.functional.one_hot(torch.tensor(target), len(concepts)).float()
+                        + 0.01 * torch.arange(len(concepts)).float() / len(concepts))
+        return torch.stack(rows)
+
+    monkeypatch.setattr(evaluate_emoji, "clip_features", pictures)
+    monkeypatch.setattr(zero_shot, "embed_texts", texts)
+    result = evaluate_emoji.zero_shot_concepts(None, data, n=40, seed=3)
+    assert result["concept_top1"] == 0.5 and result["n"] == 40
+    assert 0.5 <= result["concept_top5"] <= 1.0 and result["score"] == (0.5 + result["concept_top5"]) / 2

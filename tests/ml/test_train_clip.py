@@ -106,3 +106,13 @@ def test_export_command_writes_file_and_card(run, tmp_path):
     assert card["file"]["bytes"] == target.stat().st_size
     missing = CliRunner().invoke(cli, ["train", "export-clip", str(tmp_path), str(target)])
     assert missing.exit_code == 1 and "no checkpoint there" in missing.output
+
+
+def test_bf16_run_learns_and_keeps_float32_weights(tmp_path):
+    records = []
+    summary = train_clip(tmp_path, steps=12, progress=records.append, precision="bf16", **FAST)
+    assert summary["step"] == 12
+    assert sum(r["loss"] for r in records[-3:]) < sum(r["loss"] for r in records[:3])
+    model, _, _ = load_checkpoint_model(tmp_path / "checkpoint")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert json.loads((tmp_path / "model_card.json").read_text())["training"]["precision"] == "bf16"
