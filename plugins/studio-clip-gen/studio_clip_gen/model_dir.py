@@ -150,7 +150,12 @@ def read_transformer(path: Path, heads: int | None):
     if path.suffix == ".safetensors":
         state, meta = read_safetensors(path)
     else:
-        state = extract_state_dict(read_checkpoint(path), path)
+        raw = read_checkpoint(path)
+        if isinstance(raw, dict) and isinstance(raw.get("gpt"), dict) and isinstance(raw.get("model"), dict):
+            meta = {"gpt": raw["gpt"]}  # a `studio clip-gen train transformer` checkpoint: a run before it ends
+            state = raw["model"]
+        else:
+            state = extract_state_dict(raw, path)
     if "gpt" in meta:
         cfg = GPTConfig.from_dict(meta["gpt"])
     else:

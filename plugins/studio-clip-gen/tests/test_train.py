@@ -183,6 +183,11 @@ def test_a_run_can_start_from_a_models_transformer(parts, tmp_path):
         {k: v for k, v in start_meta["gpt"].items() if k != "null_condition"}
     assert meta["gpt"]["null_condition"] and "null_cond" in trained and "null_cond" not in start
     assert all(torch.allclose(trained[k], v, atol=1e-5) for k, v in start.items())  # loaded, barely moved
+    # the run's checkpoint is a transformer file too (evaluate or import a run before it ends)
+    from studio_clip_gen.model_dir import read_transformer
+
+    state, cfg, _ = read_transformer(tmp_path / "a" / "checkpoint.pt", None)
+    assert cfg == GPTConfig.from_dict(meta["gpt"]) and all(torch.equal(state[k], v) for k, v in trained.items())
 
     refused = CliRunner().invoke(clip_gen_group, [*common, "--out", str(tmp_path / "b"), "--steps", "1",
                                                   "--width", "64"])
