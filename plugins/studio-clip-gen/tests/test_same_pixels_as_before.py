@@ -24,10 +24,10 @@ class _ReferenceGenerator(ClipGenGenerator):
         from studio_clip_gen.clip_embed import encode_images
         from studio_clip_gen.gpt import sample
 
-        temperature, top_k, top_p = plan[chunk[0][0]]["sampling"][:3]  # (guidance: 1, off)
+        temperature, top_k, top_p, guidance = plan[chunk[0][0]]["sampling"]
         cond = torch.stack([plan[i]["cond"] for i, _ in chunk]).to(self.device)
         gens = [torch.Generator().manual_seed(candidate_seed(plan[i]["seed"], j)) for i, j in chunk]
-        tokens = sample(self.gpt, cond, gens, temperature=temperature, top_k=top_k, top_p=top_p)
+        tokens = sample(self.gpt, cond, gens, temperature=temperature, top_k=top_k, top_p=top_p, guidance=guidance)
         with torch.no_grad():
             decoded = torch.cat([self.vqgan.decode_indices(row[None]) for row in tokens]).float()
             if not torch.isfinite(decoded).all():
