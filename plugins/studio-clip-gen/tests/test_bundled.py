@@ -21,12 +21,20 @@ from studio_clip_gen import card, plugin
 COLOUR_FLOOR, RELATION_FLOOR = 0.85, 0.60
 
 
-@pytest.fixture(scope="module")
-def clip_gen():
+def _spec():
     specs = {}
     plugin.register_models(register=lambda spec: specs.setdefault(spec.id, spec))
+    return specs["clip-gen"]
+
+
+#: What a job with no --param gets: the plugin's defaults with the model card's (e.g. its guidance).
+DEFAULTS = {**plugin.DEFAULTS, **_spec().validate_params({})}
+
+
+@pytest.fixture(scope="module")
+def clip_gen():
     assert (plugin.BUNDLED_DIR / plugin.MODEL_JSON).is_file(), "the bundled clip-gen weights are missing from the package"
-    generator = specs["clip-gen"].factory()
+    generator = _spec().factory()
     generator.load("cpu")
     return generator
 
@@ -37,7 +45,7 @@ def model_card():
 
 
 def draw(generator, prompts, seeds, **params):
-    requests = [Request(p, s, dict(params), index=i) for i, (p, s) in enumerate(zip(prompts, seeds))]
+    requests = [Request(p, s, {**DEFAULTS, **params}, index=i) for i, (p, s) in enumerate(zip(prompts, seeds))]
     return [r.image for r in generator.generate(requests, lambda _done, _total: None)]
 
 
@@ -46,7 +54,8 @@ def test_card_states_training_and_the_eval_floors_are_met(model_card):
     assert model_card["training"]["vqgan"]["steps"] > 0 and model_card["training"]["transformer"]["steps"] > 0
     assert model_card["training"]["vqgan"]["minutes"] > 0 and model_card["training"]["transformer"]["minutes"] > 0
     # the row a plain `studio eval --model clip-gen` reproduces meets the floors
-    assert model_card["defaults"] == {k: v for k, v in plugin.DEFAULTS.items() if k not in ("image", "guidance", "skip_blank")}
+    stated = {k: v for k, v in model_card["defaults"].items() if k != "guidance"}
+    assert stated == {k: v for k, v in plugin.DEFAULTS.items() if k in stated} and {"candidates", "keep"} <= set(stated)
     default = model_card["eval"][f"candidates={plugin.DEFAULTS['candidates']}"]
     assert default["colour"] >= COLOUR_FLOOR and default["relation"] >= RELATION_FLOOR, default
     # the plain sampler is stated too, and re-ranking is what the default buys
@@ -71,9 +80,9 @@ def test_same_seed_same_pixels_and_batching_changes_nothing(clip_gen):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     assert not np.array_equal(np.asarray(batch[0]), np.asarray(draw(clip_gen, prompts[:1], [4])[0]))
     # re-ranking never changes what a seed gives: candidate 0 of a re-ranked request is the plain sample
-    reranked = clip_gen.generate([Request(prompts[0], 1, {"candidates": 3}, index=0)], lambda _d, _t: None)[0]
+    reranked = clip_gen.generate([Request(prompts[0], 1, {**DEFAULTS, "candidates": 3}, index=0)], lambda _d, _t: None)[0]
     kept = reranked.extra["kept"][0]
-    again = draw(clip_gen, prompts[:1], [kept["seed"]])[0]
+    again = draw(clip_gen, prompts[:1], [kept["seed"]], candidates=1)[0]
     assert np.array_equal(np.asarray(reranked.image), np.asarray(again))
 
 
@@ -88,7 +97,7 @@ def test_the_colour_asked_for_is_the_colour_drawn(clip_gen):
 
 
 def test_reduced_studio_eval_is_above_the_floors(clip_gen):
-    report = evaluate_generator(clip_gen, n=64, seed=0, params=dict(plugin.DEFAULTS))
+    report = evaluate_generator(clip_gen, n=64, seed=0, params=dict(DEFAULTS))
     metrics = report["metrics"]
     assert metrics["colour"]["value"] >= COLOUR_FLOOR, metrics
     assert metrics["relation"]["value"] >= RELATION_FLOOR, metrics
