@@ -353,12 +353,20 @@ def hardware() -> dict[str, Any]:
 class MetricsLog:
     """Append-only JSON lines (one object per logged step), flushed per line so a killed run keeps its log.
 
-    Floats are rounded to 6 digits; ``last`` is the last record written; ``echo`` (optional)
-    sees every record (a progress display, or ``--json`` lines for machines).
+    Floats are rounded to 6 digits; ``last`` is the last record written (at first, the last one
+    an earlier leg of a resumed run left in the file); ``echo`` (optional) sees every record (a
+    progress display, or ``--json`` lines for machines).
     """
 
     def __init__(self, path: str | Path, echo: Callable[[dict], None] | None = None) -> None:
         self.path, self.echo, self.last = Path(path), echo, {}
+        try:
+            lines = self.path.read_text().splitlines()
+            self.last = json.loads(lines[-1]) if lines else {}
+        except (OSError, ValueError):
+            self.last = {}
+        if not isinstance(self.last, dict):
+            self.last = {}
 
     def write(self, record: dict) -> dict:
         record = append_jsonl(self.path, record, digits=6)
