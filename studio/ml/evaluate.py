@@ -24,6 +24,7 @@ import torch
 from studio.config import Settings
 from studio.generators import Request
 from studio.ml import BUNDLED_CLIP_ARCH, BUNDLED_CLIP_FILE, shapes
+from studio.ml.frechet import frechet_distance  # noqa: F401  (also part of this module's API)
 
 #: The small CLIP shipped with Studio (``studio train clip`` + ``export_bundled_clip``).
 BUNDLED_CLIP = BUNDLED_CLIP_FILE
@@ -82,22 +83,6 @@ def clip_metrics(model, images: list, prompts: list[shapes.EvalPrompt]) -> dict[
         "clip_shape": {"value": float(np.mean(correct)) if correct else float("nan"), "n": len(correct)},
         "clip_score": {"value": float(score.mean()), "n": len(prompts)},
     }
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets ``[N, D]`` (as FID does).
-
-    ``Tr(sqrt(S_a S_b))`` is taken as the sum of square roots of the eigenvalues of the
-    symmetric ``sqrt(S_a) S_b sqrt(S_a)``, which needs numpy only.
-    """
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    w, v = np.linalg.eigh(s_a)
-    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    middle = np.linalg.eigvalsh(root_a @ s_b @ root_a)
-    trace_root = float(np.sqrt(np.clip(middle, 0, None)).sum())
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * trace_root)
 
 
 @torch.no_grad()

@@ -148,7 +148,7 @@ def evaluate_emoji_generator(
 
     ``data``: the built dataset; ``clip``: the loaded CLIP whose image features match pictures.
     """
-    from studio.ml.evaluate import frechet_distance
+    from studio.ml.frechet import frechet_distance
 
     started = time.perf_counter() if started is None else started
     prompts = eval_prompts(data, n, seed)
