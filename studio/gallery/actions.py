@@ -212,7 +212,8 @@ def check_reproducible(engine: Engine, src: Source, device: str, on_status=None)
         raise StudioError(
             f"the weights of model {spec.id!r} changed since {src.label} was made "
             f"(then {was[:12]}, now {current[:12]}): an exact match is impossible; "
-            f"import the original weights, or run `studio regen` without --verify"
+            f"put the weights it was made with back in place as {spec.id!r} (e.g. the plugin version that "
+            f"shipped them), or run `studio regen` without --verify"
         )
     was_dtype, dtype = recipe.get("dtype"), now.get("dtype", "float32")
     if was_dtype and was_dtype != dtype:
