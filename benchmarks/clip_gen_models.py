@@ -6,7 +6,7 @@ always measured; ``--also DIR`` adds any other model folder (e.g. a previous rel
 ``git show REV:plugins/studio-clip-gen/studio_clip_gen/weights/FILE``), so two generations of the
 default model are compared in one run. The models alternate request by request (the order flips
 every round), one warm-up round is not counted, and the figure is the median.
-Usage: python benchmarks/clip_gen_models.py [--also DIR ...] [--rounds N] [--threads N]
+Usage: python benchmarks/clip_gen_models.py [--also DIR ...] [--rounds N | --quick] [--threads N]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--also", type=Path, action="append", default=[], help="another model folder")
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="two rounds (for CI)")
     parser.add_argument("--threads", type=int, help="torch threads [default: torch's]")
     args = parser.parse_args()
 
@@ -48,6 +49,8 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.quick:
+        args.rounds = 2
     models = {"bundled clip-gen": _model("clip-gen", plugin.BUNDLED_DIR)}
     for folder in args.also:
         models[str(folder)] = _model(folder.name, folder)
