@@ -63,9 +63,16 @@ def clip_features(clip, images01: torch.Tensor) -> torch.Tensor:
     return embed_images(clip, images01 * 2 - 1)
 
 
+def dataset_pictures(data, rows=None) -> torch.Tensor:
+    """Pictures of a built :class:`~studio.ml.emoji.EmojiData` (all, or ``rows``) as float
+    ``[N,3,S,S]`` in [0, 1]."""
+    images = data.images if rows is None else data.images[rows]
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+
+
 def build_reference(data, clip) -> Reference:
     """``data``: a built :class:`~studio.ml.emoji.EmojiData`."""
-    images = torch.from_numpy(np.ascontiguousarray(data.images)).permute(0, 3, 1, 2).float() / 255.0
+    images = dataset_pictures(data)
     return Reference(list(data.concepts), clip_features(clip, images), pixel_vectors(images))
 
 
@@ -117,8 +124,7 @@ def target_pictures(data, prompts: list[dict]) -> torch.Tensor:
     for i, (concept, style) in enumerate(zip(data.concepts, data.styles)):
         index.setdefault((concept, style), i)
         index.setdefault((concept, None), i)
-    rows = [index[(p["concept"], p["style"])] for p in prompts]
-    return torch.from_numpy(np.ascontiguousarray(data.images[rows])).permute(0, 3, 1, 2).float() / 255.0
+    return dataset_pictures(data, [index[(p["concept"], p["style"])] for p in prompts])
 
 
 def _generate(generator, prompts: list[dict], seed: int, params: dict, batch: int,
@@ -196,8 +202,7 @@ def zero_shot_concepts(clip, data, n: int = 256, seed: int = 0, text_encoder: Ca
     from studio.ml.zero_shot import embed_texts
 
     prompts = eval_prompts(data, n, seed)
-    images = torch.from_numpy(np.ascontiguousarray(data.images)).permute(0, 3, 1, 2).float() / 255.0
-    pictures = clip_features(clip, images)
+    pictures = clip_features(clip, dataset_pictures(data))
     texts = embed_texts(clip, [p["caption"] for p in prompts], text_encoder)
     ranked = ranked_concepts(texts @ pictures.T.to(texts.device), list(data.concepts))
     top1 = float(np.mean([p["concept"] == top[0] for p, top in zip(prompts, ranked)]))
