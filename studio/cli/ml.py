@@ -62,14 +62,16 @@ def train_clip_command(dataset, out_dir, minutes, steps, batch_size, lr, config_
 def export_clip_command(run_dir, out, checkpoint) -> None:
     """Write a trained CLIP as the small fp16 file Studio ships, with its card next to it.
 
-    The card (OUT with .json) holds the run's training record and the zero-shot scores of the
-    exported file itself, measured after the fp16 round trip.
+    The file keeps the token-embedding rows of the texts of the run's dataset (and the shapes
+    grammar) only. The card (OUT with .json) holds the run's training record and the held-out
+    scores of the exported file itself, measured after the fp16 round trip: shapes' zero-shot
+    probes, or concept retrieval from held-out phrasings for an emoji run.
     """
     source = run_dir / checkpoint
     if not (source / "model.safetensors").is_file():
         raise click.ClickException(f"{source}: no checkpoint there (model.safetensors missing)")
     from studio.ml.clip_configs import export_bundled_clip, load_bundled_clip
-    from studio.ml.zero_shot import evaluate_zero_shot
+    from studio.ml.train_clip import held_out_score
 
     info = export_bundled_clip(source, out)
     card_path = run_dir / "model_card.json"
@@ -77,7 +79,7 @@ def export_clip_command(run_dir, out, checkpoint) -> None:
     card.pop("evaluation", None)
     card["checkpoint"] = checkpoint
     card["steps"] = info["step"] if info.get("step") is not None else card.get("steps")
-    card["zero_shot"] = evaluate_zero_shot(load_bundled_clip(out), n=256)
+    card["zero_shot"] = held_out_score(load_bundled_clip(out), info["dataset"], info["config"], n=256)
     card["file"] = {"bytes": info["bytes"], "token_rows_kept": info["rows_kept"], "dtype": "float16"}
     out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     click.echo(json.dumps({"path": str(out), **card["zero_shot"]}, indent=2))

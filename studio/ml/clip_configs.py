@@ -108,15 +108,19 @@ def grammar_token_ids(extra_texts: list[str] | tuple[str, ...] = ()) -> list[int
 def export_bundled_clip(checkpoint_dir: str | Path, out_path: str | Path, keep_ids: list[int] | None = None) -> dict:
     """Write the small fp16 file shipped with Studio from a training run's checkpoint.
 
-    ``keep_ids``: token ids whose embedding rows are stored (default: the ``shapes`` grammar).
+    ``keep_ids``: token ids whose embedding rows are stored (default: those of the texts of the
+    dataset the run trained on, plus the ``shapes`` grammar; every other row becomes the mean row).
     Returns a summary with the size in bytes and the number of rows kept.
     """
-    from studio.ml.train_clip import load_checkpoint_model
+    from studio.ml.train_clip import dataset_texts, load_checkpoint_model
     from studio.plumbing import save_safetensors
 
     model, config_name, info = load_checkpoint_model(checkpoint_dir)
+    if keep_ids is None:
+        dataset = (info.get("config") or {}).get("dataset", "shapes")
+        keep_ids = grammar_token_ids(dataset_texts(dataset, config_name))
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    ids = torch.tensor(sorted(set(keep_ids or grammar_token_ids())), dtype=torch.int64)
+    ids = torch.tensor(sorted(set(keep_ids)), dtype=torch.int64)
     table = state.pop(_TABLE_KEY)
     state[_ROWS_KEY] = table[ids].contiguous()
     state[_IDS_KEY] = ids
@@ -130,7 +134,7 @@ def export_bundled_clip(checkpoint_dir: str | Path, out_path: str | Path, keep_i
     out_path = Path(out_path)
     save_safetensors(out_path, state, metadata)
     return {"path": str(out_path), "bytes": out_path.stat().st_size, "rows_kept": int(ids.numel()), "config": config_name,
-            "step": info.get("step")}
+            "step": info.get("step"), "dataset": (info.get("config") or {}).get("dataset", "shapes")}
 
 
 def load_bundled_clip(path: str | Path) -> torch.nn.Module:

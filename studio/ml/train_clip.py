@@ -514,20 +514,44 @@ def _checkpoint(out_dir: Path, model, optimizer, config: TrainConfig, state: dic
     write_model_card(out_dir, config, saved, state.get("last_eval"))
 
 
-def _evaluate(model, config: TrainConfig, state: dict, metrics_path: Path, out_dir: Path, since_start: float) -> dict:
-    """Held-out zero-shot numbers; keeps the best model (by their mean) under ``best/``."""
+def _emoji_data(config_name: str):
+    from studio.ml.emoji_dataset import EmojiDataset
+
+    return EmojiDataset(size=CONFIGS[config_name]["vision_cfg"]["image_size"]).data
+
+
+def held_out_score(model, dataset: str, config_name: str, n: int = 256, text_encoder: Callable | None = None) -> dict:
+    """The held-out figures a run on ``dataset`` is judged by (``score`` picks its best checkpoint):
+    concept retrieval from held-out phrasings for ``emoji`` (shapes' probes would be meaningless
+    there), the shapes zero-shot probes otherwise."""
     from studio.ml.zero_shot import evaluate_zero_shot
 
-    model.eval()
-    t = time.monotonic()
-    if config.dataset == "emoji":  # concept retrieval from held-out phrasings (shapes' probes would be meaningless)
-        from studio.ml.emoji_dataset import EmojiDataset
+    if dataset == "emoji":
         from studio.ml.evaluate_emoji import zero_shot_concepts
 
-        data = EmojiDataset(size=CONFIGS[config.model]["vision_cfg"]["image_size"]).data
-        result = zero_shot_concepts(model, data, n=config.eval_n, text_encoder=encode_text_trimmed)
-    else:
-        result = evaluate_zero_shot(model, n=config.eval_n, text_encoder=encode_text_trimmed)
+        return zero_shot_concepts(model, _emoji_data(config_name), n=n, text_encoder=text_encoder)
+    return evaluate_zero_shot(model, n=n, text_encoder=text_encoder)
+
+
+def dataset_texts(dataset: str, config_name: str = DEFAULT_CONFIG) -> list[str]:
+    """Every text a run on ``dataset`` trains or is evaluated on. An exported CLIP keeps the token
+    rows of these (and of the shapes grammar) only: a row the run never trained is noise anyway,
+    and dropping the rest keeps the shipped file small."""
+    if dataset == "emoji":
+        data = _emoji_data(config_name)
+        return data.captions("train") + data.captions("heldout")
+    if dataset.startswith("folder:"):
+        from studio.ml.folder import open_folder
+
+        return [pair.caption for pair in open_folder(dataset.partition(":")[2], verify=False).pairs]
+    return []  # shapes: its grammar is always kept
+
+
+def _evaluate(model, config: TrainConfig, state: dict, metrics_path: Path, out_dir: Path, since_start: float) -> dict:
+    """Held-out zero-shot numbers; keeps the best model (by their mean) under ``best/``."""
+    model.eval()
+    t = time.monotonic()
+    result = held_out_score(model, config.dataset, config.model, n=config.eval_n, text_encoder=encode_text_trimmed)
     model.train()
     result["eval_s"] = round(time.monotonic() - t, 1)
     state["last_eval"] = result

@@ -116,3 +116,30 @@ def test_bf16_run_learns_and_keeps_float32_weights(tmp_path):
     model, _, _ = load_checkpoint_model(tmp_path / "checkpoint")
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert json.loads((tmp_path / "model_card.json").read_text())["training"]["precision"] == "bf16"
+
+
+def test_export_keeps_the_token_rows_of_the_runs_own_captions(tmp_path):
+    """A CLIP trained on other words than the shapes grammar must keep their rows when exported,
+    or the shipped file would read every one of them as the mean row."""
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    captions = ["a purple zebra", "a slice of pizza", "a rocket", "a teapot"]
+    for i in range(16):
+        Image.new("RGB", (64, 64), (i * 15, 40, 200 - i * 10)).save(data / f"{i}.png")
+        (data / f"{i}.txt").write_text(captions[i % 4])
+    out = tmp_path / "run"
+    train_clip(out, dataset=f"folder:{data}", steps=2, progress=lambda r: None, **FAST)
+    own = clip_configs.export_bundled_clip(out / "checkpoint", tmp_path / "own.safetensors")
+    grammar = clip_configs.export_bundled_clip(out / "checkpoint", tmp_path / "grammar.safetensors",
+                                               keep_ids=clip_configs.grammar_token_ids())
+    assert own["dataset"] == f"folder:{data}" and own["rows_kept"] > grammar["rows_kept"]
+    original, _, _ = load_checkpoint_model(out / "checkpoint")
+    tokens = clip_configs.get_tokenizer()(captions)
+    with torch.no_grad():
+        want = original.encode_text(tokens, normalize=True)
+        kept = clip_configs.load_bundled_clip(tmp_path / "own.safetensors").encode_text(tokens, normalize=True)
+        lost = clip_configs.load_bundled_clip(tmp_path / "grammar.safetensors").encode_text(tokens, normalize=True)
+    kept_error, lost_error = (kept - want).abs().max(), (lost - want).abs().max()
+    assert kept_error < 2e-2 and lost_error > 4 * kept_error, (kept_error, lost_error)

@@ -139,7 +139,7 @@ def train_group() -> None:
 
 
 @train_group.command(name="vqgan")
-@click.option("--dataset", default="shapes", show_default=True, help="shapes, or folder:PATH")
+@click.option("--dataset", default="shapes", show_default=True, help="shapes, emoji, folder:PATH or any registered dataset")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run directory.")
 @click.option("--preset", type=click.Choice(sorted(VQ_PRESETS)), default="tiny", show_default=True)
 @click.option("--n-embed", type=click.IntRange(2), help="Codebook size (overrides the preset).")
@@ -230,7 +230,7 @@ def judge_vqgan_command(vqgan_file, count, as_json) -> None:
 
 
 @train_group.command(name="transformer")
-@click.option("--dataset", default="shapes", show_default=True, help="shapes, or folder:PATH")
+@click.option("--dataset", default="shapes", show_default=True, help="shapes, emoji, folder:PATH or any registered dataset")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run directory.")
 @click.option("--vqgan", "vqgan_file", type=_FILE, required=True, help="A trained VQGAN (vqgan.safetensors or a checkpoint).")
 @click.option("--vqgan-config", type=_FILE, help="taming yaml for a taming checkpoint.")
