@@ -41,6 +41,7 @@ from studio.generators import (
     ProgressCallback,
     Request,
     Result,
+    prompt_words,
 )
 from studio.canvas import is_near_blank
 from studio.hookspecs import hookimpl
@@ -77,8 +78,8 @@ __all__ = [
     "Engine", "JobInfo", "ImageInfo", "engine", "dispatch", "uses_broker",
     # inputs and datasets
     "resolve_input", "store_input", "open_dataset",
-    # what an image holds
-    "is_near_blank",
+    # what an image holds, what a prompt says
+    "is_near_blank", "prompt_words",
     # plumbing
     "atomic_path", "atomic_dir", "write_atomic", "sha256_file", "sha256_file_cached", "one_line", "load_checkpoint", "save_checkpoint",
     "save_safetensors",

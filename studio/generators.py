@@ -121,6 +121,12 @@ class Generator(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
+def prompt_words(text: str) -> list[str]:
+    """The words of a prompt as a model's vocabulary counts them: lower case letters (an inner
+    apostrophe kept), no digits or punctuation."""
+    return re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)?", text.lower())
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A model as a plugin registers it. Nothing heavy happens until ``factory`` is called."""
@@ -147,7 +153,7 @@ class ModelSpec:
             return []
         known = set(self.vocabulary)
         unknown: list[str] = []
-        for word in re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)?", prompt.lower()):
+        for word in prompt_words(prompt):
             if word not in known and word not in unknown:
                 unknown.append(word)
         return unknown

@@ -1,7 +1,9 @@
 """The model card of a CLIP-GEN model folder: what it was trained on and how well it works.
 
 Written by ``studio clip-gen package --eval-n N`` next to ``model.json`` as ``model_card.json``.
-Every number is measured on the packaged files themselves, on held-out `shapes` scenes:
+Every number is measured on the packaged files themselves, on held-out data of the dataset the
+model was trained on (``--dataset``): `shapes` scenes, or `emoji` pictures and held-out phrasings
+(concept accuracy by the model's own CLIP and by pixels, see ``studio.ml.evaluate_emoji``):
 
 - ``vqgan``: PSNR of encode -> decode and codebook usage/perplexity (stage 1 on its own);
 - ``eval``: ``studio eval`` metrics without re-ranking (``candidates=1``) and with it, so the
@@ -10,7 +12,8 @@ Every number is measured on the packaged files themselves, on held-out `shapes` 
   with re-ranking is optimistic by construction;
 - ``defaults``: the parameters a plain ``studio eval --model clip-gen`` uses, i.e. which
   ``eval`` row a user reproduces;
-- ``training``: steps, wall time and settings carried in each stage's weights metadata.
+- ``training``: steps, wall time and settings carried in each stage's weights metadata;
+- ``vocabulary``, ``draws``, ``licence``: what `studio submit` warns about and `studio models` shows.
 """
 
 from __future__ import annotations
@@ -41,17 +44,32 @@ def training_summary(path: Path) -> dict[str, Any]:
     return out
 
 
-def vqgan_report(vqgan, n: int = 256, seed: int = 1) -> dict[str, Any]:
-    """Reconstruction PSNR and codebook usage over ``n`` held-out `shapes` scenes."""
-    import torch
-
+def shapes_images(n: int = 256, seed: int = 1):
+    """``n`` held-out `shapes` scenes as float ``[n,3,64,64]`` in [-1,1]."""
     from studio.ml import shapes
     from studio.ml.evaluate import to_tensor
 
+    return to_tensor([shapes.render_attrs(p.attrs) for p in shapes.eval_prompts(n, seed=seed)])
+
+
+def emoji_images(data, n: int = 256, seed: int = 1):
+    """``n`` pictures of the built emoji dataset (a seeded draw) as float ``[n,3,S,S]`` in [-1,1]."""
+    import numpy as np
+
+    from studio.ml.evaluate_emoji import dataset_pictures
+
+    rows = np.sort(np.random.default_rng(seed).choice(len(data), size=min(n, len(data)), replace=False))
+    return dataset_pictures(data, rows) * 2 - 1
+
+
+def vqgan_report(vqgan, images=None) -> dict[str, Any]:
+    """Reconstruction PSNR and codebook usage over ``images`` (default: 256 held-out `shapes` scenes)."""
+    import torch
+
     from .imaging import psnr
 
-    prompts = shapes.eval_prompts(n, seed=seed)
-    images = to_tensor([shapes.render_attrs(p.attrs) for p in prompts])
+    images = shapes_images() if images is None else images
+    n = images.shape[0]
     size = vqgan.config.resolution
     if images.shape[-1] != size:
         images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
@@ -66,17 +84,56 @@ def vqgan_report(vqgan, n: int = 256, seed: int = 1) -> dict[str, Any]:
             "codes_used": int((counts > 0).sum()), "perplexity": round(perplexity, 1)}
 
 
+def shapes_domain() -> dict[str, Any]:
+    """What a card says of a model trained on `shapes`, and how it is evaluated."""
+    from studio.ml import shapes
+    from studio.ml.evaluate import evaluate_generator
+
+    def evaluate(generator, n, params, progress):
+        return evaluate_generator(generator, n=n, seed=0, params=params, progress=progress)
+
+    return {"data": "shapes images only (captions never used for training); held-out eval split for every number here",
+            "vocabulary": shapes.vocabulary(), "draws": "coloured shapes",
+            "licence": "Apache-2.0 (trained by this project; no third-party data)",
+            "images": shapes_images, "evaluate": evaluate}
+
+
+def emoji_domain(size: int, data=None) -> dict[str, Any]:
+    """What a card says of a model trained on `emoji` (``data``, default: every style installed
+    here), and how it is evaluated: concept accuracy on held-out phrasings, pictures matched by
+    the model's own CLIP."""
+    from studio.api import prompt_words
+    from studio.ml import emoji
+    from studio.ml.evaluate_emoji import evaluate_emoji_generator
+
+    data = emoji.build(size=size) if data is None else data
+    styles = list(data.sources)
+
+    def evaluate(generator, n, params, progress):
+        return evaluate_emoji_generator(generator, data, generator.clip, n=n, seed=0, params=params, progress=progress)
+
+    words = sorted({w for caption in data.captions("train") for w in prompt_words(caption)})
+    return {"data": (f"emoji pictures only (captions never used for training): {data.concept_count()} concepts in "
+                     f"{', '.join(styles)}; held-out phrasings for every concept-accuracy number here"),
+            "vocabulary": words, "draws": f"emoji ({data.concept_count(False)} everyday concepts)",
+            "licence": ("Apache-2.0 weights, trained on artwork under these terms:\n" + emoji.attribution_text(styles)),
+            "images": lambda: emoji_images(data), "evaluate": evaluate}
+
+
 def write_card(root: Path, *, eval_n: int, candidates: int, sources: dict[str, Path], extra: dict | None = None,
-               guidance: float = 1.0, progress=None) -> dict[str, Any]:
+               guidance: float = 1.0, progress=None, dataset: str = "shapes", data=None) -> dict[str, Any]:
     """Measure the model in ``root`` and write its ``model_card.json``; returns the card.
 
     ``guidance`` becomes the model's default guidance (a transformer with a null condition only)
-    and every evaluation row uses it.
+    and every evaluation row uses it. ``dataset``: what the model was trained on (``shapes`` or
+    ``emoji``), which decides the held-out data, the measures and the vocabulary; ``data``: a
+    built emoji dataset to use instead of building every installed style.
     """
-    from studio.ml.evaluate import evaluate_generator
-
     from .generator import ClipGenGenerator
     from .plugin import DEFAULTS
+
+    if dataset not in ("shapes", "emoji"):
+        raise ValueError(f"a model card can be measured on shapes or emoji, not {dataset!r}")
 
     generator = ClipGenGenerator("clip-gen", root)
     generator.load("cpu")
@@ -85,14 +142,19 @@ def write_card(root: Path, *, eval_n: int, candidates: int, sources: dict[str, P
         defaults["guidance"] = guidance
     elif guidance != 1.0:
         raise ValueError("guidance needs a transformer trained with --cond-drop (this one has no null condition)")
+    domain = emoji_domain(generator.vqgan.config.resolution, data) if dataset == "emoji" else shapes_domain()
     card: dict[str, Any] = {
         "model": "clip-gen",
-        "data": "shapes images only (captions never used for training); held-out eval split for every number here",
+        "dataset": dataset,
+        "data": domain["data"],
         "hardware": hardware(),
         "training": {part: training_summary(path) for part, path in sources.items() if part in ("vqgan", "transformer")},
-        "vqgan": vqgan_report(generator.vqgan),
+        "vqgan": vqgan_report(generator.vqgan, domain["images"]()),
         "defaults": defaults,
         "eval": {},
+        "vocabulary": domain["vocabulary"],
+        "draws": domain["draws"],
+        "licence": domain["licence"],
         **(extra or {}),
     }
     guided = {"guidance": guidance} if "guidance" in defaults else {}
@@ -100,8 +162,8 @@ def write_card(root: Path, *, eval_n: int, candidates: int, sources: dict[str, P
     if candidates > 1:
         settings[f"candidates={candidates}"] = {"candidates": candidates, "keep": 1, **guided}
     for label, params in settings.items():
-        report = evaluate_generator(generator, n=eval_n, seed=0, params=params,
-                                    progress=(lambda d, t, label=label: progress(label, d, t)) if progress else None)
+        report = domain["evaluate"](generator, eval_n, params,
+                                    (lambda d, t, label=label: progress(label, d, t)) if progress else None)
         card["eval"][label] = {"n": eval_n, "images_per_s": report["images_per_s"],
                                **{k: round(v["value"], 4) for k, v in report["metrics"].items()}}
     (root / CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")

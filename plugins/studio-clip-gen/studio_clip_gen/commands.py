@@ -435,17 +435,21 @@ def import_command(name, run_folder, vqgan, vqgan_config, transformer, clip_file
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @_with_parts
 @click.option("--eval-n", type=click.IntRange(0), default=0, show_default=True,
-              help="Score the packaged model on this many held-out `shapes` prompts into model_card.json (0: no card).")
+              help="Score the packaged model on this many held-out prompts into model_card.json (0: no card).")
+@click.option("--dataset", type=click.Choice(["shapes", "emoji"]), default="shapes", show_default=True,
+              help="What the model was trained on: the card's held-out data, measures and vocabulary.")
 @click.option("--candidates", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Re-ranking width of the card's second evaluation.")
 @click.option("--guidance", type=click.FloatRange(0, 20), default=1.0, show_default=True,
               help="The model's default guidance, used by the card's evaluations (a transformer trained with --cond-drop).")
-def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force, eval_n, candidates,
-                    guidance) -> None:
+def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force, eval_n, dataset,
+                    candidates, guidance) -> None:
     """Write a model folder (as bundled in studio_clip_gen/weights) from trained parts.
 
     With --eval-n the folder gets a model card: VQGAN PSNR and codebook usage, and `studio eval`
-    numbers without and with re-ranking, all measured on the packaged files.
+    numbers without and with re-ranking (shapes: the pixel judge; emoji: concept accuracy by the
+    model's own CLIP and by pixels), the vocabulary, what it draws and its licence, all measured
+    on the packaged files.
     """
     if guidance != 1.0 and not eval_n:
         raise click.UsageError("--guidance is the default the model card records: give --eval-n too")
@@ -468,7 +472,8 @@ def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_a
 
             try:
                 summary["card"] = write_card(out_dir, eval_n=eval_n, candidates=candidates, guidance=guidance,
-                                             sources={"vqgan": vqgan, "transformer": transformer}, progress=progress)
+                                             sources={"vqgan": vqgan, "transformer": transformer}, progress=progress,
+                                             dataset=dataset)
             except ValueError as exc:
                 raise _fail(exc) from None
     click.echo(json.dumps(summary, indent=2))

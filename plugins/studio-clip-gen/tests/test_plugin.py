@@ -92,10 +92,50 @@ def test_package_writes_a_model_card_measured_on_the_packaged_files(parts, tmp_p
         assert scores["n"] == 4 and 0 <= scores["colour"] <= 1 and -1 <= scores["clip_score"] <= 1
     assert card["vqgan"]["codes"] == 16 and 1 <= card["vqgan"]["codes_used"] <= 16
     assert card["vqgan"]["psnr_db"] > 0
+    # what `studio submit` warns about and `studio models` shows comes from the card, not by hand
+    from studio.ml import shapes
+
+    assert card["dataset"] == "shapes" and card["vocabulary"] == shapes.vocabulary() and card["draws"] == "coloured shapes"
+    spec = _registered_folder(out)
+    assert spec.unknown_words("a red cat above a blue square") == ["cat"]
     # the folder names its sources by file name only, never by where they were built
     manifest = json.loads((out / "model.json").read_text())
     assert manifest["source"] == {"vqgan": "vqgan.safetensors", "transformer": "transformer.safetensors",
                                   "clip": "clip.safetensors"}
+
+
+def _registered_folder(folder: Path):
+    """The ModelSpec a model folder registers with (as an imported model would)."""
+    card = plugin.read_card(folder)
+    return plugin.ModelSpec(id="clip-gen/x", plugin="clip-gen", factory=lambda: None,
+                            params=plugin.params_for(folder, card), **plugin.card_details(card))
+
+
+def test_an_emoji_models_card_is_measured_on_emoji_and_names_its_artwork(parts, tmp_path):
+    """--dataset emoji: concept accuracy on held-out phrasings (the model's own CLIP matches the
+    pictures), the VQGAN on emoji pictures, the captions' words as vocabulary, the attribution."""
+    from studio.api import prompt_words
+    from studio.ml import emoji
+    from studio_clip_gen.card import write_card
+    from studio_clip_gen.model_dir import assemble
+
+    pytest.importorskip("resvg_py")
+    data = emoji.build(size=16, styles=["twemoji"], cache_dir=tmp_path / "cache", limit=24, workers=1)
+    out = tmp_path / "emoji-model"
+    assemble(out, vqgan=parts / "vqgan.safetensors", transformer=parts / "transformer.safetensors",
+             clip=parts / "clip.safetensors", clip_arch="studio-tiny-64")
+    card = write_card(out, eval_n=4, candidates=2, sources={}, dataset="emoji", data=data)
+    assert card == json.loads((out / "model_card.json").read_text())
+    assert card["dataset"] == "emoji" and set(card["eval"]) == {"candidates=1", "candidates=2"}
+    for scores in card["eval"].values():
+        assert scores["n"] == 4 and {"clip_top1", "clip_top5", "pixel_top1", "pixel_top5", "diversity", "fd"} <= set(scores)
+        assert 0 <= scores["pixel_top1"] <= scores["pixel_top5"] <= 1
+    assert card["vqgan"]["n"] == len(data) and card["vqgan"]["psnr_db"] > 0
+    words = {w for c in data.captions("train") for w in prompt_words(c)}
+    assert set(card["vocabulary"]) == words and "emoji" in words and "circle" not in words
+    assert "Twemoji" in card["licence"] and "CC-BY" in card["licence"] and card["draws"].startswith("emoji")
+    spec = _registered_folder(out)
+    assert spec.unknown_words("a red circle emoji") == [w for w in ("red", "circle") if w not in words]
 
 
 def test_the_bundled_model_uses_studios_own_small_clip_file():
