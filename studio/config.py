@@ -99,13 +99,11 @@ class Settings:
             raise ConfigError(f"STUDIO_DEVICE={self.device}, but torch is not installed") from None
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
-        if not torch.cuda.is_available():
-            raise ConfigError(f"STUDIO_DEVICE={self.device}, but this machine has no usable CUDA device "
-                              f"(torch.cuda.is_available() is False); use cpu or auto")
-        index = int(self.device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise ConfigError(f"STUDIO_DEVICE={self.device}, but this machine has {torch.cuda.device_count()} "
-                              f"CUDA device(s) (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+        from studio.plumbing import cuda_device_problem
+
+        problem = cuda_device_problem(self.device)
+        if problem is not None:
+            raise ConfigError(f"STUDIO_DEVICE={self.device}, but {problem}; use cpu or auto")
         return self.device
 
 

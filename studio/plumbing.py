@@ -325,6 +325,23 @@ def _looks_like_pickle(path: Path) -> bool:
 # ---- hardware --------------------------------------------------------------------------------
 
 
+def cuda_device_problem(device: str) -> str | None:
+    """Why ``device`` (``cuda`` or ``cuda:N``) cannot be used on this machine, or None when it can.
+
+    The one check behind STUDIO_DEVICE and every trainer's ``--device``, which add their own
+    prefix; torch is imported here, lazily.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return "this machine has no usable CUDA device (torch.cuda.is_available() is False)"
+    index = torch.device(device).index or 0
+    count = torch.cuda.device_count()
+    if index >= count:
+        return f"this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})"
+    return None
+
+
 def hardware() -> dict[str, Any]:
     """The machine: cpu model, cores, python; with torch loaded also its version, threads, device."""
     import platform

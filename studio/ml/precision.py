@@ -14,34 +14,47 @@ from typing import ContextManager
 
 import torch
 
-PRECISIONS = ("fp32", "bf16")
+#: Every precision a trainer may offer; each trainer names the ones it supports.
+PRECISIONS = ("fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def autocast(device: str | torch.device, precision: str) -> ContextManager:
-    """The context a training step's forward pass runs in; ``fp32`` is a no-op."""
+    """The context a training step's forward pass runs in; ``fp32`` is a no-op.
+
+    It only maps the name to a dtype; whether the pair makes sense for a run is
+    :func:`check_training`'s question, asked once before the run starts.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return contextlib.nullcontext()
-    device_type = torch.device(device).type
-    if device_type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
-        raise ValueError("this GPU has no bfloat16 arithmetic; train with --precision fp32 (or fp16 where offered)")
-    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=torch.device(device).type, dtype=_DTYPES[precision])
 
 
-def training_device(device: str) -> str:
-    """``device`` checked before a run starts: ``cpu``, or a CUDA device this machine has."""
+def check_training(device: str, precision: str = "fp32", choices: tuple[str, ...] = ("fp32", "bf16")) -> str:
+    """``device`` and ``precision`` checked before a run starts; returns the device.
+
+    One set of rules for every trainer: ``cpu`` or a CUDA device this machine has; fp16 (which
+    needs loss scaling) on CUDA only; bf16 on a GPU only where it has bfloat16 arithmetic.
+    """
+    from studio.plumbing import cuda_device_problem
+
     try:
         parsed = torch.device(device)
     except RuntimeError:
         raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if parsed.type == "cpu":
-        return device
-    if parsed.type != "cuda":
+    if parsed.type not in ("cpu", "cuda"):
         raise ValueError(f"training runs on cpu or cuda, not {device!r}")
-    if not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: this machine has no usable CUDA device; use cpu")
-    if (parsed.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if parsed.type == "cuda":
+        problem = cuda_device_problem(device)
+        if problem is not None:
+            raise ValueError(f"--device {device}: {problem}; use cpu")
+    if precision not in choices:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(choices)}")
+    if precision == "fp16" and parsed.type != "cuda":
+        raise ValueError("fp16 mixed precision needs a CUDA device; use bf16 on the CPU")
+    if precision == "bf16" and parsed.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        other = " or fp16" if "fp16" in choices else ""
+        raise ValueError(f"this GPU has no bfloat16 arithmetic; train with --precision fp32{other}")
     return device
-

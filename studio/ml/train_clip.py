@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from studio.ml import shapes
 from studio.plumbing import append_jsonl, atomic_dir, hardware, load_checkpoint
 from studio.ml.clip_configs import CONFIGS, DEFAULT_CONFIG, create_small_clip, get_tokenizer
-from studio.ml.precision import autocast
+from studio.ml.precision import autocast, check_training
 from studio.ml.clip_features import to_clip_input
 from studio.ml.datasets import claim_caption, collate, open_dataset
 
@@ -356,6 +356,7 @@ def train_clip(
     config = TrainConfig(dataset=dataset, batch_size=batch_size, lr=lr, **options)
     torch.set_num_threads(config.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_training(str(device), config.precision)
 
     state = {"step": 0, "elapsed": 0.0, "config": dataclasses.asdict(config), "best_score": -1.0, "last_eval": None}
     ckpt = out_dir / CHECKPOINT

@@ -169,13 +169,13 @@ def train_vqgan_command(dataset, out_dir, preset, n_embed, steps, minutes, batch
     from .checkpoints import WeightsError
     from .losses import LPIPS, ClipPerceptual
     from .model_dir import read_clip
-    from studio.ml.precision import training_device
+    from studio.ml.precision import check_training
 
     from .train import VQTrainConfig, train_vqgan
     from .vqgan import VQConfig
 
     try:
-        training_device(device)
+        check_training(device, precision)
         vq = VQConfig.from_dict({**VQConfig().to_dict(), **VQ_PRESETS[preset], **({"n_embed": n_embed} if n_embed else {})})
         distance = None
         if perceptual == "clip":
@@ -269,7 +269,7 @@ def train_transformer_command(ctx, dataset, out_dir, vqgan_file, vqgan_config, c
     from .clip_embed import embed_dim
     from .gpt import GPTConfig
     from .model_dir import read_vqgan, read_clip
-    from studio.ml.precision import training_device
+    from studio.ml.precision import check_training
 
     from .train import GPTTrainConfig, train_transformer
     from .vqgan import VQModel
@@ -280,7 +280,7 @@ def train_transformer_command(ctx, dataset, out_dir, vqgan_file, vqgan_config, c
         vqgan = VQModel(vq)
         vqgan.load_state_dict(state)
         clip_model, clip_spec = read_clip(clip_file, clip_arch)
-        training_device(device)
+        check_training(device, precision)
         shape = dict(n_codes=vq.n_embed, grid=vq.grid, width=width, n_layers=layers, n_heads=heads,
                      clip_dim=embed_dim(clip_model), dropout=dropout, null_condition=cond_drop > 0)
         init = None

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from studio.api import MetricsLog, load_checkpoint, save_checkpoint
-from studio.ml.precision import autocast
+from studio.ml.precision import autocast, check_training
 
 from .checkpoints import write_safetensors
 from .gpt import GPT, GPTConfig, sample
@@ -191,6 +191,7 @@ def train_vqgan(
     :class:`~studio_clip_gen.losses.ClipPerceptual`); ``None`` trains with L1 alone.
     """
     cfg = cfg or VQTrainConfig()
+    check_training(str(device), cfg.precision)
     out = Path(out_dir)
     (out / "samples").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -388,6 +389,7 @@ def train_transformer(
     from .clip_embed import embed_dim, encode_images, encode_text
 
     cfg = cfg or GPTTrainConfig()
+    check_training(str(device), cfg.precision)
     check_compatible(gpt, vqgan.config, embed_dim(clip_model))
     if cfg.cond_drop > 0 and not gpt.null_condition:
         raise ValueError("condition dropout needs a transformer with a null condition (GPTConfig.null_condition)")

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from studio.ml.clip_features import image_features, sentence_embedding, to_clip_input, tokenize_for
+from studio.ml.precision import autocast, check_training
 
 from studio.api import WeightsError, atomic_path, sha256_file
 
@@ -130,14 +131,14 @@ def mismatched(sent: torch.Tensor) -> torch.Tensor:
 
 
 def train_step(nets: Nets, opt_g, opt_d, real: torch.Tensor, captions: Sequence[str], opts: TrainOptions,
-               scaler=None, generator: torch.Generator | None = None, bf16: bool = False) -> dict[str, float]:
-    """One D/C update then one G update; returns the loss terms. Mixed precision: fp16 with a
-    ``scaler``, bf16 with ``bf16`` (no scaler)."""
+               scaler=None, generator: torch.Generator | None = None, precision: str = "fp32") -> dict[str, float]:
+    """One D/C update then one G update; returns the loss terms. Mixed precision: ``precision``
+    fp16 (with a ``scaler``) or bf16 (no scaler)."""
     cfg, clip, G, D, C = nets.cfg, nets.clip, nets.G, nets.D, nets.C
     device = real.device
     amp = scaler is not None
-    dtype = torch.bfloat16 if bf16 else torch.float16 if amp else None
-    autocast = torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    if amp != (precision == "fp16"):
+        raise ValueError("fp16 trains with a loss scaler, and only fp16 does")
     with torch.no_grad():
         sent_raw = sentence_embedding(clip, tokenize_for(clip, captions)).float()
         feats_real, _ = image_features(clip, to_clip_input(real, clip, cfg.mapping), cfg.taps)
@@ -145,13 +146,13 @@ def train_step(nets: Nets, opt_g, opt_d, real: torch.Tensor, captions: Sequence[
     feats_real = feats_real.float().requires_grad_()
 
     noise = torch.randn(real.shape[0], cfg.nz, generator=generator, device="cpu").to(device)
-    with autocast:
+    with autocast(device, precision):
         fake = G(noise, sent.detach())
     feats_fake, fake_emb = image_features(clip, to_clip_input(fake.float(), clip, cfg.mapping), cfg.taps)
     feats_fake, fake_emb = feats_fake.float(), fake_emb.float()
 
     # D and C
-    with autocast:
+    with autocast(device, precision):
         real_out = D(feats_real)
         pred_real = C(real_out, sent)
         err_real = hinge(pred_real, real=True)
@@ -162,7 +163,7 @@ def train_step(nets: Nets, opt_g, opt_d, real: torch.Tensor, captions: Sequence[
     pixel = {}
     if nets.P is not None:
         s_fixed = sent.detach()
-        with autocast:
+        with autocast(device, precision):
             err_p = (hinge(nets.P(real, s_fixed), real=True)
                      + (hinge(nets.P(fake.detach(), s_fixed), real=False)
                         + hinge(nets.P(real, mismatched(sent)), real=False)) / 2.0)
@@ -172,7 +173,7 @@ def train_step(nets: Nets, opt_g, opt_d, real: torch.Tensor, captions: Sequence[
     _backward_step(err_d, opt_d, scaler)
 
     # G
-    with autocast:
+    with autocast(device, precision):
         adv = C(D(feats_fake), sent.detach()).mean()
         adv_p = nets.P(fake, sent.detach()).mean() if nets.P is not None else None
     sim = F.cosine_similarity(fake_emb, sent_raw, dim=-1).mean()
@@ -355,12 +356,7 @@ def train_galip(out_dir: str | Path, dataset, clip, *, config: GalipConfig | Non
         d_params += list(nets.P.parameters())
     opt_d = torch.optim.Adam(d_params, lr=opts.lr_d, betas=BETAS)
     precision = opts.precision or ("fp16" if device.type == "cuda" else "fp32")
-    if precision not in ("fp32", "fp16", "bf16"):
-        raise ValueError(f"unknown precision {precision!r}; choose fp32, fp16 or bf16")
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 mixed precision needs a CUDA device; use bf16 on the CPU")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
-        raise ValueError("this GPU has no bfloat16 arithmetic; use --precision fp16")
+    check_training(str(device), precision, ("fp32", "fp16", "bf16"))
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     if resumed is not None:
         optim = resumed.extra.get("optimizers", {})
@@ -396,7 +392,7 @@ def train_galip(out_dir: str | Path, dataset, clip, *, config: GalipConfig | Non
             images, captions = pending if pending is not None else next(data)
             pending = None
             last = train_step(nets, opt_g, opt_d, images.to(device), captions, opts, scaler, noise_rng,
-                              bf16=precision == "bf16")
+                              precision=precision)
             step += 1
             bad = [k for k, v in last.items() if not math.isfinite(v)]
             if bad:

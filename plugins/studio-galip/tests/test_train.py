@@ -135,7 +135,7 @@ def test_mixed_precision_paths_train_in_half_and_keep_float32_weights(precision)
     losses = train_step(nets, opt_g, opt_d, images, [data[i]["caption"] for i in range(4)],
                         TrainOptions(precision=precision),
                         scaler=torch.amp.GradScaler("cpu", init_scale=16.0) if precision == "fp16" else None,
-                        bf16=precision == "bf16")
+                        precision=precision)
     hook.remove()
     assert seen == [torch.float16 if precision == "fp16" else torch.bfloat16]
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
