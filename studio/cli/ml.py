@@ -39,8 +39,10 @@ def _clip_configs() -> list[str]:
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="bf16: mixed precision (weights stay fp32); much faster on GPUs and on CPUs with AMX.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
+@click.option("--init", "init_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Start a new run from a CLIP exported with `studio train export-clip` (fresh optimiser).")
 def train_clip_command(dataset, out_dir, minutes, steps, batch_size, lr, config_name, probe_weight, threads, precision,
-                       resume) -> None:
+                       resume, init_file) -> None:
     """Train a small CLIP contrastively (open_clip's loss plus hard negative captions)."""
     if minutes is None and steps is None:
         raise click.UsageError("give --minutes or --steps")
@@ -48,9 +50,12 @@ def train_clip_command(dataset, out_dir, minutes, steps, batch_size, lr, config_
         raise click.BadParameter(f"unknown config {config_name!r} (known: {', '.join(_clip_configs())})", param_hint="--model")
     from studio.ml.train_clip import train_clip
 
-    summary = train_clip(out_dir, dataset=dataset, minutes=minutes, steps=steps, batch_size=batch_size, lr=lr,
-                         resume=resume, model=config_name, probe_weight=probe_weight, threads=threads,
-                         precision=precision)
+    try:
+        summary = train_clip(out_dir, dataset=dataset, minutes=minutes, steps=steps, batch_size=batch_size, lr=lr,
+                             resume=resume, model=config_name, probe_weight=probe_weight, threads=threads,
+                             precision=precision, init=str(init_file) if init_file else None)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(summary, indent=2, default=str))
 
 

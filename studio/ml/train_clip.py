@@ -44,9 +44,10 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 
 from studio.ml import shapes
-from studio.plumbing import append_jsonl, atomic_dir, hardware, load_checkpoint
+from studio.plumbing import append_jsonl, atomic_dir, hardware, load_checkpoint, one_line
 from studio.ml.clip_configs import CONFIGS, DEFAULT_CONFIG, create_small_clip, get_tokenizer
 from studio.ml.precision import autocast, check_training
 from studio.ml.clip_features import to_clip_input
@@ -82,6 +83,7 @@ class TrainConfig:
     eval_n: int = 256
     threads: int = 2
     precision: str = "fp32"  # "bf16": mixed precision (studio.ml.precision)
+    init: str | None = None  # a new run started from these weights (an exported CLIP file)
 
 
 # ---- loss -------------------------------------------------------------------------------------
@@ -218,6 +220,23 @@ def save_checkpoint(folder: Path, model, optimizer, state: dict) -> None:
         (tmp / WEIGHTS).write_bytes(safetensors_bytes(model.state_dict(),
                                                       {"config_name": state["config"]["model"], "step": str(state["step"])}))
         torch.save({**state, "optimizer": optimizer.state_dict() if optimizer is not None else None}, tmp / STATE)
+
+
+def initial_clip(path: str | Path, config_name: str):
+    """The weights a new run starts from: a CLIP exported with `studio train export-clip` (the
+    only form a trained CLIP outlives its run folder in). Rows the file dropped start as its mean
+    row; the optimiser starts afresh, with the warm-up."""
+    from studio.ml.clip_configs import load_bundled_clip
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            name = (f.metadata() or {}).get("config_name")
+        model = load_bundled_clip(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is one line
+        raise ValueError(f"--init {path}: not an exported Studio CLIP ({one_line(exc)})") from None
+    if name != config_name:
+        raise ValueError(f"--init {path} holds a {name} CLIP; train it with --model {name}")
+    return model.float().train()
 
 
 def read_train_state(folder: Path) -> dict:
@@ -361,6 +380,8 @@ def train_clip(
     state = {"step": 0, "elapsed": 0.0, "config": dataclasses.asdict(config), "best_score": -1.0, "last_eval": None}
     ckpt = out_dir / CHECKPOINT
     if resume and (ckpt / WEIGHTS).is_file():
+        if options.get("init"):
+            raise ValueError(f"{out_dir} holds a run to resume; --init starts a new one (use another --out)")
         saved = read_train_state(ckpt)
         # The architecture is the checkpoint's; everything else may be changed on resume.
         config = TrainConfig(**{**saved["config"], "batch_size": batch_size, "lr": lr, **options, "dataset": dataset,
@@ -374,7 +395,7 @@ def train_clip(
     else:
         saved = {}
         torch.manual_seed(config.seed)
-        model = create_small_clip(config.model).to(device)
+        model = (initial_clip(config.init, config.model) if config.init else create_small_clip(config.model)).to(device)
         optimizer = _make_optimizer(model, config)
     model.train()
     probe = probe_optimizer = None

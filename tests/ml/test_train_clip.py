@@ -143,3 +143,25 @@ def test_export_keeps_the_token_rows_of_the_runs_own_captions(tmp_path):
         lost = clip_configs.load_bundled_clip(tmp_path / "grammar.safetensors").encode_text(tokens, normalize=True)
     kept_error, lost_error = (kept - want).abs().max(), (lost - want).abs().max()
     assert kept_error < 2e-2 and lost_error > 4 * kept_error, (kept_error, lost_error)
+
+
+def test_a_new_run_can_start_from_an_exported_clip(run, tmp_path):
+    """The exported file is what outlives a run folder; --init continues training from it."""
+    from studio.ml.train_clip import initial_clip
+
+    out, _, _ = run
+    exported = tmp_path / "clip.safetensors"
+    clip_configs.export_bundled_clip(out / "checkpoint", exported)
+    start = initial_clip(exported, "studio-tiny-64")
+    want = clip_configs.load_bundled_clip(exported).state_dict()
+    assert start.training and all(torch.equal(v, want[k]) for k, v in start.state_dict().items())
+    with pytest.raises(ValueError, match="holds a studio-tiny-64 CLIP; train it with --model studio-tiny-64"):
+        initial_clip(exported, "studio-small-64")
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not weights")
+    with pytest.raises(ValueError, match="not an exported Studio CLIP"):
+        initial_clip(broken, "studio-tiny-64")
+    summary = train_clip(tmp_path / "next", steps=1, init=str(exported), progress=lambda r: None, **FAST)
+    assert summary["step"] == 1 and read_train_state(tmp_path / "next" / "checkpoint")["config"]["init"] == str(exported)
+    with pytest.raises(ValueError, match="--init starts a new one"):
+        train_clip(tmp_path / "next", steps=2, resume=True, init=str(exported), progress=lambda r: None, **FAST)
