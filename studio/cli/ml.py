@@ -97,7 +97,8 @@ def export_clip_command(run_dir, out, checkpoint) -> None:
 @click.option("--n", "count", type=click.IntRange(1, 100_000), default=512, show_default=True, help="Number of prompts.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prompt list and of the images.")
 @click.option("--clip", "clip_name", default="bundled", show_default=True,
-              help="CLIP behind the secondary figures (shapes) or the feature matching (emoji): bundled or ARCH:PATH.")
+              help="CLIP behind the secondary figures (shapes) or the feature matching (emoji): bundled (Studio's CLIP "
+                   "for that dataset) or ARCH:PATH (studio-bundled:PATH for an exported small CLIP).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report here.")
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
               help="Model parameter for every image (repeatable), e.g. -p candidates=8.")

@@ -10,6 +10,9 @@ from pathlib import Path
 BUNDLED_CLIP_FILE = Path(__file__).parent / "weights" / "clip-small.safetensors"
 #: The architecture name of a file in Studio's bundled small-CLIP format.
 BUNDLED_CLIP_ARCH = "studio-bundled"
+#: The small CLIP trained on the `emoji` dataset, where installed: what `studio eval --dataset
+#: emoji` matches pictures with by default (the shapes CLIP never saw an emoji).
+EMOJI_CLIP_FILE = Path(__file__).parent / "weights" / "clip-emoji.safetensors"
 #: How a model card names the bundled CLIP wherever Studio is installed.
 BUNDLED_CLIP_REF = {"package": "studio.ml", "file": "weights/clip-small.safetensors"}
 

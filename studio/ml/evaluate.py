@@ -23,7 +23,7 @@ import torch
 
 from studio.config import Settings
 from studio.generators import Request
-from studio.ml import BUNDLED_CLIP_ARCH, BUNDLED_CLIP_FILE, shapes
+from studio.ml import BUNDLED_CLIP_ARCH, BUNDLED_CLIP_FILE, EMOJI_CLIP_FILE, shapes
 from studio.ml.frechet import frechet_distance  # noqa: F401  (also part of this module's API)
 
 #: The small CLIP shipped with Studio (``studio train clip`` + ``export_bundled_clip``).
@@ -36,12 +36,19 @@ class EvalError(RuntimeError):
     """The evaluation cannot run (unknown CLIP file, model failed); one user-facing line."""
 
 
-def load_eval_clip(spec: str, device: str):
-    """``bundled`` (Studio's small CLIP), ``ARCH:PATH`` (any open_clip architecture + weights) or
-    ``studio-bundled:PATH`` (a small CLIP exported with `studio train export-clip`)."""
+def load_eval_clip(spec: str, device: str, dataset: str = "shapes"):
+    """``bundled`` (Studio's small CLIP for ``dataset``: the shapes one, or the emoji one),
+    ``ARCH:PATH`` (any open_clip architecture + weights) or ``studio-bundled:PATH`` (a small CLIP
+    exported with `studio train export-clip`)."""
     from studio.ml.clip_load import WeightsError, load_bundled_clip, load_clip
 
     try:
+        if spec == "bundled" and dataset == "emoji":
+            if not EMOJI_CLIP_FILE.is_file():
+                raise EvalError("no CLIP trained on emoji is installed, and the shapes CLIP cannot judge emoji: pass "
+                                "--clip studio-bundled:PATH (a CLIP exported with `studio train export-clip` from a "
+                                "run on emoji)")
+            return load_bundled_clip(EMOJI_CLIP_FILE, device=device)
         if spec == "bundled":
             if not BUNDLED_CLIP.is_file():
                 raise EvalError(f"the bundled CLIP is not installed ({BUNDLED_CLIP}); pass --clip ARCH:PATH")
@@ -126,7 +133,7 @@ def evaluate_model(
         from studio.ml.evaluate_emoji import evaluate_emoji_generator
 
         data = build()
-        judge = load_eval_clip(clip, device)
+        judge = load_eval_clip(clip, device, dataset)
         started = time.perf_counter()
         report = evaluate_emoji_generator(generators.get(spec, device), data, judge, n=n, seed=seed, params=values,
                                           batch=spec.max_batch, progress=progress, started=started)

@@ -129,3 +129,20 @@ def test_zero_shot_concepts_ranks_concepts_by_their_best_picture(data, monkeypat
     result = evaluate_emoji.zero_shot_concepts(None, data, n=40, seed=3)
     assert result["concept_top1"] == 0.5 and result["n"] == 40
     assert 0.5 <= result["concept_top5"] <= 1.0 and result["score"] == (0.5 + result["concept_top5"]) / 2
+
+
+def test_the_default_judge_of_emoji_is_a_clip_that_saw_emoji(monkeypatch, tmp_path):
+    """`--clip bundled` means the emoji CLIP for --dataset emoji; without one installed the eval
+    says so in one line instead of asking the shapes CLIP, which never saw an emoji."""
+    from studio.ml import BUNDLED_CLIP_FILE, evaluate
+    from studio.ml.clip_load import load_bundled_clip
+
+    monkeypatch.setattr(evaluate, "EMOJI_CLIP_FILE", tmp_path / "missing.safetensors")
+    with pytest.raises(evaluate.EvalError, match="no CLIP trained on emoji is installed") as info:
+        evaluate.load_eval_clip("bundled", "cpu", "emoji")
+    assert "\n" not in str(info.value)
+    monkeypatch.setattr(evaluate, "EMOJI_CLIP_FILE", BUNDLED_CLIP_FILE)  # any installed small-CLIP file
+    judge = evaluate.load_eval_clip("bundled", "cpu", "emoji")
+    want = load_bundled_clip(BUNDLED_CLIP_FILE).state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in judge.state_dict().items())
+    assert evaluate.load_eval_clip("bundled", "cpu") is not None  # shapes: the bundled CLIP as before
