@@ -1,7 +1,9 @@
 """Studio hooks of the CLIP-GEN plugin (entry point ``clip-gen``). Imports nothing heavy.
 
-Models: ``clip-gen`` (the bundled default, from ``studio_clip_gen/weights``) and one
-``clip-gen/NAME`` per folder imported under ``<models_dir>/clip-gen/NAME``.
+Models: ``clip-gen`` (the bundled default, from ``studio_clip_gen/weights``), one more bundled
+``clip-gen-NAME`` per model folder shipped as ``studio_clip_gen/weights-NAME`` (a model of
+another domain, e.g. ``weights-emoji``), and one ``clip-gen/NAME`` per folder imported under
+``<models_dir>/clip-gen/NAME``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from pathlib import Path
 from studio.api import GenerationError, ModelSpec, Param, hookimpl
 
 BUNDLED_DIR = Path(__file__).parent / "weights"
+#: Where further bundled models live: ``weights-NAME`` registers as ``clip-gen-NAME``.
+PACKAGE_DIR = Path(__file__).parent
 MODEL_JSON = "model.json"
 
 PARAMS = (
@@ -55,6 +59,12 @@ def params_for(folder: Path, card: dict) -> tuple[Param, ...]:
                 pass  # a card with a bad default keeps the plugin's
         out.append(p)
     return tuple(out)
+
+
+def bundled_domains() -> list[Path]:
+    """The shipped model folders beside the default one (``weights-NAME`` holding a model.json)."""
+    return sorted(p for p in PACKAGE_DIR.glob("weights-*") if (p / MODEL_JSON).is_file()
+                  and p.name.removeprefix("weights-").replace("-", "").isalnum())
 
 
 def imported_root() -> Path | None:
@@ -117,6 +127,22 @@ def register_models(register):
             **card_details(read_card(BUNDLED_DIR)),
         )
     )
+    for folder in bundled_domains():
+        card = read_card(folder)
+        model_id = "clip-gen-" + folder.name.removeprefix("weights-")
+        register(
+            ModelSpec(
+                id=model_id,
+                plugin="clip-gen",
+                factory=_factory(model_id, folder),
+                params=params_for(folder, card),
+                weights=f"bundled (studio_clip_gen/{folder.name})",
+                description=f"CLIP-GEN trained on {card.get('dataset', folder.name.removeprefix('weights-'))}"
+                            + (f": draws {card['draws']}" if card.get("draws") else ""),
+                max_batch=16,
+                **card_details(card),
+            )
+        )
     root = imported_root()
     if root is None or not root.is_dir():
         return

@@ -45,6 +45,27 @@ def test_imported_models_are_registered(monkeypatch, studio_home, model_folder):
     assert generator.describe()["model"] == "clip-gen/mine"
 
 
+def test_a_model_folder_shipped_as_weights_name_is_a_bundled_model_of_its_own(monkeypatch, tmp_path, model_folder):
+    """weights-emoji/ beside weights/ registers as clip-gen-emoji, with its own card and factory."""
+    import shutil
+
+    shutil.copytree(model_folder, tmp_path / "weights-emoji")
+    (tmp_path / "weights-emoji" / "model_card.json").write_text(json.dumps({"dataset": "emoji", "draws": "emoji",
+                                                                           "vocabulary": ["cat", "face"]}))
+    (tmp_path / "weights-empty").mkdir()  # no model.json: not a model
+    shutil.copytree(model_folder, tmp_path / "weights-bad name")  # not a usable model id
+    monkeypatch.setattr(plugin, "PACKAGE_DIR", tmp_path)
+    specs = _registered(monkeypatch)
+    extra = {k for k in specs if k.startswith("clip-gen-")}
+    assert extra == {"clip-gen-emoji"}
+    spec = specs["clip-gen-emoji"]
+    assert spec.weights == "bundled (studio_clip_gen/weights-emoji)" and spec.description.endswith("draws emoji")
+    assert spec.unknown_words("cat face") == [] and spec.unknown_words("a red square") == ["a", "red", "square"]
+    generator = spec.factory()
+    generator.load("cpu")
+    assert generator.describe()["model"] == "clip-gen-emoji"
+
+
 def _studio(*args, home: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "STUDIO_HOME": str(home), "STUDIO_LOAD_PLUGINS": "clip-gen", "OMP_NUM_THREADS": "1"}
     return subprocess.run([*STUDIO, *args], env=env, capture_output=True, text=True, timeout=300)
