@@ -77,8 +77,12 @@ def export_clip_command(run_dir, out, checkpoint) -> None:
         raise click.ClickException(f"{source}: no checkpoint there (model.safetensors missing)")
     from studio.ml.clip_configs import export_bundled_clip, load_bundled_clip
     from studio.ml.train_clip import held_out_score
+    from studio.plumbing import one_line
 
-    info = export_bundled_clip(source, out)
+    try:
+        info = export_bundled_clip(source, out)
+    except ValueError as exc:  # e.g. the dataset of a run that did not record its token ids is gone
+        raise click.ClickException(one_line(exc)) from None
     card_path = run_dir / "model_card.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     card.pop("evaluation", None)

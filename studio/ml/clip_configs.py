@@ -108,17 +108,21 @@ def grammar_token_ids(extra_texts: list[str] | tuple[str, ...] = ()) -> list[int
 def export_bundled_clip(checkpoint_dir: str | Path, out_path: str | Path, keep_ids: list[int] | None = None) -> dict:
     """Write the small fp16 file shipped with Studio from a training run's checkpoint.
 
-    ``keep_ids``: token ids whose embedding rows are stored (default: those of the texts of the
-    dataset the run trained on, plus the ``shapes`` grammar; every other row becomes the mean row).
+    ``keep_ids``: token ids whose embedding rows are stored (default: the ids the run trained,
+    which it records, plus the ``shapes`` grammar; every other row becomes the mean row, a row no
+    step trained being noise anyway).
     Returns a summary with the size in bytes and the number of rows kept.
     """
     from studio.ml.train_clip import dataset_texts, load_checkpoint_model
     from studio.plumbing import save_safetensors
 
     model, config_name, info = load_checkpoint_model(checkpoint_dir)
-    if keep_ids is None:
-        dataset = (info.get("config") or {}).get("dataset", "shapes")
-        keep_ids = grammar_token_ids(dataset_texts(dataset, config_name))
+    if not keep_ids:
+        if info.get("token_ids"):  # what the run trained, recorded as it went
+            keep_ids = sorted(set(info["token_ids"]) | set(grammar_token_ids()))
+        else:  # a run from before the record: the texts of its dataset as they are now
+            dataset = (info.get("config") or {}).get("dataset", "shapes")
+            keep_ids = grammar_token_ids(dataset_texts(dataset, config_name))
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     ids = torch.tensor(sorted(set(keep_ids)), dtype=torch.int64)
     table = state.pop(_TABLE_KEY)

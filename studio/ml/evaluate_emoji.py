@@ -6,8 +6,9 @@ words it did not see verbatim. There is no pixel judge for a cat face, so each g
 *matched against every picture of the dataset* and the concepts are ranked by their best-matching
 picture, twice:
 
-* by CLIP image features (cosine; Studio's bundled small CLIP unless ``--clip`` names another,
-  e.g. the CLIP the model was trained with), and
+* by CLIP image features (cosine; Studio's small CLIP trained on emoji, where installed, unless
+  ``--clip`` names another, e.g. the CLIP the model was trained with; the shapes CLIP never saw
+  an emoji and is never asked), and
 * by a plain pixel distance (L2 on pictures averaged down to ``PIXEL_SIDE`` squared cells), which
   no CLIP can flatter.
 

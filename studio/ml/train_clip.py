@@ -222,21 +222,30 @@ def save_checkpoint(folder: Path, model, optimizer, state: dict) -> None:
         torch.save({**state, "optimizer": optimizer.state_dict() if optimizer is not None else None}, tmp / STATE)
 
 
-def initial_clip(path: str | Path, config_name: str):
-    """The weights a new run starts from: a CLIP exported with `studio train export-clip` (the
-    only form a trained CLIP outlives its run folder in). Rows the file dropped start as its mean
-    row; the optimiser starts afresh, with the warm-up."""
-    from studio.ml.clip_configs import load_bundled_clip
+def initial_clip(path: str | Path, config_name: str) -> tuple[torch.nn.Module, list[int]]:
+    """The weights a new run starts from, and the token ids whose rows they trained: a CLIP
+    exported with `studio train export-clip` (the only form a trained CLIP outlives its run folder
+    in). Rows the file dropped start as its mean row; the optimiser starts afresh, with the warm-up."""
+    from studio.ml.clip_configs import _IDS_KEY, load_bundled_clip
+
+    def unreadable(reason: str) -> ValueError:
+        return ValueError(f"--init {path}: not an exported Studio CLIP ({reason})")
 
     try:
         with safe_open(str(path), framework="pt") as f:
             name = (f.metadata() or {}).get("config_name")
-        model = load_bundled_clip(path)
+            ids = f.get_tensor(_IDS_KEY).tolist() if _IDS_KEY in f.keys() else []
     except Exception as exc:  # noqa: BLE001 - any unreadable file is one line
-        raise ValueError(f"--init {path}: not an exported Studio CLIP ({one_line(exc)})") from None
+        raise unreadable(one_line(exc)) from None
+    if name not in CONFIGS:
+        raise unreadable(f"architecture {name!r} unknown to this Studio")
     if name != config_name:
         raise ValueError(f"--init {path} holds a {name} CLIP; train it with --model {name}")
-    return model.float().train()
+    try:
+        model = load_bundled_clip(path)
+    except Exception as exc:  # noqa: BLE001
+        raise unreadable(one_line(exc)) from None
+    return model.float().train(), ids
 
 
 def read_train_state(folder: Path) -> dict:
@@ -392,10 +401,16 @@ def train_clip(
             optimizer.load_state_dict(saved["optimizer"])
         state.update({k: saved[k] for k in ("step", "elapsed", "best_score", "last_eval") if k in saved})
         state["config"] = dataclasses.asdict(config)
+        state["_seen"] = set(saved.get("token_ids") or ())
     else:
         saved = {}
         torch.manual_seed(config.seed)
-        model = (initial_clip(config.init, config.model) if config.init else create_small_clip(config.model)).to(device)
+        if config.init:
+            model, kept = initial_clip(config.init, config.model)
+            state["_seen"] = set(kept)  # the rows the earlier run trained
+        else:
+            model, state["_seen"] = create_small_clip(config.model), set()
+        model = model.to(device)
         optimizer = _make_optimizer(model, config)
     model.train()
     probe = probe_optimizer = None
@@ -406,7 +421,14 @@ def train_clip(
             probe.load_state_dict(saved["probe"])
             probe_optimizer.load_state_dict(saved["probe_optimizer"])
     state["_probe"] = (probe, probe_optimizer)
-    tokenizer = get_tokenizer(config.model)
+    plain_tokenizer, seen = get_tokenizer(config.model), state["_seen"]
+
+    def tokenizer(texts):
+        """Tokenise and remember which ids the run trains: the token rows an export keeps."""
+        tokens = plain_tokenizer(texts)
+        seen.update(torch.unique(tokens).tolist())
+        return tokens
+
     is_shapes = dataset == "shapes"
     data = open_dataset(dataset, size=CONFIGS[config.model]["vision_cfg"]["image_size"],
                         **({"two_object_share": config.two_object_share, "seed": config.seed} if is_shapes else {}))
@@ -523,7 +545,10 @@ def train_clip(
 def _with_elapsed(state: dict, since_start: float) -> dict:
     """State as it should be saved: ``elapsed`` counts wall time over all resumed runs."""
     state["elapsed"] = state["_elapsed_base"] + since_start
-    return {k: v for k, v in state.items() if not k.startswith("_")}
+    saved = {k: v for k, v in state.items() if not k.startswith("_")}
+    if "_seen" in state:
+        saved["token_ids"] = sorted(state["_seen"])
+    return saved
 
 
 def _checkpoint(out_dir: Path, model, optimizer, config: TrainConfig, state: dict, since_start: float) -> None:
@@ -556,9 +581,9 @@ def held_out_score(model, dataset: str, config_name: str, n: int = 256, text_enc
 
 
 def dataset_texts(dataset: str, config_name: str = DEFAULT_CONFIG) -> list[str]:
-    """Every text a run on ``dataset`` trains or is evaluated on. An exported CLIP keeps the token
-    rows of these (and of the shapes grammar) only: a row the run never trained is noise anyway,
-    and dropping the rest keeps the shipped file small."""
+    """Every text a run on ``dataset`` trains or is evaluated on: which token rows an export of a
+    run that did not record its token ids keeps (see ``export_bundled_clip``). Needs the data as
+    it is now, so a run records the ids it trains instead."""
     if dataset == "emoji":
         data = _emoji_data(config_name)
         return data.captions("train") + data.captions("heldout")

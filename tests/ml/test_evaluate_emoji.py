@@ -142,7 +142,9 @@ def test_the_default_judge_of_emoji_is_a_clip_that_saw_emoji(monkeypatch, tmp_pa
         evaluate.load_eval_clip("bundled", "cpu", "emoji")
     assert "\n" not in str(info.value)
     monkeypatch.setattr(evaluate, "EMOJI_CLIP_FILE", BUNDLED_CLIP_FILE)  # any installed small-CLIP file
+    monkeypatch.setattr(evaluate, "BUNDLED_CLIP", tmp_path / "missing.safetensors")  # so the shapes one cannot answer
     judge = evaluate.load_eval_clip("bundled", "cpu", "emoji")
     want = load_bundled_clip(BUNDLED_CLIP_FILE).state_dict()
     assert all(torch.equal(v, want[k]) for k, v in judge.state_dict().items())
-    assert evaluate.load_eval_clip("bundled", "cpu") is not None  # shapes: the bundled CLIP as before
+    with pytest.raises(evaluate.EvalError, match="the bundled CLIP is not installed"):
+        evaluate.load_eval_clip("bundled", "cpu")  # shapes asks the shapes CLIP, never the emoji one

@@ -131,6 +131,11 @@ def test_export_keeps_the_token_rows_of_the_runs_own_captions(tmp_path):
         (data / f"{i}.txt").write_text(captions[i % 4])
     out = tmp_path / "run"
     train_clip(out, dataset=f"folder:{data}", steps=2, progress=lambda r: None, **FAST)
+    import shutil
+
+    recorded = set(read_train_state(out / "checkpoint")["token_ids"])
+    assert set(clip_configs.get_tokenizer()(captions).flatten().tolist()) <= recorded
+    shutil.rmtree(data)  # the export needs the run's record, not the data
     own = clip_configs.export_bundled_clip(out / "checkpoint", tmp_path / "own.safetensors")
     grammar = clip_configs.export_bundled_clip(out / "checkpoint", tmp_path / "grammar.safetensors",
                                                keep_ids=clip_configs.grammar_token_ids())
@@ -152,16 +157,26 @@ def test_a_new_run_can_start_from_an_exported_clip(run, tmp_path):
     out, _, _ = run
     exported = tmp_path / "clip.safetensors"
     clip_configs.export_bundled_clip(out / "checkpoint", exported)
-    start = initial_clip(exported, "studio-tiny-64")
+    start, kept = initial_clip(exported, "studio-tiny-64")
     want = clip_configs.load_bundled_clip(exported).state_dict()
     assert start.training and all(torch.equal(v, want[k]) for k, v in start.state_dict().items())
+    recorded = read_train_state(out / "checkpoint")["token_ids"]
+    assert kept == sorted(set(recorded) | set(clip_configs.grammar_token_ids()))
     with pytest.raises(ValueError, match="holds a studio-tiny-64 CLIP; train it with --model studio-tiny-64"):
         initial_clip(exported, "studio-small-64")
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not weights")
     with pytest.raises(ValueError, match="not an exported Studio CLIP"):
         initial_clip(broken, "studio-tiny-64")
-    summary = train_clip(tmp_path / "next", steps=1, init=str(exported), progress=lambda r: None, **FAST)
-    assert summary["step"] == 1 and read_train_state(tmp_path / "next" / "checkpoint")["config"]["init"] == str(exported)
+    summary = train_clip(tmp_path / "next", steps=1, init=str(exported), progress=lambda r: None, **{**FAST, "lr": 1e-12})
+    state = read_train_state(tmp_path / "next" / "checkpoint")
+    assert summary["step"] == 1 and state["config"]["init"] == str(exported)
+    assert set(kept) <= set(state["token_ids"])  # the earlier run's rows count as trained
+    # the run started from the file's weights (a step at lr 1e-12 leaves them), not from a fresh model
+    after, _, _ = load_checkpoint_model(tmp_path / "next" / "checkpoint")
+    fresh = clip_configs.create_small_clip("studio-tiny-64").state_dict()
+    key = "visual.conv1.weight"
+    assert torch.allclose(after.state_dict()[key], want[key], atol=1e-6)
+    assert not torch.allclose(after.state_dict()[key], fresh[key], atol=1e-3)
     with pytest.raises(ValueError, match="--init starts a new one"):
         train_clip(tmp_path / "next", steps=2, resume=True, init=str(exported), progress=lambda r: None, **FAST)

@@ -78,9 +78,12 @@ def train_command(dataset, clip_file, clip_arch, out_dir, minutes, steps, batch_
 
     if threads:
         torch.set_num_threads(threads)
+    from studio.ml.precision import check_training
+
     try:
+        check_training(device, precision or ("fp16" if device.startswith("cuda") else "fp32"), ("fp32", "fp16", "bf16"))
         clip = open_clip_model(clip_arch, clip_file, device=device)
-    except WeightsError as exc:
+    except (WeightsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     overrides = {k: v for k, v in {"cond_scale": cond_scale, "ngf": ngf, "image_size": image_size,
                                    "mapping": mapping}.items() if v is not None}

@@ -321,10 +321,12 @@ def train_galip(out_dir: str | Path, dataset, clip, *, config: GalipConfig | Non
         setattr(opts, key, value)
     if opts.steps is None and opts.minutes is None:
         raise ValueError("give steps or minutes")
+    device = torch.device(opts.device)
+    precision = opts.precision or ("fp16" if device.type == "cuda" else "fp32")
+    check_training(str(device), precision, ("fp32", "fp16", "bf16"))  # before anything moves to the device
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
-    device = torch.device(opts.device)
     torch.manual_seed(opts.seed)
 
     resumed = read_official(ckpt_path) if resume and ckpt_path.exists() else None
@@ -355,8 +357,6 @@ def train_galip(out_dir: str | Path, dataset, clip, *, config: GalipConfig | Non
     if nets.P is not None:
         d_params += list(nets.P.parameters())
     opt_d = torch.optim.Adam(d_params, lr=opts.lr_d, betas=BETAS)
-    precision = opts.precision or ("fp16" if device.type == "cuda" else "fp32")
-    check_training(str(device), precision, ("fp32", "fp16", "bf16"))
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     if resumed is not None:
         optim = resumed.extra.get("optimizers", {})

@@ -9,6 +9,7 @@ import types
 import click
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from galip_helpers import TINY_ARCH, make_tiny_clip, make_tiny_nets, save_clip, save_official_checkpoint
 
@@ -483,3 +484,13 @@ def test_without_nnpack_the_recipe_says_only_the_fusion_ran(no_bundled, official
     assert fast.extra["cpu_kernels_ran"].startswith("fused only") and "cpu_kernels_ran" not in exact.extra
     diff = np.abs(np.asarray(fast.image).astype(int) - np.asarray(exact.image).astype(int))
     assert diff.max() <= 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_a_training_device_this_machine_lacks_is_one_line_before_anything_loads(tmp_path):
+    result = CliRunner().invoke(make_cli(), ["galip", "train", "--out", str(tmp_path / "run"), "--steps", "1",
+                                             "--device", "cuda:3"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: --device cuda:3: this machine has no usable CUDA device (torch.cuda.is_available() is False); use cpu"]
+    assert not (tmp_path / "run").exists()
