@@ -23,3 +23,17 @@ def is_bundled_clip_file(path) -> bool:
         return Path(path).resolve() == BUNDLED_CLIP_FILE.resolve()
     except OSError:
         return False
+
+
+def installed_clip_ref(path) -> dict | None:
+    """``{"package": "studio.ml", "file": "weights/NAME"}`` when ``path`` is one of the CLIP files
+    Studio ships (the shapes one, the emoji one), else None: how a shipped model names a CLIP it
+    shares instead of carrying a copy."""
+    weights = (Path(__file__).parent / "weights").resolve()
+    try:
+        resolved = Path(path).resolve()
+    except OSError:
+        return None
+    if resolved.parent != weights or resolved.suffix != ".safetensors" or not resolved.is_file():
+        return None
+    return {"package": "studio.ml", "file": f"weights/{resolved.name}"}

@@ -341,13 +341,14 @@ clip_gen_group.add_command(_hidden_alias(train_vqgan_command), name="train-vqgan
 clip_gen_group.add_command(_hidden_alias(train_transformer_command), name="train-transformer")
 
 
-def _assemble(dest: Path, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force) -> dict:
+def _assemble(dest: Path, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force,
+              share_installed_clip: bool = False) -> dict:
     from .checkpoints import WeightsError
     from .model_dir import assemble
 
     try:
         return assemble(dest, vqgan=vqgan, transformer=transformer, clip=clip_file, vqgan_config=vqgan_config,
-                        clip_arch=clip_arch, heads=heads, overwrite=force,
+                        clip_arch=clip_arch, heads=heads, overwrite=force, share_installed_clip=share_installed_clip,
                         source={"vqgan": vqgan.name, "transformer": transformer.name, "clip": clip_file.name})
     except (WeightsError, ValueError, OSError) as exc:
         raise _fail(exc) from None
@@ -455,7 +456,8 @@ def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_a
         raise click.UsageError("--guidance is the default the model card records: give --eval-n too")
     vqgan, vqgan_config, transformer, clip_file, clip_arch = run_parts(None, vqgan, vqgan_config, transformer,
                                                                        clip_file, clip_arch)
-    summary = _assemble(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force)
+    summary = _assemble(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force,
+                        share_installed_clip=True)
     if eval_n:
         from rich.console import Console
         from rich.progress import Progress

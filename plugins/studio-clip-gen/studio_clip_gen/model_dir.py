@@ -180,11 +180,14 @@ def assemble(
     heads: int | None = None,
     source: dict[str, Any] | None = None,
     overwrite: bool = False,
+    share_installed_clip: bool = False,
 ) -> dict[str, Any]:
     """Check that the three parts fit together and write them as a model folder at ``dest``.
 
     Raises ``WeightsError`` (one line) for any unusable input. The folder appears atomically:
-    it is built under a temporary name and renamed at the end.
+    it is built under a temporary name and renamed at the end. ``share_installed_clip``: a CLIP
+    that Studio itself ships is named by package instead of copied (how a bundled model folder
+    uses it; an imported model keeps its own copy, which an upgrade of Studio cannot change).
     """
     from .checkpoints import WeightsError, write_safetensors
     from .clip_embed import embed_dim
@@ -204,7 +207,14 @@ def assemble(
         write_safetensors(tmp / "vqgan.safetensors", vq_state, {"vqgan": vq_cfg.to_dict(), "source": vqgan.name})
         write_safetensors(tmp / "transformer.safetensors", gpt_state,
                           {**gpt_meta, "gpt": gpt_cfg.to_dict(), "clip": clip_spec, "source": transformer.name})
-        if clip_spec["kind"] == "bundled":
+        from studio.ml import installed_clip_ref
+
+        # the transformer's metadata above keeps naming its CLIP as before, so its bytes (and the
+        # model's digest) do not depend on how the folder refers to the CLIP
+        shared = installed_clip_ref(clip) if share_installed_clip and clip_spec["kind"] == "bundled" else None
+        if shared is not None:
+            clip_spec = {"kind": "bundled", **shared}
+        elif clip_spec["kind"] == "bundled":
             shutil.copyfile(clip, tmp / "clip.safetensors")
         else:
             write_safetensors(tmp / "clip.safetensors", clip_model.state_dict(), {"arch": clip_arch, "source": clip.name})

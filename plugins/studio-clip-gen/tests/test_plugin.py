@@ -275,3 +275,27 @@ def test_a_transformer_trained_with_condition_dropout_samples_with_guidance(part
         "package", str(tmp_path / "pkg"), "--vqgan", str(parts / "vqgan.safetensors"), "--transformer",
         str(parts / "transformer.safetensors"), *common, "--eval-n", "2", "--candidates", "1", "--guidance", "3"])
     assert result.exit_code == 1 and "--cond-drop" in result.output
+
+
+def test_package_names_a_clip_studio_ships_instead_of_copying_it_and_import_copies_it(parts, tmp_path, studio_home):
+    """A bundled model folder shares Studio's CLIP file (as weights/ does); an imported model keeps
+    a copy an upgrade cannot change. The digest counts contents, so both give the same one."""
+    from click.testing import CliRunner
+
+    from studio.ml import BUNDLED_CLIP_FILE
+    from studio_clip_gen.commands import clip_gen_group
+    from studio_clip_gen.model_dir import assemble, weights_sha256
+
+    common = ["--vqgan", str(parts / "vqgan.safetensors"), "--transformer", str(parts / "transformer.safetensors"),
+              "--clip", str(BUNDLED_CLIP_FILE)]
+    result = CliRunner().invoke(clip_gen_group, ["package", str(tmp_path / "pkg"), *common])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "pkg" / "model.json").read_text())
+    assert manifest["clip"] == {"kind": "bundled", "package": "studio.ml", "file": "weights/clip-small.safetensors"}
+    assert not (tmp_path / "pkg" / "clip.safetensors").exists()
+    copied = assemble(tmp_path / "copy", vqgan=parts / "vqgan.safetensors", transformer=parts / "transformer.safetensors",
+                      clip=BUNDLED_CLIP_FILE)
+    assert (tmp_path / "copy" / "clip.safetensors").is_file() and copied["clip"]["file"] == "clip.safetensors"
+    assert copied["weights_sha256"] == weights_sha256(tmp_path / "pkg", manifest)
+    generator = plugin._factory("clip-gen/pkg", tmp_path / "pkg")()
+    generator.load("cpu")  # the shared CLIP is found through the package
