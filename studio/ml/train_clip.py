@@ -430,6 +430,7 @@ def train_clip(
         return tokens
 
     is_shapes = dataset == "shapes"
+    judged = dataset in ("shapes", "emoji")  # the datasets with a held-out measure (see held_out_score)
     data = open_dataset(dataset, size=CONFIGS[config.model]["vision_cfg"]["image_size"],
                         **({"two_object_share": config.two_object_share, "seed": config.seed} if is_shapes else {}))
     clip_loss = None
@@ -521,7 +522,7 @@ def train_clip(
                 elif bar:
                     done = state["step"] if steps else now - start_time
                     bar[0].update(bar[1], completed=done, description=f"step {state['step']} loss {loss_avg:.3f} {rate:.2f} it/s")
-            if is_shapes and now - last_eval >= config.eval_every_s:
+            if judged and now - last_eval >= config.eval_every_s:
                 _evaluate(model, config, state, metrics_path, out_dir, now - start_time)
                 last_eval = time.monotonic()
             if now - last_ckpt >= config.checkpoint_every_s:
@@ -531,7 +532,7 @@ def train_clip(
         if bar:
             bar[0].stop()
     run_time = time.monotonic() - start_time
-    if is_shapes and state["step"] > start_step:
+    if judged and state["step"] > start_step:
         _evaluate(model, config, state, metrics_path, out_dir, run_time)
     _checkpoint(out_dir, model, optimizer, config, state, time.monotonic() - start_time)
     summary = {"out_dir": str(out_dir), "step": state["step"], "steps_this_run": state["step"] - start_step,

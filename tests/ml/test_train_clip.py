@@ -180,3 +180,21 @@ def test_a_new_run_can_start_from_an_exported_clip(run, tmp_path):
     assert not torch.allclose(after.state_dict()[key], fresh[key], atol=1e-3)
     with pytest.raises(ValueError, match="--init starts a new one"):
         train_clip(tmp_path / "next", steps=2, resume=True, init=str(exported), progress=lambda r: None, **FAST)
+
+
+def test_an_emoji_run_is_judged_on_held_out_phrasings_and_keeps_its_best(tmp_path, monkeypatch):
+    """Without a held-out measure an emoji run wrote no best/ checkpoint, the one export-clip takes."""
+    pytest.importorskip("resvg_py", reason="the emoji dataset needs the emoji extra")
+    from studio.ml import emoji, train_clip as module
+    from studio.ml.datasets import open_dataset
+
+    options = dict(styles=["twemoji"], cache_dir=tmp_path / "cache", limit=24, workers=1)
+    data = emoji.build(size=64, **options)
+    monkeypatch.setattr(module, "open_dataset", lambda name, size, **kw: open_dataset(name, size=size, **options))
+    monkeypatch.setattr(module, "_emoji_data", lambda _config_name: data)
+    summary = train_clip(tmp_path / "run", dataset="emoji", steps=2, progress=lambda r: None, **FAST)
+    assert set(summary["evaluation"]) >= {"concept_top1", "concept_top5", "score"}
+    assert 0 <= summary["evaluation"]["concept_top1"] <= summary["evaluation"]["concept_top5"] <= 1
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "eval" and "concept_top5" in e for e in events)
