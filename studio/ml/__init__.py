@@ -13,16 +13,6 @@ BUNDLED_CLIP_ARCH = "studio-bundled"
 #: The small CLIP trained on the `emoji` dataset, where installed: what `studio eval --dataset
 #: emoji` matches pictures with by default (the shapes CLIP never saw an emoji).
 EMOJI_CLIP_FILE = Path(__file__).parent / "weights" / "clip-emoji.safetensors"
-#: How a model card names the bundled CLIP wherever Studio is installed.
-BUNDLED_CLIP_REF = {"package": "studio.ml", "file": "weights/clip-small.safetensors"}
-
-
-def is_bundled_clip_file(path) -> bool:
-    """True when ``path`` is the installed bundled CLIP file itself."""
-    try:
-        return Path(path).resolve() == BUNDLED_CLIP_FILE.resolve()
-    except OSError:
-        return False
 
 
 def installed_clip_ref(path) -> dict | None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -562,7 +563,10 @@ def _checkpoint(out_dir: Path, model, optimizer, config: TrainConfig, state: dic
     write_model_card(out_dir, config, saved, state.get("last_eval"))
 
 
+@functools.lru_cache(maxsize=2)
 def _emoji_data(config_name: str):
+    """Opened once per process: a run evaluates every few minutes and an export reads the texts
+    twice, and each opening reads and checks the whole cache (seconds)."""
     from studio.ml.emoji_dataset import EmojiDataset
 
     return EmojiDataset(size=CONFIGS[config_name]["vision_cfg"]["image_size"]).data

@@ -179,10 +179,10 @@ def run_sources(run_folder: Path | None, checkpoint: Path | None, clip_file: Pat
 
 
 def _guess_arch(clip_file: Path) -> str:
-    """The bundled CLIP is Studio's small-CLIP format; any other file is taken for the official CLIP."""
-    from studio.ml import BUNDLED_CLIP_ARCH, is_bundled_clip_file
+    """The CLIPs Studio ships are in its small-CLIP format; any other file is taken for the official CLIP."""
+    from studio.ml import BUNDLED_CLIP_ARCH, installed_clip_ref
 
-    return BUNDLED_CLIP_ARCH if is_bundled_clip_file(clip_file) else OFFICIAL_CLIP_ARCH
+    return BUNDLED_CLIP_ARCH if installed_clip_ref(clip_file) else OFFICIAL_CLIP_ARCH
 
 
 def import_model(name: str, checkpoint: Path, clip_file: Path, clip_arch: str, models_dir: Path,
@@ -235,11 +235,12 @@ def import_model(name: str, checkpoint: Path, clip_file: Path, clip_arch: str, m
         "terms": OFFICIAL_TERMS if official else weights.meta.get("terms", ""),
         "imported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    from studio.ml import BUNDLED_CLIP_REF, is_bundled_clip_file
+    from studio.ml import installed_clip_ref
 
-    if is_bundled_clip_file(clip_file) and not copy_clip:
+    shipped = installed_clip_ref(clip_file)
+    if shipped and not copy_clip:
         # Named by package, as the bundled model does, so the card survives Studio being reinstalled.
-        data["clip"] = {"arch": clip_arch, **BUNDLED_CLIP_REF, "sha256": data["clip"]["sha256"]}
+        data["clip"] = {"arch": clip_arch, **shipped, "sha256": data["clip"]["sha256"]}
     if copy_clip:
         target = dest / f"clip{clip_file.suffix}"
         shutil.copyfile(clip_file, target)
