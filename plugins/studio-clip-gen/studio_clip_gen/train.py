@@ -355,6 +355,57 @@ def _param_groups(model: GPT, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
+#: Datasets up to this many items get their encodings cached (``FrozenEncodings``); the procedural
+#: `shapes` stream (a million scenes, each seen about once) is not worth the memory.
+CACHE_ITEMS = 200_000
+
+
+class FrozenEncodings:
+    """The frozen VQGAN's tokens and CLIP's image embedding of each picture, computed once.
+
+    A finite dataset without random augmentation (emoji, a user's folder) shows the same pictures
+    every epoch, and encoding them is most of a step's cost at 64px. Pictures are keyed by their
+    bytes, so several captions of one picture share an entry. ``cache=False``: encode every batch.
+    """
+
+    def __init__(self, vqgan: VQModel, clip_model: nn.Module, device: str, precision: str, cache: bool) -> None:
+        self.vqgan, self.clip_model, self.device, self.precision = vqgan, clip_model, device, precision
+        self.entries: dict[bytes, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
+
+    @torch.no_grad()
+    def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from .clip_embed import encode_images
+
+        with autocast(self.device, self.precision):
+            # the nearest-code search is float32, but under bf16 its input is the encoder's bf16
+            # output, so near-ties can pick another code than a float32 encoder (about 2% of tokens)
+            return self.vqgan.encode_to_indices(images), encode_images(self.clip_model, images).float()
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tokens [B, grid*grid], image embeddings [B, D])`` of a batch."""
+        if self.entries is None:
+            return self._encode(images)
+        import hashlib
+
+        keys = [hashlib.blake2b(image.cpu().numpy().tobytes(), digest_size=16).digest() for image in images]
+        missing = sorted({i for i, key in enumerate(keys) if key not in self.entries})
+        unique = list({keys[i]: i for i in missing}.values())
+        if unique:
+            tokens, embeddings = self._encode(images[unique])
+            for j, i in enumerate(unique):
+                self.entries[keys[i]] = (tokens[j].cpu(), embeddings[j].cpu())
+        pairs = [self.entries[key] for key in keys]
+        return (torch.stack([t for t, _ in pairs]).to(images.device),
+                torch.stack([e for _, e in pairs]).to(images.device))
+
+
+def _finite(dataset: Any) -> bool:
+    try:
+        return 0 < len(dataset) <= CACHE_ITEMS
+    except TypeError:
+        return False
+
+
 def check_compatible(gpt: GPTConfig, vq: VQConfig, clip_dim: int) -> None:
     if gpt.n_codes != vq.n_embed:
         raise ValueError(f"transformer vocabulary {gpt.n_codes} != VQGAN codebook {vq.n_embed}")
@@ -386,7 +437,7 @@ def train_transformer(
     run starts from (a shipped model trained further; its optimiser starts afresh, so the warm-up
     applies); a null condition it lacks starts from its initialisation. Returns a summary.
     """
-    from .clip_embed import embed_dim, encode_images, encode_text
+    from .clip_embed import embed_dim, encode_text
 
     cfg = cfg or GPTTrainConfig()
     check_training(str(device), cfg.precision)
@@ -416,6 +467,7 @@ def train_transformer(
     prior_s = state.get("train_seconds", 0.0) if state is not None else 0.0
     generator = torch.Generator().manual_seed(cfg.seed + step)
     data = batches(dataset, cfg.batch_size, vqgan.config.resolution, seed=cfg.seed + step, device=device)
+    encode = FrozenEncodings(vqgan, clip_model, str(device), cfg.precision, cache=_finite(dataset))
     metrics = MetricsLog(out / "metrics.jsonl", echo)
 
     def save() -> None:
@@ -427,12 +479,7 @@ def train_transformer(
     model.train()
     while step < cfg.steps and not _out_of_time(started, cfg.minutes):
         images, captions = next(data)
-        with torch.no_grad(), autocast(device, cfg.precision):
-            # the frozen encoder is most of a step's cost at 64px, so it runs in the run's precision:
-            # the nearest-code search is float32, but its input is the encoder's bf16 output, so
-            # near-ties can pick another code than a float32 encoder (about 2% of tokens)
-            tokens = vqgan.encode_to_indices(images)
-            image_emb = encode_images(clip_model, images).float()
+        tokens, image_emb = encode(images)
         cond = perturb(image_emb, cfg.cond_noise, generator)
         drop = None
         if cfg.cond_drop > 0:

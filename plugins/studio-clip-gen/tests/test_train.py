@@ -10,7 +10,8 @@ from studio_clip_gen.checkpoints import read_safetensors
 from studio_clip_gen.gpt import GPTConfig
 from studio_clip_gen.imaging import psnr
 from studio_clip_gen.losses import ClipPerceptual, NLayerDiscriminator, LPIPS
-from studio_clip_gen.train import (GPTTrainConfig, VQTrainConfig, kmeans, perturb, train_transformer, train_vqgan)
+from studio_clip_gen.train import (FrozenEncodings, GPTTrainConfig, VQTrainConfig, kmeans, perturb, train_transformer,
+                                   train_vqgan)
 from studio_clip_gen.vqgan import VQModel
 
 
@@ -77,6 +78,22 @@ def test_transformer_training_reduces_loss_and_measures_the_gap(tmp_path, square
     resumed = train_transformer(squares, tmp_path, vqgan, tiny_clip, gpt, GPTTrainConfig(**{**cfg.__dict__, "steps": 32}),
                                 resume=True)
     assert resumed["steps"] == 32
+
+
+def test_frozen_encodings_are_computed_once_per_picture_and_equal_a_fresh_encoding(squares, tiny_vq_config, tiny_clip):
+    vqgan = VQModel(tiny_vq_config).eval()
+    fresh = FrozenEncodings(vqgan, tiny_clip, "cpu", "fp32", cache=False)
+    cached = FrozenEncodings(vqgan, tiny_clip, "cpu", "fp32", cache=True)
+    calls = []
+    encode = cached._encode
+    cached._encode = lambda images: calls.append(len(images)) or encode(images)
+    first = torch.stack([squares[i]["image"] for i in (0, 1, 2, 1)])  # picture 1 twice (two captions of one picture)
+    second = torch.stack([squares[i]["image"] for i in (2, 3, 0)])
+    for batch in (first, second):
+        tokens, embeddings = cached(batch)
+        want_tokens, want_embeddings = fresh(batch)
+        assert torch.equal(tokens, want_tokens) and torch.allclose(embeddings, want_embeddings, atol=1e-6)
+    assert calls == [3, 1]  # 3 distinct pictures, then only the new one
 
 
 def test_clip_embedding_loss_trains_through_the_decoder(tmp_path, squares, tiny_vq_config, tiny_clip):
