@@ -169,6 +169,17 @@ def read_transformer(path: Path, heads: int | None):
     return state, cfg, meta
 
 
+def _training_record(path: Path) -> dict[str, Any]:
+    """The steps, wall time and last metrics a Studio training run wrote into a safetensors file,
+    so a packaged part (and a package made from it again) still says how it was trained."""
+    if path.suffix != ".safetensors":
+        return {}
+    from .checkpoints import read_safetensors
+
+    _, meta = read_safetensors(path)
+    return {k: meta[k] for k in ("steps", "train_seconds", "metrics") if k in meta}
+
+
 def assemble(
     dest: Path,
     *,
@@ -204,7 +215,8 @@ def assemble(
         raise WeightsError(f"the parts do not fit together: {exc}") from None
 
     with atomic_dir(dest) as tmp:
-        write_safetensors(tmp / "vqgan.safetensors", vq_state, {"vqgan": vq_cfg.to_dict(), "source": vqgan.name})
+        write_safetensors(tmp / "vqgan.safetensors", vq_state,
+                          {**_training_record(vqgan), "vqgan": vq_cfg.to_dict(), "source": vqgan.name})
         write_safetensors(tmp / "transformer.safetensors", gpt_state,
                           {**gpt_meta, "gpt": gpt_cfg.to_dict(), "clip": clip_spec, "source": transformer.name})
         from studio.ml import installed_clip_ref

@@ -299,3 +299,20 @@ def test_package_names_a_clip_studio_ships_instead_of_copying_it_and_import_copi
     assert copied["weights_sha256"] == weights_sha256(tmp_path / "pkg", manifest)
     generator = plugin._factory("clip-gen/pkg", tmp_path / "pkg")()
     generator.load("cpu")  # the shared CLIP is found through the package
+
+
+def test_a_packaged_vqgan_keeps_its_training_record_through_packaging_again(parts, tmp_path):
+    from studio_clip_gen.card import training_summary
+    from studio_clip_gen.checkpoints import read_safetensors, write_safetensors
+    from studio_clip_gen.model_dir import assemble
+
+    state, meta = read_safetensors(parts / "vqgan.safetensors")
+    run_export = tmp_path / "run" / "vqgan.safetensors"
+    run_export.parent.mkdir()
+    write_safetensors(run_export, state, {**meta, "steps": 3206, "train_seconds": 2700.0, "metrics": {"psnr": 31.3}})
+    common = dict(transformer=parts / "transformer.safetensors", clip=parts / "clip.safetensors", clip_arch="studio-tiny-64")
+    assemble(tmp_path / "first", vqgan=run_export, **common)
+    assemble(tmp_path / "again", vqgan=tmp_path / "first" / "vqgan.safetensors", **common)
+    summary = training_summary(tmp_path / "again" / "vqgan.safetensors")
+    assert (summary["steps"], summary["minutes"], summary["final_metrics"]) == (3206, 45.0, {"psnr": 31.3})
+    assert training_summary(tmp_path / "first" / "vqgan.safetensors")["vqgan"] == meta["vqgan"]
