@@ -355,8 +355,9 @@ def _param_groups(model: GPT, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-#: Datasets up to this many items get their encodings cached (``FrozenEncodings``); the procedural
-#: `shapes` stream (a million scenes, each seen about once) is not worth the memory.
+#: Datasets up to this many items get their encodings cached (``FrozenEncodings``), and a cache
+#: holds at most this many pictures (then encodes the rest afresh); the procedural `shapes` stream
+#: (a million scenes, each seen about once) is not worth the memory.
 CACHE_ITEMS = 200_000
 
 
@@ -364,13 +365,16 @@ class FrozenEncodings:
     """The frozen VQGAN's tokens and CLIP's image embedding of each picture, computed once.
 
     A finite dataset without random augmentation (emoji, a user's folder) shows the same pictures
-    every epoch, and encoding them is most of a step's cost at 64px. Pictures are keyed by their
-    bytes, so several captions of one picture share an entry. ``cache=False``: encode every batch.
+    every epoch, so their encodings are kept (about 1 KB a picture at a 16x16 grid). Pictures are
+    keyed by their bytes, so several captions of one picture share an entry, and a dataset that
+    does alter its pictures only stops gaining once ``CACHE_ITEMS`` are held. ``cache=False``:
+    encode every batch.
     """
 
     def __init__(self, vqgan: VQModel, clip_model: nn.Module, device: str, precision: str, cache: bool) -> None:
         self.vqgan, self.clip_model, self.device, self.precision = vqgan, clip_model, device, precision
         self.entries: dict[bytes, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
+        self.token_dtype = torch.int16 if vqgan.config.n_embed <= 2**15 else torch.int64
 
     @torch.no_grad()
     def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -383,26 +387,31 @@ class FrozenEncodings:
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(tokens [B, grid*grid], image embeddings [B, D])`` of a batch."""
-        if self.entries is None:
+        if self.entries is None or len(images) == 0:
             return self._encode(images)
         import hashlib
 
-        keys = [hashlib.blake2b(image.cpu().numpy().tobytes(), digest_size=16).digest() for image in images]
-        missing = sorted({i for i, key in enumerate(keys) if key not in self.entries})
-        unique = list({keys[i]: i for i in missing}.values())
-        if unique:
-            tokens, embeddings = self._encode(images[unique])
-            for j, i in enumerate(unique):
-                self.entries[keys[i]] = (tokens[j].cpu(), embeddings[j].cpu())
-        pairs = [self.entries[key] for key in keys]
-        return (torch.stack([t for t, _ in pairs]).to(images.device),
+        host = images.detach().cpu()
+        keys = [hashlib.blake2b(image.numpy().tobytes(), digest_size=16).digest() for image in host]
+        fresh = list({key: i for i, key in enumerate(keys) if key not in self.entries}.values())
+        encoded: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}
+        if fresh:
+            tokens, embeddings = self._encode(images[fresh])
+            for j, i in enumerate(fresh):
+                encoded[keys[i]] = (tokens[j].cpu().to(self.token_dtype), embeddings[j].cpu())
+            room = max(0, CACHE_ITEMS - len(self.entries))
+            self.entries.update(list(encoded.items())[:room])
+        pairs = [encoded.get(key) or self.entries[key] for key in keys]
+        return (torch.stack([t for t, _ in pairs]).to(images.device, torch.long),
                 torch.stack([e for _, e in pairs]).to(images.device))
 
 
-def _finite(dataset: Any) -> bool:
+def finite_dataset(dataset: Any) -> bool:
+    """True for a dataset small enough to cache (``CACHE_ITEMS``); an iterable without a length,
+    or one whose length cannot be told, is not."""
     try:
         return 0 < len(dataset) <= CACHE_ITEMS
-    except TypeError:
+    except (TypeError, ValueError, NotImplementedError):
         return False
 
 
@@ -467,7 +476,7 @@ def train_transformer(
     prior_s = state.get("train_seconds", 0.0) if state is not None else 0.0
     generator = torch.Generator().manual_seed(cfg.seed + step)
     data = batches(dataset, cfg.batch_size, vqgan.config.resolution, seed=cfg.seed + step, device=device)
-    encode = FrozenEncodings(vqgan, clip_model, str(device), cfg.precision, cache=_finite(dataset))
+    encode = FrozenEncodings(vqgan, clip_model, str(device), cfg.precision, cache=finite_dataset(dataset))
     metrics = MetricsLog(out / "metrics.jsonl", echo)
 
     def save() -> None:

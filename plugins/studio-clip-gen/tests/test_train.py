@@ -10,8 +10,9 @@ from studio_clip_gen.checkpoints import read_safetensors
 from studio_clip_gen.gpt import GPTConfig
 from studio_clip_gen.imaging import psnr
 from studio_clip_gen.losses import ClipPerceptual, NLayerDiscriminator, LPIPS
-from studio_clip_gen.train import (FrozenEncodings, GPTTrainConfig, VQTrainConfig, kmeans, perturb, train_transformer,
-                                   train_vqgan)
+from studio_clip_gen import train
+from studio_clip_gen.train import (FrozenEncodings, GPTTrainConfig, VQTrainConfig, finite_dataset, kmeans, perturb,
+                                   train_transformer, train_vqgan)
 from studio_clip_gen.vqgan import VQModel
 
 
@@ -94,6 +95,21 @@ def test_frozen_encodings_are_computed_once_per_picture_and_equal_a_fresh_encodi
         want_tokens, want_embeddings = fresh(batch)
         assert torch.equal(tokens, want_tokens) and torch.allclose(embeddings, want_embeddings, atol=1e-6)
     assert calls == [3, 1]  # 3 distinct pictures, then only the new one
+
+
+def test_the_encoding_cache_is_bounded_and_only_for_finite_datasets(squares, tiny_vq_config, tiny_clip, monkeypatch):
+    monkeypatch.setattr(train, "CACHE_ITEMS", 2)
+    cached = FrozenEncodings(VQModel(tiny_vq_config).eval(), tiny_clip, "cpu", "fp32", cache=True)
+    batch = torch.stack([squares[i]["image"] for i in range(4)])
+    tokens, _ = cached(batch)
+    assert len(cached.entries) == 2 and tokens.dtype == torch.long and torch.equal(cached(batch)[0], tokens)
+
+    class Endless(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield from squares
+
+    assert finite_dataset(range(2)) and not finite_dataset(range(3))  # CACHE_ITEMS is 2 here
+    assert not finite_dataset([]) and not finite_dataset(Endless())
 
 
 def test_clip_embedding_loss_trains_through_the_decoder(tmp_path, squares, tiny_vq_config, tiny_clip):

@@ -250,7 +250,7 @@ def _check_galip_model(engine, model_id: str) -> None:
                    "model_card.json names].")
 @click.option("--clip-arch",
               help=f"open_clip architecture of --clip, or {BUNDLED_CLIP} [default: the run's, else "
-                   f"{OFFICIAL_CLIP_ARCH}].")
+                   f"{BUNDLED_CLIP} for a CLIP Studio ships, else {OFFICIAL_CLIP_ARCH}].")
 @click.option("--copy-clip", is_flag=True, help="Copy the CLIP file into the model folder instead of referencing it.")
 @click.option("--force", is_flag=True, help="Replace an existing model of that name.")
 def import_command(name, run_folder, checkpoint, clip_file, clip_arch, copy_clip, force) -> None:

@@ -62,7 +62,7 @@ class ModelCard:
     def clip_file(self) -> Path:
         """The CLIP file: absolute, relative to the card, or inside an installed package.
 
-        ``{"package": "studio.ml", "file": "weights/clip.safetensors"}`` lets the bundled model
+        ``{"package": "studio.ml", "file": "weights/clip-small.safetensors"}`` lets the bundled model
         use a CLIP file that another distribution ships, wherever it is installed.
         """
         clip = self.data["clip"]

@@ -389,6 +389,7 @@ def test_a_run_on_the_bundled_clip_imports_as_it_is(no_bundled, tmp_path):
     assert result.exit_code == 0, result.output
     card = json.loads((load_settings().models_dir / "galip" / "pets" / "model.json").read_text())
     assert card["clip"]["package"] == "studio.ml" and card["clip"]["arch"] == "studio-bundled"
+    assert card["clip"]["file"] == "weights/clip-small.safetensors"
     assert "galip/pets" in registered()
 
     empty = tmp_path / "empty"
