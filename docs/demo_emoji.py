@@ -12,10 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from studio.config import load_settings
-from studio.generators import Request
-from studio.loader import generators
-from studio.plugins import get_registry
+from demo_grid import LABEL, SCALE, TILE, draw_defaults, tile  # the shapes grid's script, beside this one
 
 MODEL = "clip-gen-emoji"
 PROMPTS = [
@@ -25,23 +22,18 @@ PROMPTS = [
     "a smiling face", "a sun", "a pile of poo", "an automobile", "an evergreen tree", "a house", "a crescent moon",
     "a soccer ball",
 ]
-COLUMNS, TILE, SCALE, LABEL = 8, 64, 2, 14
+COLUMNS = 8
 
 
 def main(out: Path) -> None:
-    settings = load_settings()
-    spec = get_registry(settings.load_plugins).model(MODEL)
-    generator = generators.get(spec, "cpu")
-    values = spec.validate_params({})
-    results = generator.generate([Request(p, 0, dict(values), index=i) for i, p in enumerate(PROMPTS)],
-                                 lambda _d, _t: None)
+    images = draw_defaults(MODEL, PROMPTS)
     rows = -(-len(PROMPTS) // COLUMNS)
     cell_w, cell_h = TILE * SCALE, TILE * SCALE + LABEL
     grid = Image.new("RGB", (COLUMNS * cell_w, rows * cell_h), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
-    for i, (prompt, result) in enumerate(zip(PROMPTS, results)):
+    for i, (prompt, image) in enumerate(zip(PROMPTS, images)):
         x, y = (i % COLUMNS) * cell_w, (i // COLUMNS) * cell_h
-        grid.paste(result.image.convert("RGB").resize((cell_w, cell_w), Image.Resampling.NEAREST), (x, y))
+        grid.paste(tile(image), (x, y))
         draw.text((x + 2, y + cell_w + 1), prompt.removeprefix("a ").removeprefix("an "), fill=(0, 0, 0))
     grid.save(out, optimize=True)
     print(out)

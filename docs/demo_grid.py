@@ -30,22 +30,32 @@ MODELS = ("galip", "clip-gen")
 TILE, LABEL, SCALE = 64, 14, 2
 
 
-def main(out: Path) -> None:
+def draw_defaults(model_id: str, prompts: list[str]) -> list[Image.Image]:
+    """What ``studio submit PROMPT --model MODEL --seed 0`` makes for each prompt, in one batch."""
     settings = load_settings()
-    registry = get_registry(settings.load_plugins)
+    spec = get_registry(settings.load_plugins).model(model_id)
+    generator = generators.get(spec, "cpu")
+    values = spec.validate_params({})
+    results = generator.generate([Request(p, 0, dict(values), index=i) for i, p in enumerate(prompts)],
+                                 lambda _d, _t: None)
+    return [result.image for result in results]
+
+
+def tile(image: Image.Image) -> Image.Image:
+    """A generated image enlarged for the grid, pixels kept sharp."""
+    return image.convert("RGB").resize((TILE * SCALE, TILE * SCALE), Image.Resampling.NEAREST)
+
+
+def main(out: Path) -> None:
     w, h = len(PROMPTS) * TILE * SCALE, len(MODELS) * (TILE * SCALE + LABEL)
     grid = Image.new("RGB", (w, h), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
     for row, model_id in enumerate(MODELS):
-        spec = registry.model(model_id)
-        generator = generators.get(spec, "cpu")
-        values = spec.validate_params({})
-        results = generator.generate([Request(p, 0, dict(values), index=i) for i, (p, _o, _r) in enumerate(PROMPTS)],
-                                     lambda _d, _t: None)
-        for col, ((prompt, objects, relation), result) in enumerate(zip(PROMPTS, results)):
-            verdict = checker.check_image(result.image, {"objects": objects, "relation": relation})
+        images = draw_defaults(model_id, [prompt for prompt, _o, _r in PROMPTS])
+        for col, ((_prompt, objects, relation), image) in enumerate(zip(PROMPTS, images)):
+            verdict = checker.check_image(image, {"objects": objects, "relation": relation})
             x, y = col * TILE * SCALE, row * (TILE * SCALE + LABEL)
-            grid.paste(result.image.convert("RGB").resize((TILE * SCALE, TILE * SCALE), Image.Resampling.NEAREST), (x, y))
+            grid.paste(tile(image), (x, y))
             found = ",".join(s or "?" for s in verdict.shapes_guessed)
             draw.text((x + 2, y + TILE * SCALE + 1), f"{model_id}: {found}", fill=(0, 0, 0))
     grid.save(out, optimize=True)
