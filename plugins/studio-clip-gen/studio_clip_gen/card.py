@@ -31,9 +31,9 @@ def training_summary(path: Path) -> dict[str, Any]:
     """Steps, wall time and settings a Studio training run stored in its safetensors metadata."""
     if path.suffix != ".safetensors":
         return {}
-    from .checkpoints import read_safetensors
+    from .checkpoints import read_safetensors_meta
 
-    _, meta = read_safetensors(path)
+    meta = read_safetensors_meta(path)
     metrics = meta.get("metrics") or {}
     seconds = meta.get("train_seconds", metrics.get("elapsed_s"))  # all resumed legs; older files: the last leg
     out = {"steps": meta.get("steps"), "minutes": round(seconds / 60, 1) if seconds is not None else None}

@@ -233,13 +233,21 @@ def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and the ``meta`` dict written by :func:`write_safetensors` (empty for foreign files)."""
+    return _read_safetensors(Path(path), with_tensors=True)
+
+
+def read_safetensors_meta(path: str | Path) -> dict[str, Any]:
+    """Only the ``meta`` dict of :func:`read_safetensors`: the header, not the weights."""
+    return _read_safetensors(Path(path), with_tensors=False)[1]
+
+
+def _read_safetensors(path: Path, with_tensors: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             raw = (f.metadata() or {}).get("studio")
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
+            tensors = {key: f.get_tensor(key) for key in f.keys()} if with_tensors else {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise WeightsError(f"{path}: not a readable safetensors file ({one_line(exc, 200)})") from None
     try:

@@ -174,9 +174,9 @@ def _training_record(path: Path) -> dict[str, Any]:
     so a packaged part (and a package made from it again) still says how it was trained."""
     if path.suffix != ".safetensors":
         return {}
-    from .checkpoints import read_safetensors
+    from .checkpoints import read_safetensors_meta
 
-    _, meta = read_safetensors(path)
+    meta = read_safetensors_meta(path)
     return {k: meta[k] for k in ("steps", "train_seconds", "metrics") if k in meta}
 
 
