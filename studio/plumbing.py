@@ -342,6 +342,22 @@ def cuda_device_problem(device: str) -> str | None:
     return None
 
 
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str] | None:
+    """The instruction-set flags of this machine's CPU, or None where the system does not list them.
+
+    Read from the first ``flags`` line of ``cpuinfo`` (Linux); None means "unknown", which callers
+    must not mistake for "none".
+    """
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return None
+
+
 def hardware() -> dict[str, Any]:
     """The machine: cpu model, cores, python; with torch loaded also its version, threads, device."""
     import platform
