@@ -16,8 +16,9 @@ from sqlalchemy import exists, select
 
 from studio import store
 from studio.engine import Engine, ImageInfo, JobInfo
-from studio.errors import StudioError, UsageError
+from studio.errors import StoreError, StudioError, UsageError
 from studio.executors import dispatch
+from studio.gallery.compare import Comparison, compare_files
 from studio.gallery.query import locate
 
 SEED_SPACE = 2**32
@@ -145,9 +146,25 @@ class ImageCheck:
     equivalent: frozenset[str] = frozenset()
     file_before: str = store.OK
     file_after: str = store.OK
+    #: where the hashes differ and both files are readable: how the pixels and recipes differ
+    comparison: Comparison | None = None
 
     @property
     def match(self) -> bool:
+        """The same file, or the same pixels with only recorded diagnostics (``extra``) differing.
+
+        Those diagnostics (e.g. a candidate's CLIP score in its sixth decimal) can come out
+        differently on another CPU although the image kept is the same, pixel for pixel.
+        """
+        if self.actual is None:
+            return False
+        if self.expected == self.actual or self.expected in self.equivalent:
+            return True
+        return self.comparison is not None and self.comparison.same_image
+
+    @property
+    def exact(self) -> bool:
+        """The same bytes (in the PNG layout the original was written in)."""
         return self.actual is not None and (self.expected == self.actual or self.expected in self.equivalent)
 
     @property
@@ -175,7 +192,8 @@ class Verification:
             "job": self.job.as_dict(),
             "device": self.device,
             "images": [{"index": c.index, "seed": c.seed, "expected": c.expected, "actual": c.actual, "match": c.match,
-                        "file_before": c.file_before, "file_after": c.file_after, "repaired": c.repaired}
+                        "exact": c.exact, "file_before": c.file_before, "file_after": c.file_after,
+                        "repaired": c.repaired, "comparison": c.comparison.as_dict() if c.comparison else None}
                        for c in self.checks],
             "differences": self.differences,
         }
@@ -254,8 +272,16 @@ def verify(engine: Engine, src: Source, on_progress=None, on_status=None) -> Ver
         after = store.file_state(home, original.path, original.sha256)
         if new is not None and new.sha256 != original.sha256:
             equivalent = frozenset(store.format_digests(store.resolve_inside(engine.settings.home, new.path).read_bytes()))
+        comparison = None
+        if new is not None and original.sha256 not in equivalent and new.sha256 != original.sha256 and after == store.OK:
+            try:
+                comparison = compare_files(store.resolve_inside(home, original.path),
+                                           store.resolve_inside(home, new.path))
+            except (StoreError, OSError):
+                comparison = None  # an unreadable original says "differs" without the detail
         check = ImageCheck(original.index, original.seed, original.sha256, new.sha256 if new else None,
-                           equivalent=equivalent, file_before=before[offset], file_after=after)
+                           equivalent=equivalent, file_before=before[offset], file_after=after,
+                           comparison=comparison)
         checks.append(check)
         if new is not None and not check.match:
             for key in RECIPE_FIELDS_THAT_MATTER:

@@ -122,3 +122,62 @@ def test_deleting_a_parent_keeps_the_child(engine, make):
     child = engine.run(actions.regenerate(engine, actions.source(engine, parent.id)).id)
     actions.delete(engine, [parent.id])
     assert engine.get(child.id).parent_id is None and len(engine.images(child.id)) == 1
+
+
+def _pretend_made_elsewhere(engine, job, change_pixels=None, change_recipe=None):
+    """Rewrite a job's stored image as another machine might have made it; returns the new row's sha256."""
+    from PIL import Image as PILImage
+
+    from studio import store
+
+    home = engine.settings.home
+    with engine.db.session() as session:
+        row = session.scalars(select(Image).where(Image.job_id == job.id)).one()
+        path = store.resolve_inside(home, row.path)
+        recipe = store.read_recipe(path)
+        with PILImage.open(path) as img:
+            pixels = img.convert("RGB")
+        if change_pixels:
+            change_pixels(pixels)
+        if change_recipe:
+            recipe = change_recipe(recipe)
+        stored = store.save_image(home, pixels, recipe)
+        row.sha256, row.path = stored.sha256, stored.path
+        return stored.sha256
+
+
+def test_verify_passes_an_image_whose_pixels_match_but_whose_recorded_scores_differ(run, engine, make):
+    job = make("a red circle", seed=4)
+    made_elsewhere = _pretend_made_elsewhere(  # e.g. a candidate's CLIP score, last digit, on another CPU
+        engine, job, change_recipe=lambda r: {**r, "extra": {"candidates": [{"clip_score": 0.648209}]}})
+    result = run("regen", job.id, "--verify", "--json")
+    assert result.exit_code == 0, result.output
+    image = json.loads(result.stdout)["images"][0]
+    assert image["expected"] == made_elsewhere != image["actual"]
+    assert image["match"] and not image["exact"] and image["comparison"]["same_pixels"]
+    text = run("regen", job.id, "--verify")
+    assert text.exit_code == 0 and "same pixels" in text.stdout
+    assert "pixels match bit for bit (its recorded scores differ" in text.stderr
+    assert "extra: {'candidates': [{'clip_score': 0.648209}]} -> None" in text.stderr
+
+
+def test_verify_names_the_size_of_a_pixel_difference(run, engine, make):
+    job = make("a red circle", seed=5)
+
+    def one_level_off(img):
+        for x in range(3):
+            r, g, b = img.getpixel((x, 0))
+            img.putpixel((x, 0), (r + 1 if r < 255 else r - 1, g, b))
+
+    _pretend_made_elsewhere(engine, job, change_pixels=one_level_off)
+    result = run("regen", job.id, "--verify")
+    assert result.exit_code == 1 and "1 of 1 images differ" in result.stderr
+    assert "image 0: 3 of 64 pixels differ, by at most 1 level (floating-point arithmetic" in result.stderr
+    report = json.loads(run("regen", job.id, "--verify", "--json").stdout)
+    comparison = report["images"][0]["comparison"]
+    assert not report["ok"] and (comparison["pixels_differing"], comparison["max_level"]) == (3, 1)
+
+    other = make("a blue circle", seed=6)  # same pixels, but a field that makes the image: not a match
+    _pretend_made_elsewhere(engine, other, change_recipe=lambda r: {**r, "prompt": "a blue circle, old"})
+    result = run("regen", other.id, "--verify")
+    assert result.exit_code == 1 and "same pixels; the recipes differ: prompt:" in result.stderr
