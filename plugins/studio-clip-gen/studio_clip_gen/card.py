@@ -120,14 +120,34 @@ def emoji_domain(size: int, data=None) -> dict[str, Any]:
             "images": lambda: emoji_images(data), "evaluate": evaluate}
 
 
+#: Model defaults a card may set beside guidance: how tokens are sampled.
+SAMPLING_DEFAULTS = ("temperature", "top_k", "top_p")
+
+
+def check_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
+    """``sampling`` with each value coerced by its parameter; ValueError naming a bad key or value."""
+    from .plugin import PARAMS
+
+    params = {p.name: p for p in PARAMS if p.name in SAMPLING_DEFAULTS}
+    out = {}
+    for key, value in sampling.items():
+        if key not in params:
+            raise ValueError(f"a model card's sampling default must be one of {', '.join(SAMPLING_DEFAULTS)}, not {key!r}")
+        out[key] = params[key].coerce(value)
+    return out
+
+
 def write_card(root: Path, *, eval_n: int, candidates: int, sources: dict[str, Path], extra: dict | None = None,
-               guidance: float = 1.0, progress=None, dataset: str = "shapes", data=None) -> dict[str, Any]:
+               guidance: float = 1.0, progress=None, dataset: str = "shapes", data=None,
+               sampling: dict[str, Any] | None = None) -> dict[str, Any]:
     """Measure the model in ``root`` and write its ``model_card.json``; returns the card.
 
     ``guidance`` becomes the model's default guidance (a transformer with a null condition only)
     and every evaluation row uses it. ``dataset``: what the model was trained on (``shapes`` or
     ``emoji``), which decides the held-out data, the measures and the vocabulary; ``data``: a
-    built emoji dataset to use instead of building every installed style.
+    built emoji dataset to use instead of building every installed style. ``sampling``: further
+    defaults of the model's token sampling (``temperature``, ``top_k``, ``top_p``), which every
+    evaluation row uses as well.
     """
     from .generator import ClipGenGenerator
     from .plugin import DEFAULTS
@@ -137,7 +157,8 @@ def write_card(root: Path, *, eval_n: int, candidates: int, sources: dict[str, P
 
     generator = ClipGenGenerator("clip-gen", root)
     generator.load("cpu")
-    defaults = {k: v for k, v in DEFAULTS.items() if k not in ("image", "guidance")}
+    sampling = check_sampling(sampling or {})
+    defaults = {k: v for k, v in DEFAULTS.items() if k not in ("image", "guidance")} | sampling
     if generator.gpt.config.null_condition:
         defaults["guidance"] = guidance
     elif guidance != 1.0:
@@ -158,6 +179,7 @@ def write_card(root: Path, *, eval_n: int, candidates: int, sources: dict[str, P
         **(extra or {}),
     }
     guided = {"guidance": guidance} if "guidance" in defaults else {}
+    guided |= sampling
     settings = {"candidates=1": {"candidates": 1, **guided}}
     if candidates > 1:
         settings[f"candidates={candidates}"] = {"candidates": candidates, "keep": 1, **guided}

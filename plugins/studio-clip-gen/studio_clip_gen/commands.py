@@ -432,6 +432,13 @@ def import_command(name, run_folder, vqgan, vqgan_config, transformer, clip_file
                f"weights sha256 {summary['weights_sha256'][:16]}")
 
 
+def _key_value(item: str, option: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise click.UsageError(f"{option} takes KEY=VALUE, got {item!r}")
+    return key.strip(), value
+
+
 @clip_gen_group.command(name="package")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @_with_parts
@@ -443,8 +450,11 @@ def import_command(name, run_folder, vqgan, vqgan_config, transformer, clip_file
               help="Re-ranking width of the card's second evaluation.")
 @click.option("--guidance", type=click.FloatRange(0, 20), default=1.0, show_default=True,
               help="The model's default guidance, used by the card's evaluations (a transformer trained with --cond-drop).")
+@click.option("--default", "sampling", multiple=True, metavar="KEY=VALUE",
+              help="Another default of the model's token sampling, used by the card's evaluations too: "
+                   "temperature, top_k or top_p (repeatable), e.g. --default top_k=20.")
 def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force, eval_n, dataset,
-                    candidates, guidance) -> None:
+                    candidates, guidance, sampling) -> None:
     """Write a model folder (as bundled in studio_clip_gen/weights) from trained parts.
 
     With --eval-n the folder gets a model card: VQGAN PSNR and codebook usage, and `studio eval`
@@ -452,8 +462,14 @@ def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_a
     model's own CLIP and by pixels), the vocabulary, what it draws and its licence, all measured
     on the packaged files.
     """
-    if guidance != 1.0 and not eval_n:
-        raise click.UsageError("--guidance is the default the model card records: give --eval-n too")
+    if (guidance != 1.0 or sampling) and not eval_n:
+        raise click.UsageError("--guidance and --default set defaults the model card records: give --eval-n too")
+    from .card import check_sampling
+
+    try:
+        defaults = check_sampling(dict(_key_value(item, "--default") for item in sampling))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     vqgan, vqgan_config, transformer, clip_file, clip_arch = run_parts(None, vqgan, vqgan_config, transformer,
                                                                        clip_file, clip_arch)
     summary = _assemble(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force,
@@ -475,7 +491,7 @@ def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_a
             try:
                 summary["card"] = write_card(out_dir, eval_n=eval_n, candidates=candidates, guidance=guidance,
                                              sources={"vqgan": vqgan, "transformer": transformer}, progress=progress,
-                                             dataset=dataset)
+                                             dataset=dataset, sampling=defaults)
             except ValueError as exc:
                 raise _fail(exc) from None
     click.echo(json.dumps(summary, indent=2))

@@ -125,6 +125,34 @@ def test_package_writes_a_model_card_measured_on_the_packaged_files(parts, tmp_p
                                   "clip": "clip.safetensors"}
 
 
+def test_package_sets_sampling_defaults_that_the_model_then_uses(parts, tmp_path):
+    from click.testing import CliRunner
+
+    from studio_clip_gen.card import CARD_JSON
+    from studio_clip_gen.commands import clip_gen_group
+
+    def package(out, *extra):
+        return CliRunner().invoke(clip_gen_group, [
+            "package", str(out), "--vqgan", str(parts / "vqgan.safetensors"), "--transformer",
+            str(parts / "transformer.safetensors"), "--clip", str(parts / "clip.safetensors"), "--clip-arch",
+            "studio-tiny-64", *extra])
+
+    for bad, message in ((["--default", "candidates=2"], "must be one of temperature, top_k, top_p, not 'candidates'"),
+                         (["--default", "top_k"], "--default takes KEY=VALUE, got 'top_k'"),
+                         (["--default", "temperature=0"], "parameter 'temperature' must be >= 0.05"),
+                         ([], "give --eval-n too")):
+        result = package(tmp_path / "refused", *(["--eval-n", "2"] if bad else []), "--default", "top_k=3", *bad)
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert not (tmp_path / "refused").exists()  # refused before anything is written
+    out = tmp_path / "model"
+    result = package(out, "--eval-n", "2", "--candidates", "1", "--default", "top_k=3", "--default", "temperature=0.7")
+    assert result.exit_code == 0, result.output
+    card = json.loads((out / CARD_JSON).read_text())
+    assert card["defaults"]["top_k"] == 3 and card["defaults"]["temperature"] == 0.7
+    defaults = {p.name: p.default for p in _registered_folder(out).params}
+    assert (defaults["top_k"], defaults["temperature"], defaults["top_p"]) == (3, 0.7, 1.0)
+
+
 def _registered_folder(folder: Path):
     """The ModelSpec a model folder registers with (as an imported model would)."""
     card = plugin.read_card(folder)
