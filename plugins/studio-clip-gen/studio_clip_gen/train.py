@@ -500,8 +500,11 @@ def train_transformer(
         loss = ce
         clip_loss = torch.zeros(())
         if cfg.clip_loss_weight > 0:
-            clip_loss = clip_embedding_loss(logits, vqgan, clip_model, image_emb)
-            loss = loss + cfg.clip_loss_weight * clip_loss
+            # only rows that saw their image's embedding: a null-condition row has no target to match
+            kept = torch.ones_like(image_emb[:, 0], dtype=torch.bool) if drop is None else ~drop
+            if kept.any():
+                clip_loss = clip_embedding_loss(logits[kept], vqgan, clip_model, image_emb[kept])
+                loss = loss + cfg.clip_loss_weight * clip_loss
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)

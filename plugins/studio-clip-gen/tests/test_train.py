@@ -123,6 +123,25 @@ def test_clip_embedding_loss_trains_through_the_decoder(tmp_path, squares, tiny_
     assert all(p.grad is None for p in vqgan.parameters())  # frozen
 
 
+def test_clip_embedding_loss_skips_rows_trained_on_the_null_condition(tmp_path, squares, tiny_vq_config, tiny_clip,
+                                                                     monkeypatch):
+    seen = []
+    real = train.clip_embedding_loss
+
+    def spy(logits, vqgan, clip_model, target):
+        seen.append((logits.shape[0], target.shape[0]))
+        return real(logits, vqgan, clip_model, target)
+
+    monkeypatch.setattr(train, "clip_embedding_loss", spy)
+    vqgan = VQModel(tiny_vq_config).eval()
+    gpt = GPTConfig(n_codes=16, grid=8, width=32, n_layers=1, n_heads=2, clip_dim=16, null_condition=True)
+    cfg = GPTTrainConfig(steps=6, batch_size=8, lr=1e-3, warmup=1, log_every=1, clip_loss_weight=1.0,
+                         cond_drop=0.5, sample_every=100, checkpoint_every=100)
+    train_transformer(squares, tmp_path, vqgan, tiny_clip, gpt, cfg)
+    assert seen and all(rows == targets for rows, targets in seen)
+    assert sum(8 - rows for rows, _ in seen) > 0  # some rows were dropped and left out of the CLIP loss
+
+
 def test_lafite_noise_and_kmeans():
     e = torch.nn.functional.normalize(torch.randn(64, 16), dim=-1)
     noisy = perturb(e, 0.3, torch.Generator().manual_seed(0))
