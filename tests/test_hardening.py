@@ -343,3 +343,19 @@ def test_unknown_config_keys_are_warned_with_the_closest_key(studio_home, caplog
     with caplog.at_level("WARNING"):
         load_settings()
     assert "did you mean 'device'" in caplog.text and "'zzz'" in caplog.text
+
+
+def test_ctrl_c_while_the_command_line_loads_ends_quietly():
+    """A Ctrl-C that lands while ``studio`` is still importing its command line (the first few
+    tenths of a second, longer on a busy machine) ends with status 130 and no traceback."""
+    code = ("import builtins, os, signal\n"
+            "real = builtins.__import__\n"
+            "def interrupting(name, *args, **kwargs):\n"
+            "    if name == 'studio.cli.common' or (name == 'studio.cli' and args and args[2] and 'common' in args[2]):\n"
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "    return real(name, *args, **kwargs)\n"
+            "builtins.__import__ = interrupting\n"
+            "from studio.cli import run\n"
+            "print('not interrupted')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", "")

@@ -15,8 +15,11 @@ from __future__ import annotations
 import logging
 import os
 
-from studio.cli import common
-from studio.cli.common import App, CommandError, add_plugin_commands, cli, console, err_console, pass_app, print_json
+try:
+    from studio.cli import common
+    from studio.cli.common import App, CommandError, add_plugin_commands, cli, console, err_console, pass_app, print_json
+except KeyboardInterrupt:  # Ctrl-C while the command line is still loading: end quietly, as 128 + SIGINT
+    raise SystemExit(130) from None
 
 __all__ = ["App", "CommandError", "add_plugin_commands", "cli", "console", "err_console", "main", "pass_app",
            "print_json", "run"]
