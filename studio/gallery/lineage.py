@@ -28,18 +28,25 @@ class Node:
     status: str
     seed: int
     count: int
-    params: dict[str, Any]
+    params: dict[str, Any]  # as stored with the job
     parent_id: str | None
     children: list["Node"] = field(default_factory=list)
+    #: what the stored params leave out and mean (``Param.unset_means``): made with, never stored
+    implied: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def effective(self) -> dict[str, Any]:
+        return {**self.implied, **self.params}
 
     def changes_from(self, parent: "Node | None") -> list[str]:
         """What differs from the parent besides the seed: the parameters, prompt or model changed."""
         if parent is None:
             return []
         changed = []
-        for key in sorted(set(self.params) | set(parent.params)):
-            if self.params.get(key) != parent.params.get(key):
-                changed.append(f"{key}={self.params.get(key)}")
+        mine, theirs = self.effective, parent.effective
+        for key in sorted(set(mine) | set(theirs)):
+            if mine.get(key) != theirs.get(key):
+                changed.append(f"{key}={mine.get(key)}")
         if self.prompt != parent.prompt:
             changed.append("prompt")
         if self.model_id != parent.model_id:
@@ -55,6 +62,7 @@ class Node:
             "seed": self.seed,
             "count": self.count,
             "params": self.params,
+            "implied_params": self.implied,
             "parent_id": self.parent_id,
             "children": [c.as_dict() for c in self.children],
         }
@@ -105,8 +113,10 @@ def unset_values_of(registry) -> UnsetValues:
 
 
 def _node(job: Job, unset: UnsetValues | None = None) -> Node:
-    params = {**(unset(job.model_id) if unset else {}), **(job.params or {})}
-    return Node(job.id, job.prompt, job.model_id, job.status, job.seed, job.count, params, job.parent_id)
+    params = dict(job.params or {})
+    implied = {k: v for k, v in (unset(job.model_id) if unset else {}).items() if k not in params}
+    return Node(job.id, job.prompt, job.model_id, job.status, job.seed, job.count, params, job.parent_id,
+                implied=implied)
 
 
 def _root(session: Session, job: Job) -> Job:

@@ -463,6 +463,10 @@ def test_fast_kernels_stay_within_a_level_and_old_recipes_keep_the_exact_ones(
                                                 params={"cpu_kernels": "exact"}).id)
     family = lineage(engine.db, exact_child.id, unset_values_of(engine.registry))
     assert family.root.children[0].changes_from(family.root) == ["cpu_kernels=exact"]
+    # ... but lists it apart from what the job stored (its recipe leaves the parameter out)
+    child_node = family.root.children[0].as_dict()
+    assert "cpu_kernels" not in child_node["params"] and child_node["implied_params"]["cpu_kernels"] == "exact"
+    assert family.root.as_dict()["params"]["cpu_kernels"] == "fast" and "cpu_kernels" not in family.root.implied
 
 
 def torch_equal(a, b) -> bool:
