@@ -1,3 +1,3 @@
-from studio.cli import run
+from studio.entry import run
 
 run()

@@ -349,12 +349,12 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str] | None:
     must not mistake for "none".
     """
     try:
-        text = Path(cpuinfo).read_text()
+        text = Path(cpuinfo).read_text(errors="replace")
     except OSError:
         return None
     for line in text.splitlines():
         if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
+            return frozenset(line.partition(":")[2].split())
     return None
 
 

@@ -347,15 +347,18 @@ def test_unknown_config_keys_are_warned_with_the_closest_key(studio_home, caplog
 
 def test_ctrl_c_while_the_command_line_loads_ends_quietly():
     """A Ctrl-C that lands while ``studio`` is still importing its command line (the first few
-    tenths of a second, longer on a busy machine) ends with status 130 and no traceback."""
-    code = ("import builtins, os, signal\n"
+    tenths of a second, longer on a busy machine) ends the process by the signal, without a
+    traceback; importing ``studio.cli`` as a library keeps Python's KeyboardInterrupt."""
+    hook = ("import builtins, os, signal\n"
             "real = builtins.__import__\n"
             "def interrupting(name, *args, **kwargs):\n"
             "    if name == 'studio.cli.common' or (name == 'studio.cli' and args and args[2] and 'common' in args[2]):\n"
             "        os.kill(os.getpid(), signal.SIGINT)\n"
             "    return real(name, *args, **kwargs)\n"
-            "builtins.__import__ = interrupting\n"
-            "from studio.cli import run\n"
-            "print('not interrupted')\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert (done.returncode, done.stdout, done.stderr) == (130, "", "")
+            "builtins.__import__ = interrupting\n")
+    done = subprocess.run([sys.executable, "-c", hook + "from studio.entry import run\nrun()\nprint('not interrupted')\n"],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (-signal.SIGINT, "", "")
+    library = subprocess.run([sys.executable, "-c", hook + "try:\n    import studio.cli\nexcept KeyboardInterrupt:\n"
+                              "    print('KeyboardInterrupt')\n"], capture_output=True, text=True, timeout=60)
+    assert (library.returncode, library.stdout) == (0, "KeyboardInterrupt\n")

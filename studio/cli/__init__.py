@@ -15,11 +15,8 @@ from __future__ import annotations
 import logging
 import os
 
-try:
-    from studio.cli import common
-    from studio.cli.common import App, CommandError, add_plugin_commands, cli, console, err_console, pass_app, print_json
-except KeyboardInterrupt:  # Ctrl-C while the command line is still loading: end quietly, as 128 + SIGINT
-    raise SystemExit(130) from None
+from studio.cli import common
+from studio.cli.common import App, CommandError, add_plugin_commands, cli, console, err_console, pass_app, print_json
 
 __all__ = ["App", "CommandError", "add_plugin_commands", "cli", "console", "err_console", "main", "pass_app",
            "print_json", "run"]

@@ -147,7 +147,9 @@ def report_job(app: App, job, as_json: bool) -> None:
 @click.argument("ident", metavar="ID")
 @click.option("-s", "--seed", type=int, help="Another seed (default: the original one).")
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Change a model parameter.")
-@click.option("--verify", is_flag=True, help="Re-run with everything identical and compare sha256 per image.")
+@click.option("--verify", is_flag=True,
+              help="Re-run with everything identical and compare each image: the same sha256, or the same pixels "
+                   "with only recorded diagnostics differing; otherwise say how they differ.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def regen(app: App, ident, seed, params, verify, as_json) -> None:
@@ -215,8 +217,8 @@ def report_verification(app: App, result, as_json: bool) -> None:
         inexact = sum(not c.exact for c in result.checks)
         what = "the image matches" if n == 1 else f"all {n} images match"
         if inexact:
-            what = (f"{'the image' if n == 1 else f'all {n} images'}: pixels match bit for bit "
-                    f"({'its' if n == 1 else f'{inexact} of them:'} recorded scores differ, see above)")
+            what += (" (pixels bit for bit; " + ("the file differs" if n == 1 else f"{inexact} files differ")
+                     + " only in recorded diagnostics or PNG encoding, see above)")
         else:
             what += " bit for bit"
         err_console.print(f"[green]{what}[/]{note}")

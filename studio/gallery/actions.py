@@ -248,7 +248,8 @@ def verify_device(engine: Engine, src: Source) -> str:
 
 
 def verify(engine: Engine, src: Source, on_progress=None, on_status=None) -> Verification:
-    """Make the source again with everything identical, here, and compare sha256 per image.
+    """Make the source again with everything identical, here, and compare each image: by
+    sha256, and where that differs by pixels and recipe (:mod:`studio.gallery.compare`).
 
     It runs in this process even when a broker is configured: only here can the device be
     the one in the recipe. ``on_progress``/``on_status`` are the run's hooks (see

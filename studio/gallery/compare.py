@@ -44,28 +44,36 @@ class Comparison:
 
     def describe(self) -> str:
         """One line for a person: what differs and by how much."""
+        other = sorted(self.changed_keys - set(DIAGNOSTIC_KEYS))
+        also = f"; the recipes differ in: {', '.join(other)}" if other else ""
         if self.size_differs:
-            return "the images have different sizes"
+            return "the images have different sizes" + also
         if self.pixels_differing:
             text = (f"{self.pixels_differing} of {self.pixels} pixels differ, by at most "
                     f"{self.max_level} level{'s' if self.max_level != 1 else ''}")
-            if self.max_level <= ARITHMETIC_LEVELS:
-                text += (" (floating-point arithmetic that differs between machines, e.g. CPU kernels "
-                         "for another instruction set, not a change of recipe)")
-            return text
-        changes = "; ".join(self.recipe_changes) or "none"
-        return f"same pixels; the recipes differ: {changes}"
+            if self.max_level <= ARITHMETIC_LEVELS and not other:
+                text += (" (likely floating-point arithmetic that differs between machines, e.g. CPU "
+                         "kernels for another instruction set, not a change of recipe)")
+            return text + also
+        if not self.recipe_changes:
+            return "same pixels and recipe; only the PNG encoding differs"
+        what = "only recorded diagnostics (extra) differ" if not other else "the recipes differ"
+        return f"same pixels; {what}: {'; '.join(self.recipe_changes)}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"same_pixels": self.same_pixels, "pixels_differing": self.pixels_differing,
-                "pixels": self.pixels, "max_level": self.max_level, "recipe_changes": list(self.recipe_changes)}
+        return {"same_pixels": self.same_pixels, "same_image": self.same_image, "size_differs": self.size_differs,
+                "pixels_differing": self.pixels_differing, "pixels": self.pixels, "max_level": self.max_level,
+                "changed_keys": sorted(self.changed_keys), "recipe_changes": list(self.recipe_changes),
+                "description": self.describe()}
 
 
 def _changes(old: Any, new: Any, path: str, out: list[str], limit: int) -> None:
     if len(out) >= limit:
         return
     if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new), key=str):
+        # at the top, what makes an image before what was recorded about it: the cause comes first
+        late = DIAGNOSTIC_KEYS if not path else ()
+        for key in sorted(set(old) | set(new), key=lambda k: (k in late, str(k))):
             _changes(old.get(key), new.get(key), f"{path}.{key}" if path else str(key), out, limit)
     elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         for i, (a, b) in enumerate(zip(old, new)):
@@ -75,7 +83,8 @@ def _changes(old: Any, new: Any, path: str, out: list[str], limit: int) -> None:
 
 
 def recipe_changes(old: dict[str, Any], new: dict[str, Any], limit: int = 5) -> tuple[str, ...]:
-    """The first ``limit`` leaves that differ between two recipes, as ``path: old -> new``."""
+    """The first ``limit`` leaves that differ between two recipes, as ``path: old -> new``;
+    fields that make the image are listed before recorded diagnostics."""
     out: list[str] = []
     _changes(old, new, "", out, limit)
     return tuple(out)
@@ -85,7 +94,8 @@ def compare_files(original: Path, new: Path) -> Comparison:
     """Pixels and recipes of two stored PNGs; raises ``StoreError`` if either has no readable recipe."""
     old, new_recipe = store.read_recipe(original), store.read_recipe(new)
     with Image.open(original) as a, Image.open(new) as b:
-        a, b = a.convert("RGB"), b.convert("RGB")
+        # RGBA keeps transparency (an imported PNG may have it; a palette's transparent entry too)
+        a, b = a.convert("RGBA"), b.convert("RGBA")
     changes = recipe_changes(old, new_recipe)
     keys = frozenset(k for k in set(old) | set(new_recipe) if old.get(k) != new_recipe.get(k))
     if a.size != b.size:

@@ -67,7 +67,9 @@ def test_bf16_training_on_an_emulating_cpu_warns_once_and_still_runs(monkeypatch
     import studio.ml.precision as precision
 
     monkeypatch.setattr(precision, "cpu_bf16_problem", lambda: "this CPU has no bfloat16 arithmetic")
+    monkeypatch.setattr(precision, "_warned", set())
     with caplog.at_level("WARNING", logger="studio.ml.precision"):
         assert check_training("cpu", "bf16") == "cpu"
         assert check_training("cpu", "fp32") == "cpu"
+        assert check_training("cpu", "bf16") == "cpu"  # the command checks, then its trainer: one warning
     assert [r.getMessage() for r in caplog.records] == ["--precision bf16: this CPU has no bfloat16 arithmetic"]

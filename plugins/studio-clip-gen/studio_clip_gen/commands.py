@@ -466,8 +466,14 @@ def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_a
         raise click.UsageError("--guidance and --default set defaults the model card records: give --eval-n too")
     from .card import check_sampling
 
+    pairs = [_key_value(item, "--default") for item in sampling]
+    keys = [key for key, _ in pairs]
+    if "guidance" in keys:
+        raise click.UsageError("the default guidance is set with --guidance G, not --default")
+    if len(set(keys)) < len(keys):
+        raise click.UsageError(f"--default sets each key once; given twice: {sorted({k for k in keys if keys.count(k) > 1})[0]}")
     try:
-        defaults = check_sampling(dict(_key_value(item, "--default") for item in sampling))
+        defaults = check_sampling(dict(pairs))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     vqgan, vqgan_config, transformer, clip_file, clip_arch = run_parts(None, vqgan, vqgan_config, transformer,

@@ -140,6 +140,8 @@ def test_package_sets_sampling_defaults_that_the_model_then_uses(parts, tmp_path
     for bad, message in ((["--default", "candidates=2"], "must be one of temperature, top_k, top_p, not 'candidates'"),
                          (["--default", "top_k"], "--default takes KEY=VALUE, got 'top_k'"),
                          (["--default", "temperature=0"], "parameter 'temperature' must be >= 0.05"),
+                         (["--default", "guidance=2"], "set with --guidance G, not --default"),
+                         (["--default", "top_k=5"], "given twice: top_k"),
                          ([], "give --eval-n too")):
         result = package(tmp_path / "refused", *(["--eval-n", "2"] if bad else []), "--default", "top_k=3", *bad)
         assert result.exit_code == 2 and message in result.output, result.output
