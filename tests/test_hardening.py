@@ -350,6 +350,7 @@ def test_ctrl_c_while_the_command_line_loads_ends_quietly():
     tenths of a second, longer on a busy machine) ends the process by the signal, without a
     traceback; importing ``studio.cli`` as a library keeps Python's KeyboardInterrupt."""
     hook = ("import builtins, os, signal\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # a background parent may ignore it
             "real = builtins.__import__\n"
             "def interrupting(name, *args, **kwargs):\n"
             "    if name == 'studio.cli.common' or (name == 'studio.cli' and args and args[2] and 'common' in args[2]):\n"
