@@ -19,16 +19,14 @@ import sys  # noqa: E402
 
 def main() -> None:
     phases = {"import torch": 0.0, "import open_clip": 0.0, "model load": 0.0, "generate": 0.0, "store": 0.0}
-    from studio.plumbing import collector_paused  # the command imports both with the collector paused
+    from studio.plumbing import import_paused  # as the command imports them
 
     start = time.perf_counter()
-    with collector_paused():
-        import torch  # noqa: F401
+    import_paused("torch")
 
     phases["import torch"] = time.perf_counter() - start
     start = time.perf_counter()
-    with collector_paused():
-        import open_clip  # noqa: F401
+    import_paused("open_clip")  # the command imports it inside the model load's pause, frozen after it
 
     phases["import open_clip"] = time.perf_counter() - start
 

@@ -88,11 +88,10 @@ class Settings:
         """
         if self.device == "cpu":
             return self.device
-        from studio.plumbing import collector_paused
+        from studio.plumbing import import_paused
 
         try:
-            with collector_paused():
-                import torch
+            torch = import_paused("torch")
         except ImportError:
             if self.device == "auto":
                 return "cpu"

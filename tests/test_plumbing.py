@@ -173,6 +173,7 @@ def fresh_collector(monkeypatch):
     monkeypatch.setattr(plumbing, "_collector_frozen", False)
     monkeypatch.setattr(plumbing, "_collector_freeze_asked", False)
     monkeypatch.setattr(plumbing, "_collector_holds", 0)
+    monkeypatch.setattr(plumbing, "_collector_import_freeze_asked", False)
     yield gc
     gc.unfreeze()
     (gc.enable if was else gc.disable)()
@@ -221,6 +222,44 @@ def test_only_the_first_loaded_model_freezes_what_is_alive(fresh_collector):
     with plumbing.collector_paused(freeze=True):  # a later load in a long-lived worker
         kept.append([[] for _ in range(100)])
     assert gc.get_freeze_count() == first
+
+
+def test_a_first_heavy_import_freezes_its_objects_before_the_collector_is_back_on(fresh_collector, tmp_path,
+                                                                                 monkeypatch):
+    import sys
+
+    gc = fresh_collector
+    (tmp_path / "heavy_library.py").write_text("import gc\nTABLES = [[i] for i in range(5000)]\n"
+                                                "ENABLED_DURING_IMPORT = gc.isenabled()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "heavy_library", raising=False)
+    passes = []
+
+    def count(phase, info):
+        passes.append(info["generation"])
+
+    gc.callbacks.append(count)  # the list itself: the interpreter holds it, not the attribute
+    try:
+        module = plumbing.import_paused("heavy_library")
+    finally:
+        gc.callbacks.remove(count)
+    assert not module.ENABLED_DURING_IMPORT and gc.isenabled()
+    frozen = gc.get_freeze_count()
+    assert frozen >= 5000 and passes == []  # frozen before any pass could walk them
+    assert plumbing.import_paused("heavy_library") is module  # already imported: nothing more frozen
+    assert gc.get_freeze_count() == frozen
+    with plumbing.collector_paused(freeze=True):  # the first model load still freezes its objects
+        kept = [[] for _ in range(100)]
+    assert gc.get_freeze_count() >= frozen + 100 and kept
+
+
+def test_a_failing_heavy_import_freezes_nothing(fresh_collector, tmp_path, monkeypatch):
+    gc = fresh_collector
+    (tmp_path / "broken_library.py").write_text("raise ImportError('a missing shared library')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ImportError):
+        plumbing.import_paused("broken_library")
+    assert gc.isenabled() and gc.get_freeze_count() == 0
 
 
 def test_concurrent_pauses_switch_the_collector_on_and_freeze_when_the_last_ends(fresh_collector):
