@@ -345,34 +345,34 @@ def cuda_device_problem(device: str) -> str | None:
     return None
 
 
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str] | None:
-    """The instruction-set flags of this machine's CPU, or None where the system does not list them.
-
-    Read from the first ``flags`` line of ``cpuinfo`` (Linux); None means "unknown", which callers
-    must not mistake for "none".
-    """
+def _cpuinfo_field(name: str, cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
+    """The value of the first ``name`` line of ``cpuinfo`` (Linux), or None where there is none."""
     try:
         text = Path(cpuinfo).read_text(errors="replace")
     except OSError:
         return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
+        key, colon, value = line.partition(":")
+        if colon and key.strip() == name:
+            return value.strip()
     return None
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str] | None:
+    """The instruction-set flags of this machine's CPU, or None where the system does not list them.
+
+    Read from the first ``flags`` line of ``cpuinfo``; None means "unknown", which callers must
+    not mistake for "none".
+    """
+    flags = _cpuinfo_field("flags", cpuinfo)
+    return None if flags is None else frozenset(flags.split())
 
 
 def hardware() -> dict[str, Any]:
     """The machine: cpu model, cores, python; with torch loaded also its version, threads, device."""
     import platform
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = _cpuinfo_field("model name") or platform.processor() or platform.machine()
     info: dict[str, Any] = {"cpu": cpu, "machine": platform.machine(), "cores": os.cpu_count(),
                             "python": platform.python_version()}
     torch = sys.modules.get("torch")
