@@ -40,6 +40,13 @@ def training_summary(path: Path) -> dict[str, Any]:
     for key in ("cond_noise", "cond_drop", "clip_loss_weight", "gpt", "vqgan"):
         if key in meta:
             out[key] = meta[key]
+    if meta.get("init"):  # trained further from other weights (--init): the whole training, where known
+        init = meta["init"]
+        out["started_from"] = {k: init[k] for k in ("sha256", "steps", "train_seconds") if k in init}
+        if init.get("steps_in_all") is not None and out["steps"] is not None:
+            out["steps_in_all"] = init["steps_in_all"] + out["steps"]
+        if init.get("train_seconds_in_all") is not None and seconds is not None:
+            out["minutes_in_all"] = round((init["train_seconds_in_all"] + seconds) / 60, 1)
     out["final_metrics"] = {k: v for k, v in metrics.items() if k not in ("step", "elapsed_s")}
     return out
 

@@ -271,7 +271,7 @@ def train_transformer_command(ctx, dataset, out_dir, vqgan_file, vqgan_config, c
     from .model_dir import read_vqgan, read_clip
     from studio.ml.precision import check_training
 
-    from .train import GPTTrainConfig, train_transformer
+    from .train import GPTTrainConfig, init_record, train_transformer
     from .vqgan import VQModel
 
     try:
@@ -283,9 +283,10 @@ def train_transformer_command(ctx, dataset, out_dir, vqgan_file, vqgan_config, c
         check_training(device, precision)
         shape = dict(n_codes=vq.n_embed, grid=vq.grid, width=width, n_layers=layers, n_heads=heads,
                      clip_dim=embed_dim(clip_model), dropout=dropout, null_condition=cond_drop > 0)
-        init = None
+        init = init_info = None
         if init_file is not None:
             init, gpt = _initial_transformer(ctx, init_file, shape)
+            init_info = init_record(init_file)
         else:
             gpt = GPTConfig(**shape)
         cfg = GPTTrainConfig(steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, cond_noise=cond_noise,
@@ -293,7 +294,8 @@ def train_transformer_command(ctx, dataset, out_dir, vqgan_file, vqgan_config, c
         data = _dataset(dataset, vq.resolution)
         with _training_display("transformer", as_json) as (echo, on_step):
             summary = train_transformer(data, out_dir, vqgan, clip_model, gpt, cfg,
-                                        clip_info={**clip_spec, "source": str(clip_file)}, init=init, resume=resume,
+                                        clip_info={**clip_spec, "source": str(clip_file)}, init=init,
+                                        init_info=init_info, resume=resume,
                                         device=device, echo=echo, on_step=on_step)
         _write_run_card(out_dir, {
             "model": "clip-gen", "stage": "transformer", "dataset": dataset, **summary,

@@ -286,7 +286,8 @@ def train_vqgan(
     model.eval()
     path = write_safetensors(out / "vqgan.safetensors", model.state_dict(),
                              {"vqgan": vq.to_dict(), "steps": step, "metrics": metrics.last,
-                              "train_seconds": round(prior_s + time.monotonic() - started, 1)})
+                              "train_seconds": round(prior_s + time.monotonic() - started, 1),
+                              "init": init_info})  # None: trained from scratch
     return {"steps": step, "weights": str(path), "metrics": metrics.last, "elapsed_s": time.monotonic() - started}
 
 
@@ -434,6 +435,7 @@ def train_transformer(
     *,
     clip_info: dict | None = None,
     init: dict[str, torch.Tensor] | None = None,
+    init_info: dict | None = None,
     resume: bool = False,
     device: str = "cpu",
     echo: Callable[[dict], None] | None = None,
@@ -444,7 +446,9 @@ def train_transformer(
     ``vqgan`` and ``clip_model`` are frozen here. ``clip_info`` (how to find that CLIP again) is
     stored in the exported ``transformer.safetensors`` next to the config. ``init``: weights a new
     run starts from (a shipped model trained further; its optimiser starts afresh, so the warm-up
-    applies); a null condition it lacks starts from its initialisation. Returns a summary.
+    applies); a null condition it lacks starts from its initialisation. ``init_info``: where
+    those weights came from (:func:`init_record`), stored as ``init`` so a model card can state
+    the whole training, not only this run's. Returns a summary.
     """
     from .clip_embed import embed_dim, encode_text
 
@@ -534,8 +538,33 @@ def train_transformer(
     path = write_safetensors(out / "transformer.safetensors", model.state_dict(),
                              {"gpt": gpt.to_dict(), "clip": clip_info or {}, "cond_noise": cfg.cond_noise, "cond_drop": cfg.cond_drop,
                               "clip_loss_weight": cfg.clip_loss_weight, "steps": step, "metrics": metrics.last,
-                              "train_seconds": round(prior_s + time.monotonic() - started, 1)})
+                              "train_seconds": round(prior_s + time.monotonic() - started, 1),
+                              "init": init_info})  # None: trained from scratch
     return {"steps": step, "weights": str(path), "metrics": metrics.last, "elapsed_s": time.monotonic() - started}
+
+
+def init_record(path: Path) -> dict[str, Any]:
+    """What a run started with ``--init path`` records of its starting weights: their sha256, how
+    long they were trained and, where their file can tell, how long in all with earlier legs.
+
+    A file records ``init: null`` when it was trained from scratch; a file without the key comes
+    from before the record existed, so whatever it started from is unknown and no total is given.
+    """
+    from studio.plumbing import sha256_file
+
+    from .checkpoints import read_safetensors_meta
+
+    meta = read_safetensors_meta(path) if path.suffix == ".safetensors" else {}
+    steps, seconds = meta.get("steps"), meta.get("train_seconds")
+    record: dict[str, Any] = {"sha256": sha256_file(path), "steps": steps, "train_seconds": seconds}
+    if "init" not in meta:
+        return record
+    earlier = meta["init"] or {"steps_in_all": 0, "train_seconds_in_all": 0.0}
+    if steps is not None and earlier.get("steps_in_all") is not None:
+        record["steps_in_all"] = earlier["steps_in_all"] + steps
+    if seconds is not None and earlier.get("train_seconds_in_all") is not None:
+        record["train_seconds_in_all"] = round(earlier["train_seconds_in_all"] + seconds, 1)
+    return record
 
 
 @torch.no_grad()

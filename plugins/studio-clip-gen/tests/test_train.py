@@ -248,6 +248,36 @@ def test_a_run_can_start_from_a_models_transformer(parts, tmp_path):
     assert not (tmp_path / "b" / "checkpoint.pt").exists()
 
 
+def test_a_run_from_init_records_what_it_started_from_and_the_card_adds_up_the_legs(parts, tmp_path):
+    from click.testing import CliRunner
+
+    from studio.plumbing import sha256_file
+    from studio_clip_gen.card import training_summary
+    from studio_clip_gen.commands import clip_gen_group
+
+    common = ["train", "transformer", "--dataset", "shapes", "--vqgan", str(parts / "vqgan.safetensors"),
+              "--clip", str(parts / "clip.safetensors"), "--clip-arch", "studio-tiny-64", "--json",
+              "--batch-size", "2", "--width", "32", "--layers", "2", "--heads", "2"]
+
+    def leg(name, steps, *init):
+        result = CliRunner().invoke(clip_gen_group, [*common, "--out", str(tmp_path / name), "--steps", str(steps), *init])
+        assert result.exit_code == 0, result.output
+        return tmp_path / name / "transformer.safetensors"
+
+    first = leg("first", 2)  # from scratch: the file says so
+    assert read_safetensors(first)[1]["init"] is None and "started_from" not in training_summary(first)
+    second = leg("second", 3, "--init", str(first))
+    third = leg("third", 1, "--init", str(second))
+    summary = training_summary(third)
+    assert summary["started_from"]["sha256"] == sha256_file(second) and summary["started_from"]["steps"] == 3
+    assert summary["steps"] == 1 and summary["steps_in_all"] == 6
+    assert summary["minutes_in_all"] >= summary["minutes"]
+    # a file from before the record (parts' transformer) cannot tell what it started from: no total
+    legacy = training_summary(leg("legacy", 1, "--init", str(parts / "transformer.safetensors")))
+    assert legacy["started_from"]["sha256"] == sha256_file(parts / "transformer.safetensors")
+    assert "steps_in_all" not in legacy
+
+
 def test_init_takes_matching_options_and_a_missing_device_is_one_line(parts, tmp_path):
     from click.testing import CliRunner
 
