@@ -168,5 +168,6 @@ def load_bundled_clip(path: str | Path) -> torch.nn.Module:
     table[ids] = rows
     state[_TABLE_KEY] = table
     expected = model.state_dict()
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+    # assign: the file's tensors (converted to the model's dtype) become the parameters, no second copy
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True, assign=True)
     return model.eval()
