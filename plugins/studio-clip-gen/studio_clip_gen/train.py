@@ -287,7 +287,7 @@ def train_vqgan(
     path = write_safetensors(out / "vqgan.safetensors", model.state_dict(),
                              {"vqgan": vq.to_dict(), "steps": step, "metrics": metrics.last,
                               "train_seconds": round(prior_s + time.monotonic() - started, 1),
-                              "init": init_info})  # None: trained from scratch
+                              "init": None})  # always trained from scratch
     return {"steps": step, "weights": str(path), "metrics": metrics.last, "elapsed_s": time.monotonic() - started}
 
 
