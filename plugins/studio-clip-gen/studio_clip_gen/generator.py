@@ -27,6 +27,10 @@ CHUNK = 32
 DECODE_BATCH = 8
 
 
+#: Text embeddings kept per loaded model (oldest dropped first).
+TEXT_CACHE_SIZE = 256
+
+
 def candidate_seed(seed: int, index: int) -> int:
     """Seed of candidate ``index`` of a request with ``seed``: the seed itself for candidate 0."""
     if index == 0:
@@ -52,6 +56,7 @@ class ClipGenGenerator:
         self.device = "cpu"
         self.vqgan = self.gpt = self.clip = None
         self._description: dict[str, Any] = {}
+        self._text_cache: dict[str, Any] = {}  # prompt -> its CLIP text embedding (a worker sees repeats)
 
     # ---- protocol ----------------------------------------------------------------------------
 
@@ -81,6 +86,7 @@ class ClipGenGenerator:
         self.vqgan = vqgan.to(device).eval().requires_grad_(False)
         self.gpt = gpt.to(device).eval().requires_grad_(False)
         self.clip = clip
+        self._text_cache.clear()
         self._description = {
             "model": self.model_id,
             "plugin": "clip-gen",
@@ -134,8 +140,12 @@ class ClipGenGenerator:
     def _condition(self, prompt: str, image_path: str):
         from .clip_embed import encode_images, encode_text
 
-        if not image_path:
-            return encode_text(self.clip, [prompt])[0]
+        if not image_path:  # one prompt at a time, so the embedding is the same whether cached or not
+            if prompt not in self._text_cache:
+                if len(self._text_cache) >= TEXT_CACHE_SIZE:
+                    self._text_cache.pop(next(iter(self._text_cache)))
+                self._text_cache[prompt] = encode_text(self.clip, [prompt])[0]
+            return self._text_cache[prompt]
         import torch
         from PIL import Image, UnidentifiedImageError
 

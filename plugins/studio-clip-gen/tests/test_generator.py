@@ -40,6 +40,24 @@ def test_same_seed_same_pixels_batched_or_not_and_progress(generator):
     assert len(calls) >= 64  # one call per token step
 
 
+def test_a_repeated_prompt_is_encoded_once_and_draws_the_same_pixels(model_folder, monkeypatch):
+    from studio_clip_gen import clip_embed, generator as module
+
+    encoded = []
+    real = clip_embed.encode_text
+    monkeypatch.setattr(clip_embed, "encode_text", lambda clip, prompts: encoded.append(list(prompts)) or real(clip, prompts))
+    monkeypatch.setattr(module, "TEXT_CACHE_SIZE", 2)
+    gen = ClipGenGenerator("clip-gen/tiny", model_folder)
+    gen.load("cpu")
+    first = _run(gen, [Request("a red square", 5, PARAMS)])[0].image.tobytes()
+    assert _run(gen, [Request("a red square", 5, PARAMS)])[0].image.tobytes() == first
+    assert encoded == [["a red square"]]
+    for prompt in ("a blue circle", "a green square", "a red square"):  # the first left the bounded cache
+        _run(gen, [Request(prompt, 5, PARAMS)])
+    assert [p for (p,) in encoded] == ["a red square", "a blue circle", "a green square", "a red square"]
+    assert len(gen._text_cache) == 2
+
+
 def test_candidates_are_reranked_recorded_and_regenerable(generator):
     params = {**PARAMS, "candidates": 3, "keep": 3}
     (result,) = _run(generator, [Request("a green square", 11, params)])
