@@ -550,7 +550,7 @@ def init_record(path: Path) -> dict[str, Any]:
     A file records ``init: null`` when it was trained from scratch; a file without the key comes
     from before the record existed, so whatever it started from is unknown and no total is given.
     """
-    from studio.plumbing import sha256_file
+    from studio.api import sha256_file
 
     from .checkpoints import read_safetensors_meta
 

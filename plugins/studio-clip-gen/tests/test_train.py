@@ -251,7 +251,7 @@ def test_a_run_can_start_from_a_models_transformer(parts, tmp_path):
 def test_a_run_from_init_records_what_it_started_from_and_the_card_adds_up_the_legs(parts, tmp_path):
     from click.testing import CliRunner
 
-    from studio.plumbing import sha256_file
+    from studio.api import sha256_file
     from studio_clip_gen.card import training_summary
     from studio_clip_gen.commands import clip_gen_group
 
