@@ -87,7 +87,8 @@ def test_same_seed_same_pixels_and_batching_changes_nothing(clip_gen):
 
 
 def test_the_colour_asked_for_is_the_colour_drawn(clip_gen):
-    prompts = [p for p in shapes.eval_prompts(96, seed=11) if len(p.attrs["objects"]) == 1][:32]
+    # 16 single objects: the reduced eval below judges colour on 64 more prompts
+    prompts = [p for p in shapes.eval_prompts(96, seed=11) if len(p.attrs["objects"]) == 1][:16]
     images = draw(clip_gen, [p.text for p in prompts], range(len(prompts)))
     results = [checker.check_image(im, p.attrs) for im, p in zip(images, prompts)]
     accuracy = np.mean([r.colour_ok for r in results])
