@@ -6,7 +6,8 @@ callbacks, after warm-up steps; the two precisions alternate (fp32, bf16, fp32, 
 figure is the median step. Networks: CLIP-GEN's ``tiny-f4c`` VQGAN (16x16 codes at 64px) at batch
 32; a width-192, 4-layer transformer over those codes at batch 32 (its step includes encoding the
 batch with the frozen VQGAN and CLIP); the bundled GALIP configuration at batch 32. bfloat16 is
-only fast where the CPU has AMX or AVX512-BF16 (``cpu_bf16`` in the JSON); elsewhere expect ~1x.
+only fast where the CPU has AMX or AVX512-BF16 (``cpu_bf16`` in the JSON); elsewhere it is
+emulated, about 20x slower than fp32, so ``--quick`` (CI) leaves bf16 out there (``bf16_skipped``).
 Usage: python benchmarks/training_speed.py [--quick] [--threads N]
 """
 
@@ -106,7 +107,7 @@ def main() -> None:
     from studio.ml.precision import cpu_bf16_problem
 
     # Emulated bf16 runs ~20x slower than fp32; a --quick run (CI) would spend many minutes on it.
-    emulated = cpu_bf16_problem()
+    emulated = cpu_bf16_problem() or (None if cpu_bf16() else "oneDNN reports no native bfloat16 on this CPU")
     precisions = ("fp32",) if args.quick and emulated else ("fp32", "bf16")
     if len(precisions) == 1:
         print(f"bf16 left out of this --quick run: {emulated}", flush=True)
@@ -124,7 +125,7 @@ def main() -> None:
             rows.append([name, precision, round(median, 3), f"{base / median:.2f}x", len(times[precision])])
     report("training_speed", f"training step, median seconds (threads {torch.get_num_threads()})",
            ["network", "precision", "s/step", "vs fp32", "steps timed"], rows,
-           {"cpu_bf16": cpu_bf16(), "threads": torch.get_num_threads()})
+           {"cpu_bf16": cpu_bf16(), "threads": torch.get_num_threads(), "bf16_skipped": len(precisions) == 1})
 
 
 if __name__ == "__main__":

@@ -39,8 +39,8 @@ __all__ = [
     "atomic_path",
     "check_finite",
     "collector_paused",
-    "import_paused",
     "hardware",
+    "import_paused",
     "load_checkpoint",
     "MetricsLog",
     "one_line",
@@ -493,9 +493,11 @@ def collector_paused(*, freeze: bool = False, _fresh_import: bool = False) -> It
     (``freeze``, which only a successful load asks for) everything alive is moved out of the
     collector's reach (``gc.freeze``), which also keeps every later pass in a long-lived worker
     cheap. That happens once: freezing later could keep a failed job's garbage (a traceback
-    holding tensors) for the life of the worker. Nested and concurrent pauses (threads loading two
-    models) switch the collector back on when the last one ends. :func:`import_paused` freezes
-    a library's objects as soon as it has been imported for the first time.
+    holding tensors) for the life of the worker; a later successful load asks again if a failure
+    cancelled it. Nested and concurrent pauses (threads loading two
+    models) switch the collector back on when the last one ends. Besides that one freeze after the
+    first model, :func:`import_paused` asks for one after a library's first import; a pause that
+    ends in an error cancels a freeze still waiting, so a failure's garbage is never frozen.
     """
     import gc
 
@@ -513,8 +515,9 @@ def collector_paused(*, freeze: bool = False, _fresh_import: bool = False) -> It
     finally:
         with _collector_lock:
             _collector_holds -= 1
-            _collector_freeze_asked = _collector_freeze_asked or (freeze and ok)
-            _collector_import_freeze_asked = _collector_import_freeze_asked or (_fresh_import and ok)
+            # a pause ending in an error cancels any freeze still waiting: its garbage is alive now
+            _collector_freeze_asked = (_collector_freeze_asked or freeze) and ok
+            _collector_import_freeze_asked = (_collector_import_freeze_asked or _fresh_import) and ok
             if _collector_holds == 0:
                 if _collector_freeze_asked and not _collector_frozen:
                     gc.freeze()
@@ -527,15 +530,17 @@ def collector_paused(*, freeze: bool = False, _fresh_import: bool = False) -> It
 
 
 def import_paused(name: str) -> ModuleType:
-    """Import a large library (torch) with the collector paused; a first import freezes its objects.
+    """Import a large library (torch) with the collector paused; a first import freezes what is alive.
 
     Without the freeze, the first young-generation pass after the pause walks every object the
     import made (about a million for torch): 0.1-0.2 s of a cold `studio submit`, twice (the pass
-    and the next older one). A fresh import has made no garbage that matters, and no job has run
-    yet in a process that had not imported the library, so nothing a job left can be frozen with it.
+    and the next older one). ``gc.freeze`` moves everything alive out of the collector's reach,
+    not only the library's objects; Studio imports torch this way before any job of the process
+    has run, so no job's garbage is there to be kept. The freeze waits for the last pause of the
+    process to end and is dropped if any pause ends in an error (see :func:`collector_paused`).
     """
-    if name in sys.modules:
-        return sys.modules[name]
+    if name in sys.modules:  # imported, or being imported by another thread: import_module waits for it
+        return importlib.import_module(name)
     with collector_paused(_fresh_import=True):
         return importlib.import_module(name)
 
@@ -544,8 +549,9 @@ def _collector_after_fork() -> None:
     """A child forked while another thread held a pause must not inherit the collector off."""
     import gc
 
-    global _collector_lock, _collector_holds
+    global _collector_lock, _collector_holds, _collector_freeze_asked, _collector_import_freeze_asked
     _collector_lock = threading.Lock()
+    _collector_freeze_asked = _collector_import_freeze_asked = False  # asked for by the parent's pauses
     if _collector_holds:
         _collector_holds = 0
         if _collector_was_enabled:

@@ -232,7 +232,8 @@ def test_a_first_heavy_import_freezes_its_objects_before_the_collector_is_back_o
     (tmp_path / "heavy_library.py").write_text("import gc\nTABLES = [[i] for i in range(5000)]\n"
                                                 "ENABLED_DURING_IMPORT = gc.isenabled()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "heavy_library", raising=False)
+    monkeypatch.setitem(sys.modules, "heavy_library", None)
+    monkeypatch.delitem(sys.modules, "heavy_library")  # imported afresh, and forgotten after the test
     passes = []
 
     def count(phase, info):
@@ -251,6 +252,24 @@ def test_a_first_heavy_import_freezes_its_objects_before_the_collector_is_back_o
     with plumbing.collector_paused(freeze=True):  # the first model load still freezes its objects
         kept = [[] for _ in range(100)]
     assert gc.get_freeze_count() >= frozen + 100 and kept
+
+
+def test_a_failing_pause_cancels_a_heavy_imports_freeze_still_waiting(fresh_collector, tmp_path, monkeypatch):
+    import sys
+
+    gc = fresh_collector
+    (tmp_path / "nested_library.py").write_text("TABLES = [[i] for i in range(100)]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "nested_library", None)
+    monkeypatch.delitem(sys.modules, "nested_library")  # imported afresh, and forgotten after the test
+    with pytest.raises(RuntimeError):
+        with plumbing.collector_paused(freeze=True):  # a model load that imports the library, then fails
+            plumbing.import_paused("nested_library")
+            cycle = []
+            cycle.append(cycle)
+            del cycle
+            raise RuntimeError("broken weights")
+    assert gc.isenabled() and gc.get_freeze_count() == 0
 
 
 def test_a_failing_heavy_import_freezes_nothing(fresh_collector, tmp_path, monkeypatch):

@@ -27,7 +27,7 @@ CHUNK = 32
 DECODE_BATCH = 8
 
 
-#: Text embeddings kept per loaded model (oldest dropped first).
+#: Text embeddings kept per loaded model (the least recently used dropped first).
 TEXT_CACHE_SIZE = 256
 
 
@@ -141,11 +141,13 @@ class ClipGenGenerator:
         from .clip_embed import encode_images, encode_text
 
         if not image_path:  # one prompt at a time, so the embedding is the same whether cached or not
-            if prompt not in self._text_cache:
+            embedding = self._text_cache.pop(prompt, None)
+            if embedding is None:
+                embedding = encode_text(self.clip, [prompt])[0]
                 if len(self._text_cache) >= TEXT_CACHE_SIZE:
-                    self._text_cache.pop(next(iter(self._text_cache)))
-                self._text_cache[prompt] = encode_text(self.clip, [prompt])[0]
-            return self._text_cache[prompt]
+                    self._text_cache.pop(next(iter(self._text_cache)), None)
+            self._text_cache[prompt] = embedding  # the most recently used last
+            return embedding
         import torch
         from PIL import Image, UnidentifiedImageError
 

@@ -447,8 +447,9 @@ def train_transformer(
     stored in the exported ``transformer.safetensors`` next to the config. ``init``: weights a new
     run starts from (a shipped model trained further; its optimiser starts afresh, so the warm-up
     applies); a null condition it lacks starts from its initialisation. ``init_info``: where
-    those weights came from (:func:`init_record`), stored as ``init`` so a model card can state
-    the whole training, not only this run's. Returns a summary.
+    those weights came from (:func:`init_record`), stored as ``init`` (and in the checkpoint, for
+    a resumed run) so a model card can state the whole training, not only this run's; ``init``
+    without it leaves the key out (unknown), a run from scratch stores None. Returns a summary.
     """
     from .clip_embed import embed_dim, encode_text
 
@@ -478,6 +479,10 @@ def train_transformer(
             raise ValueError(f"the initial weights do not fit the transformer config "
                              f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
     prior_s = state.get("train_seconds", 0.0) if state is not None else 0.0
+    # where the weights started: kept in the checkpoint, so a resumed run (without --init) still knows
+    origin = {"init": init_info} if init is None or init_info is not None else {}  # {}: started unrecorded
+    if state is not None:  # a checkpoint from before the record cannot tell
+        origin = state.get("origin", {})
     generator = torch.Generator().manual_seed(cfg.seed + step)
     data = batches(dataset, cfg.batch_size, vqgan.config.resolution, seed=cfg.seed + step, device=device)
     encode = FrozenEncodings(vqgan, clip_model, str(device), cfg.precision, cache=finite_dataset(dataset))
@@ -485,8 +490,8 @@ def train_transformer(
 
     def save() -> None:
         save_checkpoint({"step": step, "model": model.state_dict(), "opt": opt.state_dict(), "gpt": gpt.to_dict(),
-                          "train": dataclasses.asdict(cfg), "train_seconds": prior_s + time.monotonic() - started},
-                         out / "checkpoint.pt")
+                          "train": dataclasses.asdict(cfg), "train_seconds": prior_s + time.monotonic() - started,
+                          "origin": origin}, out / "checkpoint.pt")
 
     started, window = time.monotonic(), _Window()
     model.train()
@@ -539,7 +544,7 @@ def train_transformer(
                              {"gpt": gpt.to_dict(), "clip": clip_info or {}, "cond_noise": cfg.cond_noise, "cond_drop": cfg.cond_drop,
                               "clip_loss_weight": cfg.clip_loss_weight, "steps": step, "metrics": metrics.last,
                               "train_seconds": round(prior_s + time.monotonic() - started, 1),
-                              "init": init_info})  # None: trained from scratch
+                              **origin})  # init None: trained from scratch; no key: unknown
     return {"steps": step, "weights": str(path), "metrics": metrics.last, "elapsed_s": time.monotonic() - started}
 
 

@@ -45,17 +45,18 @@ def test_a_repeated_prompt_is_encoded_once_and_draws_the_same_pixels(model_folde
 
     encoded = []
     real = clip_embed.encode_text
-    monkeypatch.setattr(clip_embed, "encode_text", lambda clip, prompts: encoded.append(list(prompts)) or real(clip, prompts))
+    monkeypatch.setattr(clip_embed, "encode_text",
+                        lambda clip, prompts: encoded.append(list(prompts)) or real(clip, prompts))
     monkeypatch.setattr(module, "TEXT_CACHE_SIZE", 2)
     gen = ClipGenGenerator("clip-gen/tiny", model_folder)
     gen.load("cpu")
     first = _run(gen, [Request("a red square", 5, PARAMS)])[0].image.tobytes()
     assert _run(gen, [Request("a red square", 5, PARAMS)])[0].image.tobytes() == first
     assert encoded == [["a red square"]]
-    for prompt in ("a blue circle", "a green square", "a red square"):  # the first left the bounded cache
-        _run(gen, [Request(prompt, 5, PARAMS)])
-    assert [p for (p,) in encoded] == ["a red square", "a blue circle", "a green square", "a red square"]
-    assert len(gen._text_cache) == 2
+    for prompt in ("a blue circle", "a red square", "a green square", "a blue circle"):
+        _run(gen, [Request(prompt, 5, PARAMS)])  # a use keeps a prompt; the least recently used leaves
+    assert [p for (p,) in encoded] == ["a red square", "a blue circle", "a green square", "a blue circle"]
+    assert list(gen._text_cache) == ["a green square", "a blue circle"]
 
 
 def test_candidates_are_reranked_recorded_and_regenerable(generator):

@@ -272,6 +272,11 @@ def test_a_run_from_init_records_what_it_started_from_and_the_card_adds_up_the_l
     assert summary["started_from"]["sha256"] == sha256_file(second) and summary["started_from"]["steps"] == 3
     assert summary["steps"] == 1 and summary["steps_in_all"] == 6
     assert summary["minutes_in_all"] >= summary["minutes"]
+    # stopped and resumed without --init, the run still knows where it started
+    resumed = CliRunner().invoke(clip_gen_group, [*common, "--out", str(tmp_path / "second"), "--steps", "4",
+                                                  "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert training_summary(second)["started_from"]["sha256"] == sha256_file(first)
     # a file from before the record (parts' transformer) cannot tell what it started from: no total
     legacy = training_summary(leg("legacy", 1, "--init", str(parts / "transformer.safetensors")))
     assert legacy["started_from"]["sha256"] == sha256_file(parts / "transformer.safetensors")
