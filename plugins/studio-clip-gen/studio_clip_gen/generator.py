@@ -12,6 +12,7 @@ prompt's text embedding (the embedding the transformer was trained on).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from pathlib import Path
@@ -56,7 +57,7 @@ class ClipGenGenerator:
         self.device = "cpu"
         self.vqgan = self.gpt = self.clip = None
         self._description: dict[str, Any] = {}
-        self._text_cache: dict[str, Any] = {}  # prompt -> its CLIP text embedding (a worker sees repeats)
+        self._text_embedding = None  # prompt -> its CLIP text embedding, cached per load (a worker sees repeats)
 
     # ---- protocol ----------------------------------------------------------------------------
 
@@ -86,7 +87,7 @@ class ClipGenGenerator:
         self.vqgan = vqgan.to(device).eval().requires_grad_(False)
         self.gpt = gpt.to(device).eval().requires_grad_(False)
         self.clip = clip
-        self._text_cache.clear()
+        self._text_embedding = functools.lru_cache(maxsize=TEXT_CACHE_SIZE)(self._encode_prompt)
         self._description = {
             "model": self.model_id,
             "plugin": "clip-gen",
@@ -137,17 +138,17 @@ class ClipGenGenerator:
             "cond": self._condition(request.prompt, image_path),
         }
 
-    def _condition(self, prompt: str, image_path: str):
-        from .clip_embed import encode_images, encode_text
+    def _encode_prompt(self, prompt: str):
+        """One prompt at a time, so its embedding is the same whether it comes from the cache or not."""
+        from .clip_embed import encode_text
 
-        if not image_path:  # one prompt at a time, so the embedding is the same whether cached or not
-            embedding = self._text_cache.pop(prompt, None)
-            if embedding is None:
-                embedding = encode_text(self.clip, [prompt])[0]
-                if len(self._text_cache) >= TEXT_CACHE_SIZE:
-                    self._text_cache.pop(next(iter(self._text_cache)), None)
-            self._text_cache[prompt] = embedding  # the most recently used last
-            return embedding
+        return encode_text(self.clip, [prompt])[0]
+
+    def _condition(self, prompt: str, image_path: str):
+        from .clip_embed import encode_images
+
+        if not image_path:
+            return self._text_embedding(prompt)
         import torch
         from PIL import Image, UnidentifiedImageError
 

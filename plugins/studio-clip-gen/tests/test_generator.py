@@ -56,7 +56,9 @@ def test_a_repeated_prompt_is_encoded_once_and_draws_the_same_pixels(model_folde
     for prompt in ("a blue circle", "a red square", "a green square", "a blue circle"):
         _run(gen, [Request(prompt, 5, PARAMS)])  # a use keeps a prompt; the least recently used leaves
     assert [p for (p,) in encoded] == ["a red square", "a blue circle", "a green square", "a blue circle"]
-    assert list(gen._text_cache) == ["a green square", "a blue circle"]
+    for prompt in ("a green square", "a blue circle"):  # the two kept: neither is encoded again
+        _run(gen, [Request(prompt, 5, PARAMS)])
+    assert len(encoded) == 4 and gen._text_embedding.cache_info().currsize == 2
 
 
 def test_candidates_are_reranked_recorded_and_regenerable(generator):
