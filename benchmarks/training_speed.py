@@ -107,7 +107,8 @@ def main() -> None:
     from studio.ml.precision import cpu_bf16_problem
 
     # Emulated bf16 runs ~20x slower than fp32; a --quick run (CI) would spend many minutes on it.
-    emulated = cpu_bf16_problem() or (None if cpu_bf16() else "oneDNN reports no native bfloat16 on this CPU")
+    native = cpu_bf16()
+    emulated = cpu_bf16_problem() or (None if native else "oneDNN reports no native bfloat16 on this CPU")
     precisions = ("fp32",) if args.quick and emulated else ("fp32", "bf16")
     if len(precisions) == 1:
         print(f"bf16 left out of this --quick run: {emulated}", flush=True)
@@ -125,7 +126,7 @@ def main() -> None:
             rows.append([name, precision, round(median, 3), f"{base / median:.2f}x", len(times[precision])])
     report("training_speed", f"training step, median seconds (threads {torch.get_num_threads()})",
            ["network", "precision", "s/step", "vs fp32", "steps timed"], rows,
-           {"cpu_bf16": cpu_bf16(), "threads": torch.get_num_threads(), "bf16_skipped": len(precisions) == 1})
+           {"cpu_bf16": native, "threads": torch.get_num_threads(), "bf16_skipped": len(precisions) == 1})
 
 
 if __name__ == "__main__":

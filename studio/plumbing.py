@@ -494,10 +494,10 @@ def collector_paused(*, freeze: bool = False, _fresh_import: bool = False) -> It
     collector's reach (``gc.freeze``), which also keeps every later pass in a long-lived worker
     cheap. That happens once: freezing later could keep a failed job's garbage (a traceback
     holding tensors) for the life of the worker; a later successful load asks again if a failure
-    cancelled it. Nested and concurrent pauses (threads loading two
-    models) switch the collector back on when the last one ends. Besides that one freeze after the
-    first model, :func:`import_paused` asks for one after a library's first import; a pause that
-    ends in an error cancels a freeze still waiting, so a failure's garbage is never frozen.
+    cancelled it. Nested and concurrent pauses (threads loading two models) switch the collector
+    back on when the last one ends. Besides that one freeze after the first model,
+    :func:`import_paused` asks for one after a library's first import; a pause that ends in an
+    error cancels a freeze still waiting, so a failure's garbage is never frozen.
     """
     import gc
 
