@@ -35,14 +35,19 @@ def _clip_configs() -> list[str]:
               help="Architecture (see studio.ml.clip_configs: studio-tiny-64, studio-tiny-64-avg, studio-small-64).")
 @click.option("--probe-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Weight of the shared attribute probe (shapes only; helps word order and layout).")
+@click.option("--distractor-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Weight of image-side negatives: each caption against its image with one outline redrawn "
+                   "(shapes only; trains a CLIP that re-ranks a generator's candidates by shape).")
+@click.option("--blur", type=click.FloatRange(min=0, max=4), default=0.0, show_default=True,
+              help="Largest Gaussian blur (sigma, pixels) for half of each batch: soft edges, like generated images.")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="torch CPU threads.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="bf16: mixed precision (weights stay fp32); much faster on GPUs and on CPUs with AMX.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
 @click.option("--init", "init_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Start a new run from a CLIP exported with `studio train export-clip` (fresh optimiser).")
-def train_clip_command(dataset, out_dir, minutes, steps, batch_size, lr, config_name, probe_weight, threads, precision,
-                       resume, init_file) -> None:
+def train_clip_command(dataset, out_dir, minutes, steps, batch_size, lr, config_name, probe_weight, distractor_weight,
+                       blur, threads, precision, resume, init_file) -> None:
     """Train a small CLIP contrastively (open_clip's loss plus hard negative captions)."""
     if minutes is None and steps is None:
         raise click.UsageError("give --minutes or --steps")
@@ -52,7 +57,8 @@ def train_clip_command(dataset, out_dir, minutes, steps, batch_size, lr, config_
 
     try:
         summary = train_clip(out_dir, dataset=dataset, minutes=minutes, steps=steps, batch_size=batch_size, lr=lr,
-                             resume=resume, model=config_name, probe_weight=probe_weight, threads=threads,
+                             resume=resume, model=config_name, probe_weight=probe_weight,
+                             distractor_weight=distractor_weight, blur=blur, threads=threads,
                              precision=precision, init=str(init_file) if init_file else None)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None

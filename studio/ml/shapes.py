@@ -221,8 +221,52 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: ShapeObject, scale: float) -> N
         draw.polygon([(x, y - h), (x + h, y + 0.8 * h), (x - h, y + 0.8 * h)], fill=fill)
     elif obj.shape == "diamond":
         draw.polygon([(x, y - h), (x + 0.8 * h, y), (x, y + h), (x - 0.8 * h, y)], fill=fill)
+    elif obj.shape in OFF_CLASS_SHAPES:
+        _draw_off_class(draw, obj.shape, x, y, h, fill)
     else:
         raise ValueError(f"unknown shape {obj.shape!r}")
+
+
+#: Outlines no caption names, drawn only as negatives for training a judge of generated images
+#: (:func:`distractor_scene`): what a generator draws when it misses a shape looks like these.
+OFF_CLASS_SHAPES: tuple[str, ...] = ("ellipse", "rounded square", "hexagon", "kite", "blob")
+
+
+def _draw_off_class(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, h: float, fill) -> None:
+    if shape == "ellipse":
+        draw.ellipse((x - h, y - 0.6 * h, x + h, y + 0.6 * h), fill=fill)
+    elif shape == "rounded square":
+        s = 0.85 * h
+        draw.rounded_rectangle((x - s, y - s, x + s, y + s), radius=0.55 * s, fill=fill)
+    elif shape == "hexagon":
+        draw.polygon([(x + h * np.cos(a), y + h * np.sin(a)) for a in np.arange(6) * np.pi / 3], fill=fill)
+    elif shape == "kite":
+        draw.polygon([(x, y - h), (x + 0.7 * h, y - 0.3 * h), (x, y + h), (x - 0.7 * h, y - 0.3 * h)], fill=fill)
+    else:  # blob: a circle with a wobbling radius, the same every time for the same size
+        angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+        radius = h * (0.85 + 0.15 * np.sin(3 * angles + 1.0) + 0.08 * np.cos(5 * angles))
+        draw.polygon([(x + r * np.cos(a), y + r * np.sin(a)) for a, r in zip(angles, radius)], fill=fill)
+
+
+def distractor_scene(scene: Scene, rng: np.random.Generator, off_class_share: float = 0.5) -> Scene:
+    """``scene`` with one object redrawn as another outline at the same place, size and colour.
+
+    Why: a CLIP trained on clean drawings only accepts a soft blob as any shape, so it cannot
+    pick the right one among a generator's candidates. Set against these images, a caption must
+    prefer the true outline to an outline no caption names (an ellipse, a rounded square, a
+    blob...; share ``off_class_share``) or to another of the four shapes. Every caption of
+    ``scene`` is false of the result.
+    """
+    k = int(rng.integers(len(scene.objects)))
+    obj = scene.objects[k]
+    if rng.random() < off_class_share:
+        shape = OFF_CLASS_SHAPES[int(rng.integers(len(OFF_CLASS_SHAPES)))]
+    else:
+        others = [x for x in SHAPES if x != obj.shape]
+        shape = others[int(rng.integers(len(others)))]
+    objects = list(scene.objects)
+    objects[k] = dataclasses.replace(obj, shape=shape)
+    return dataclasses.replace(scene, objects=tuple(objects))
 
 
 def render_attrs(attrs: dict, canvas: int | None = None) -> Image.Image:

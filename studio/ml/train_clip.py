@@ -16,6 +16,11 @@ plain CLIP loss cannot do:
 * optionally (``probe_weight``), one linear probe shared by both towers that must read the
   colour and shape of the left/top object, of the other one, and the relation's axis from the
   image embedding and from the caption embedding (:func:`attribute_probe_loss`).
+* optionally (``distractor_weight``), image-side negatives: each caption against its own image
+  and the same image with one outline redrawn as another shape or as one no caption names
+  (:func:`distractor_loss`), with ``blur`` softening half of each batch. This is the training of
+  a CLIP that re-ranks a generator's candidates: one trained on clean drawings alone accepts a
+  soft blob as any shape.
 
 Run directory layout (``out_dir``)::
 
@@ -77,6 +82,8 @@ class TrainConfig:
     probe_weight: float = 0.0  # shared attribute probe on both towers (see attribute_probe_loss)
     two_object_share: float = 0.7  # relations are the hard part: more two-object scenes
     noise: float = 0.03  # max std of Gaussian pixel noise: generators' images are not clean
+    distractor_weight: float = 0.0  # image-side negatives per caption (see distractor_loss); 0: none
+    blur: float = 0.0  # max Gaussian blur sigma (px) for half of each batch, distractors alike; 0: none
     seed: int = 0
     log_every: int = 10
     eval_every_s: float = 180.0
@@ -131,6 +138,58 @@ def shapes_loss(img: torch.Tensor, txt: torch.Tensor, neg: torch.Tensor, truth: 
         parts["hard"] = local.item()
         parts["hard_acc"] = (hard.max(dim=1).values < own.squeeze(1)).float().mean().item()
     return loss, parts
+
+
+def distractor_loss(txt: torch.Tensor, img: torch.Tensor, distractors: torch.Tensor, scale: torch.Tensor,
+                    valid: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Each caption against its own image and that image with one outline changed.
+
+    ``txt [B,D]``, ``img [B,D]`` (image b is what caption b describes), ``distractors [B,D]``
+    (image b redrawn by :func:`studio.ml.shapes.distractor_scene`), ``valid [B]`` (rows to use).
+    A two-way softmax per caption: the contrastive loss alone never shows a caption two images
+    that differ only in an outline, so it can rank a blob as high as the shape it was asked for,
+    which is exactly the choice a re-ranking CLIP has to make among a generator's candidates.
+    """
+    own = (scale * txt * img).sum(dim=-1)
+    other = (scale * txt * distractors).sum(dim=-1)
+    logits = torch.stack([own, other], dim=1)[valid]
+    if not len(logits):
+        return logits.sum(), {}
+    loss = F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+    return loss, {"distract": loss.item(), "distract_acc": (logits[:, 0] > logits[:, 1]).float().mean().item()}
+
+
+def blur_some(images: torch.Tensor, sigma_max: float, gen: torch.Generator) -> torch.Tensor:
+    """Half of ``images`` (chosen at random) blurred with one random sigma in ``(0, sigma_max]``:
+    generated images have soft edges, and the outline must be read through them."""
+    if sigma_max <= 0:
+        return images
+    sigma = float(torch.rand((), generator=gen)) * sigma_max + 1e-3
+    chosen = torch.rand(images.shape[0], generator=gen) < 0.5
+    radius = max(1, math.ceil(2.5 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=images.dtype)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(images.device)
+    c = images.shape[1]
+    blurred = F.pad(images, (radius,) * 4, mode="replicate")
+    blurred = F.conv2d(blurred, kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    blurred = F.conv2d(blurred, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    return torch.where(chosen.view(-1, 1, 1, 1).to(images.device), blurred, images)
+
+
+def _distractor_images(batch: dict, step: int, config: TrainConfig, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image b of the batch with one outline changed, and which rows' captions are false of it."""
+    from studio.ml.datasets import ImageTransform
+
+    rng = np.random.default_rng([config.seed, step, 11])
+    transform = ImageTransform(size)
+    images, valid = [], []
+    for attrs in batch["attrs"]:
+        scene = shapes.scene_from_attrs(attrs)
+        changed = shapes.distractor_scene(scene, rng)
+        images.append(transform(shapes.render_scene(changed)))
+        valid.append(not shapes.caption_is_true(claim_caption(attrs["claim"]), changed))
+    return torch.stack(images), torch.tensor(valid)
 
 
 # ---- shared attribute probe ------------------------------------------------------------------
@@ -464,6 +523,11 @@ def train_clip(
                 indices = torch.randint(n, (config.batch_size,), generator=gen).tolist()
             batch = collate([data[i] for i in indices])
             images = batch["image"].to(device)
+            distract = is_shapes and config.distractor_weight > 0
+            if distract:  # encoded with the batch, so noise and blur treat both alike
+                others, valid = _distractor_images(batch, step, config, images.shape[-1])
+                images = torch.cat([images, others.to(device)])
+            images = blur_some(images, config.blur, gen)
             if config.noise:
                 sigma = torch.rand(images.shape[0], 1, 1, 1, generator=gen) * config.noise
                 images = images + sigma.to(device) * torch.randn(images.shape, generator=gen).to(device)
@@ -473,6 +537,8 @@ def train_clip(
 
             with autocast(device, config.precision):
                 img = encode_images(model, images).float()
+            if distract:
+                img, img_distractors = img[: len(valid)], img[len(valid):]
             scale = model.logit_scale.exp()
             if is_shapes:
                 captions_, negatives, truth = _shapes_text_batch(batch, step, config)
@@ -486,6 +552,10 @@ def train_clip(
                 b = len(captions_)
                 loss, parts = shapes_loss(img, txt_all[:b], txt_all[b:], truth.to(device), scale,
                                           config.hard_negatives, config.hard_negative_weight)
+                if distract:
+                    aux, more = distractor_loss(txt_all[:b], img, img_distractors, scale, valid.to(device))
+                    loss = loss + config.distractor_weight * aux
+                    parts.update(more)
                 if probe is not None:
                     aux = attribute_probe_loss(probe, img, txt_all[:b], probe_targets(captions_).to(device))
                     loss = loss + config.probe_weight * aux
@@ -630,6 +700,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hard-negatives", type=int, default=TrainConfig.hard_negatives)
     parser.add_argument("--hard-negative-weight", type=float, default=TrainConfig.hard_negative_weight)
     parser.add_argument("--probe-weight", type=float, default=TrainConfig.probe_weight)
+    parser.add_argument("--distractor-weight", type=float, default=TrainConfig.distractor_weight)
+    parser.add_argument("--blur", type=float, default=TrainConfig.blur)
     parser.add_argument("--single-object-negatives", type=int, default=TrainConfig.single_object_negatives)
     parser.add_argument("--two-object-share", type=float, default=TrainConfig.two_object_share)
     parser.add_argument("--eval-every", type=float, default=TrainConfig.eval_every_s, help="seconds")
@@ -643,6 +715,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out, dataset=args.dataset, minutes=args.minutes, steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, resume=args.resume, model=args.model, hard_negatives=args.hard_negatives,
         hard_negative_weight=args.hard_negative_weight, probe_weight=args.probe_weight,
+        distractor_weight=args.distractor_weight, blur=args.blur,
         single_object_negatives=args.single_object_negatives, two_object_share=args.two_object_share,
         eval_every_s=args.eval_every, checkpoint_every_s=args.checkpoint_every, threads=args.threads,
         precision=args.precision,

@@ -198,3 +198,67 @@ def test_an_emoji_run_is_judged_on_held_out_phrasings_and_keeps_its_best(tmp_pat
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
     events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any(e.get("event") == "eval" and "concept_top5" in e for e in events)
+
+
+def test_distractor_scenes_change_one_outline_and_make_every_caption_false():
+    import numpy as np
+
+    from studio.ml.checker import check_image
+
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for i in range(60):
+        scene = shapes.sample_scene(0, i)
+        changed = shapes.distractor_scene(scene, rng)
+        moved = [(a, b) for a, b in zip(scene.objects, changed.objects) if a != b]
+        assert len(moved) == 1  # one object, same place, size and colour, another outline
+        (before, after), = moved
+        assert (before.centre, before.half, before.colour) == (after.centre, after.half, after.colour)
+        assert after.shape != before.shape
+        kinds.add(after.shape)
+        assert not any(shapes.caption_is_true(c, changed) for c in shapes.captions(scene))
+        # drawn where the object was, in its colour: the judge still finds the colour
+        assert check_image(shapes.render_scene(changed), scene.attrs()).colour_ok
+    assert set(shapes.OFF_CLASS_SHAPES) <= kinds and kinds & set(shapes.SHAPES)
+
+
+def test_blur_softens_half_of_a_batch_and_keeps_the_rest():
+    from studio.ml.train_clip import blur_some
+
+    images = torch.stack([shapes_tensor(i) for i in range(16)])
+    out = blur_some(images, 2.0, torch.Generator().manual_seed(0))
+    same = [torch.equal(a, b) for a, b in zip(images, out)]
+    assert 0 < sum(same) < 16
+    changed = out[[not s for s in same]]
+    edges = lambda x: (x[..., 1:] - x[..., :-1]).abs().mean()  # noqa: E731
+    assert edges(changed) < edges(images[[not s for s in same]])
+    assert torch.allclose(out.mean(dim=(1, 2, 3)), images.mean(dim=(1, 2, 3)), atol=0.02)  # blur keeps the mean
+    assert torch.equal(blur_some(images, 0.0, torch.Generator()), images)
+
+
+def shapes_tensor(index: int) -> torch.Tensor:
+    from studio.ml.datasets import ImageTransform
+
+    return ImageTransform(64)(shapes.render_scene(shapes.sample_scene(0, index)))
+
+
+def test_distractor_loss_prefers_the_true_image_and_skips_invalid_rows():
+    from studio.ml.train_clip import distractor_loss
+
+    txt = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    img = txt.clone()  # each caption's own image matches it exactly
+    other = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    scale = torch.tensor(30.0)
+    good, parts = distractor_loss(txt, img, other, scale, torch.ones(4, dtype=torch.bool))
+    bad, _ = distractor_loss(txt, other, img, scale, torch.ones(4, dtype=torch.bool))
+    assert good < 0.1 < bad and parts["distract_acc"] == 1.0
+    none, parts = distractor_loss(txt, img, other, scale, torch.zeros(4, dtype=torch.bool))
+    assert none.item() == 0.0 and parts == {}
+
+
+def test_a_run_with_distractors_trains_and_records_them(tmp_path):
+    records = []
+    summary = train_clip(tmp_path, steps=6, progress=records.append, distractor_weight=1.0, blur=1.5, **FAST)
+    assert summary["step"] == 6 and all(0 <= r["distract_acc"] <= 1 for r in records)
+    state = read_train_state(tmp_path / "checkpoint")
+    assert state["config"]["distractor_weight"] == 1.0 and state["config"]["blur"] == 1.5

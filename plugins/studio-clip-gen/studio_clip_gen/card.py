@@ -7,9 +7,11 @@ model was trained on (``--dataset``): `shapes` scenes, or `emoji` pictures and h
 
 - ``vqgan``: PSNR of encode -> decode and codebook usage/perplexity (stage 1 on its own);
 - ``eval``: ``studio eval`` metrics without re-ranking (``candidates=1``) and with it, so the
-  gain from re-ranking is stated, not assumed. Colour and relation are judged from pixels;
-  shape and CLIP score by the bundled CLIP, which is also the re-ranking CLIP, so the CLIP score
-  with re-ranking is optimistic by construction;
+  gain from re-ranking is stated, not assumed. Shapes are judged from the pixels; the CLIP
+  columns are secondary and come from the bundled CLIP, which is also the conditioning CLIP
+  (and the re-ranking one unless the folder has its own), so they are lenient;
+- ``rerank_clip``: the folder's own re-ranking CLIP, if it has one: its digest and its card's
+  training record and held-out zero-shot figures;
 - ``defaults``: the parameters a plain ``studio eval --model clip-gen`` uses, i.e. which
   ``eval`` row a user reproduces;
 - ``training``: steps, wall time and settings carried in each stage's weights metadata;
@@ -49,6 +51,18 @@ def training_summary(path: Path) -> dict[str, Any]:
             out["minutes_in_all"] = round((init["train_seconds_in_all"] + seconds) / 60, 1)
     out["final_metrics"] = {k: v for k, v in metrics.items() if k not in ("step", "elapsed_s")}
     return out
+
+
+def _rerank_record(root: Path) -> dict[str, Any]:
+    """The re-ranking CLIP of a folder that has one: its file's digest and its own card's figures."""
+    from studio.api import sha256_file_cached
+
+    from .model_dir import clip_card, clip_path, read_manifest
+
+    spec = read_manifest(root).get("rerank")
+    if not spec:
+        return {}
+    return {"rerank_clip": {**spec, "sha256": sha256_file_cached(clip_path(root, spec)), **clip_card(root, spec)}}
 
 
 def shapes_images(n: int = 256, seed: int = 1):
@@ -178,6 +192,7 @@ def write_card(root: Path, *, eval_n: int, candidates: int, sources: dict[str, P
         "hardware": hardware(),
         "training": {part: training_summary(path) for part, path in sources.items() if part in ("vqgan", "transformer")},
         "vqgan": vqgan_report(generator.vqgan, domain["images"]()),
+        **_rerank_record(root),
         "defaults": defaults,
         "eval": {},
         "vocabulary": domain["vocabulary"],

@@ -25,6 +25,10 @@ VQ_PRESETS = {
     # half a pixel per level towards the lower right)
     "tiny-f4c": dict(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(), resolution=64,
                      z_channels=64, embed_dim=64, n_embed=1024, downsample_padding="centred"),
+    # the tiny one (8x8 grid) with centred downsampling: a quarter of the tokens of the f4 ones, for
+    # a large varied set (emoji) where a short sequence is what a small transformer can sample well
+    "tiny-c": dict(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(8,), resolution=64,
+                   z_channels=64, embed_dim=64, n_embed=512, downsample_padding="centred"),
     "f16": dict(),  # taming's ImageNet f16 (256px, 16x16 grid)
 }
 
@@ -343,15 +347,18 @@ clip_gen_group.add_command(_hidden_alias(train_vqgan_command), name="train-vqgan
 clip_gen_group.add_command(_hidden_alias(train_transformer_command), name="train-transformer")
 
 
-def _assemble(dest: Path, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force,
-              share_installed_clip: bool = False) -> dict:
+def _assemble(dest: Path, vqgan, vqgan_config, transformer, clip_file, clip_arch, rerank_clip, rerank_clip_arch,
+              heads, force, share_installed_clip: bool = False) -> dict:
     from .checkpoints import WeightsError
     from .model_dir import assemble
 
+    source = {"vqgan": vqgan.name, "transformer": transformer.name, "clip": clip_file.name}
+    if rerank_clip is not None:
+        source["rerank"] = rerank_clip.name
     try:
         return assemble(dest, vqgan=vqgan, transformer=transformer, clip=clip_file, vqgan_config=vqgan_config,
-                        clip_arch=clip_arch, heads=heads, overwrite=force, share_installed_clip=share_installed_clip,
-                        source={"vqgan": vqgan.name, "transformer": transformer.name, "clip": clip_file.name})
+                        clip_arch=clip_arch, rerank_clip=rerank_clip, rerank_clip_arch=rerank_clip_arch, heads=heads,
+                        overwrite=force, share_installed_clip=share_installed_clip, source=source)
     except (WeightsError, ValueError, OSError) as exc:
         raise _fail(exc) from None
 
@@ -363,6 +370,10 @@ _PARTS = [
     click.option("--clip", "clip_file", type=_FILE,
                  help="CLIP weights (open_clip file or Studio's small-CLIP format) [default: Studio's bundled CLIP]."),
     click.option("--clip-arch", help="open_clip architecture of --clip, e.g. ViT-B-32."),
+    click.option("--rerank-clip", type=_FILE,
+                 help="A second CLIP that scores the candidates (e.g. one trained harder on the same data) "
+                      "[default: the conditioning CLIP]."),
+    click.option("--rerank-clip-arch", help="open_clip architecture of --rerank-clip."),
     click.option("--heads", type=click.IntRange(1), help="Attention heads of a clip-gen GPT (default width/64)."),
     click.option("--force", is_flag=True, help="Replace an existing model of that name."),
 ]
@@ -414,7 +425,8 @@ def run_parts(run_folder: Path | None, vqgan, vqgan_config, transformer, clip_fi
 @click.argument("name")
 @click.argument("run_folder", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @_with_parts
-def import_command(name, run_folder, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force) -> None:
+def import_command(name, run_folder, vqgan, vqgan_config, transformer, clip_file, clip_arch, rerank_clip, rerank_clip_arch,
+                   heads, force) -> None:
     """Import a CLIP-GEN model from local files as model id clip-gen/NAME.
 
     Give a finished `studio clip-gen train transformer` run folder as RUN_FOLDER (its model card
@@ -429,7 +441,8 @@ def import_command(name, run_folder, vqgan, vqgan_config, transformer, clip_file
         raise click.ClickException("cannot read Studio's settings (see `studio config`)")
     vqgan, vqgan_config, transformer, clip_file, clip_arch = run_parts(run_folder, vqgan, vqgan_config, transformer,
                                                                        clip_file, clip_arch)
-    summary = _assemble(root / name, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force)
+    summary = _assemble(root / name, vqgan, vqgan_config, transformer, clip_file, clip_arch, rerank_clip,
+                        rerank_clip_arch, heads, force)
     click.echo(f"imported clip-gen/{name} ({summary['resolution']}px, {summary['grid']}x{summary['grid']} tokens) "
                f"weights sha256 {summary['weights_sha256'][:16]}")
 
@@ -455,8 +468,8 @@ def _key_value(item: str, option: str) -> tuple[str, str]:
 @click.option("--default", "sampling", multiple=True, metavar="KEY=VALUE",
               help="Another default of the model's token sampling, used by the card's evaluations too: "
                    "temperature, top_k or top_p (repeatable), e.g. --default top_k=20.")
-def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force, eval_n, dataset,
-                    candidates, guidance, sampling) -> None:
+def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, rerank_clip, rerank_clip_arch,
+                    heads, force, eval_n, dataset, candidates, guidance, sampling) -> None:
     """Write a model folder (as bundled in studio_clip_gen/weights) from trained parts.
 
     With --eval-n the folder gets a model card: VQGAN PSNR and codebook usage, and `studio eval`
@@ -480,8 +493,8 @@ def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_a
         raise click.UsageError(str(exc)) from None
     vqgan, vqgan_config, transformer, clip_file, clip_arch = run_parts(None, vqgan, vqgan_config, transformer,
                                                                        clip_file, clip_arch)
-    summary = _assemble(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, heads, force,
-                        share_installed_clip=True)
+    summary = _assemble(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, rerank_clip, rerank_clip_arch,
+                        heads, force, share_installed_clip=True)
     if eval_n:
         from rich.console import Console
         from rich.progress import Progress

@@ -1,8 +1,11 @@
 """The CLIP-GEN generator: prompt -> CLIP text embedding -> tokens -> VQGAN decoder -> image.
 
 Each request samples ``candidates`` token grids, scores every decoded candidate by the cosine of
-its CLIP image embedding with the condition, and returns the best one (or, with ``keep`` > 1, a
-row of the best ``keep``). Candidate 0 uses the request's seed and candidate ``j`` a seed derived
+its CLIP image embedding with the prompt's (or the conditioning image's) embedding, and returns the
+best one (or, with ``keep`` > 1, a row of the best ``keep``). The scoring CLIP is the conditioning
+one unless the model folder names a re-ranking CLIP of its own (``model.json``'s ``rerank``): the
+condition must be the CLIP the transformer was trained on, while the judge of finished pictures
+can be one trained harder to tell them apart. Candidate 0 uses the request's seed and candidate ``j`` a seed derived
 from it (:func:`candidate_seed`); every candidate's seed and score goes into ``Result.extra``, and
 any candidate is re-made with ``--seed S --param candidates=1``.
 
@@ -55,9 +58,11 @@ class ClipGenGenerator:
     def __init__(self, model_id: str, root: Path) -> None:
         self.model_id, self.root = model_id, Path(root)
         self.device = "cpu"
-        self.vqgan = self.gpt = self.clip = None
+        self.vqgan = self.gpt = self.clip = self.rerank_clip = None
         self._description: dict[str, Any] = {}
-        self._text_embedding = None  # prompt -> its CLIP text embedding, cached per load (a worker sees repeats)
+        # prompt -> its text embedding by the conditioning CLIP and by the re-ranking one, cached per
+        # load (a worker sees repeats)
+        self._text_embedding = self._rerank_text_embedding = None
 
     # ---- protocol ----------------------------------------------------------------------------
 
@@ -81,13 +86,16 @@ class ClipGenGenerator:
             gpt.load_state_dict(state, strict=True)
             clip = model_dir.load_clip(self.root, manifest["clip"], device)
             check_compatible(gpt.config, vqgan.config, embed_dim(clip))
+            rerank = model_dir.load_clip(self.root, manifest["rerank"], device) if manifest.get("rerank") else clip
         except (OSError, KeyError, ValueError, WeightsError) as exc:
             raise GenerationError(f"model {self.model_id!r} cannot be loaded from {self.root}: {exc}") from None
         self.device = device
         self.vqgan = vqgan.to(device).eval().requires_grad_(False)
         self.gpt = gpt.to(device).eval().requires_grad_(False)
-        self.clip = clip
-        self._text_embedding = functools.lru_cache(maxsize=TEXT_CACHE_SIZE)(self._encode_prompt)
+        self.clip, self.rerank_clip = clip, rerank
+        self._text_embedding = functools.lru_cache(maxsize=TEXT_CACHE_SIZE)(functools.partial(_encode_prompt, clip))
+        self._rerank_text_embedding = (self._text_embedding if rerank is clip else
+                                       functools.lru_cache(maxsize=TEXT_CACHE_SIZE)(functools.partial(_encode_prompt, rerank)))
         self._description = {
             "model": self.model_id,
             "plugin": "clip-gen",
@@ -97,6 +105,7 @@ class ClipGenGenerator:
             "grid": vqgan.config.grid,
             "codes": vqgan.config.n_embed,
             "clip": manifest["clip"].get("arch", manifest["clip"]["kind"]),
+            **({"rerank_clip": manifest["rerank"].get("arch", manifest["rerank"]["kind"])} if manifest.get("rerank") else {}),
             "dtype": "float32",
         }
 
@@ -135,20 +144,25 @@ class ClipGenGenerator:
             "skip_blank": bool(params.get("skip_blank", False)),
             "sampling": (float(params["temperature"]), int(params["top_k"]), float(params["top_p"]),
                          float(params.get("guidance", 1.0))),
-            "cond": self._condition(request.prompt, image_path),
+            **self._conditions(request.prompt, image_path),
         }
 
-    def _encode_prompt(self, prompt: str):
-        """One prompt at a time, so its embedding is the same whether it comes from the cache or not."""
-        from .clip_embed import encode_text
-
-        return encode_text(self.clip, [prompt])[0]
-
-    def _condition(self, prompt: str, image_path: str):
+    def _conditions(self, prompt: str, image_path: str) -> dict[str, Any]:
+        """``cond``, what the transformer samples from, and ``target``, what candidates are scored against."""
         from .clip_embed import encode_images
 
         if not image_path:
-            return self._text_embedding(prompt)
+            return {"cond": self._text_embedding(prompt), "target": self._rerank_text_embedding(prompt)}
+        import torch
+
+        pixels = self._conditioning_pixels(image_path)
+        with torch.no_grad():
+            cond = encode_images(self.clip, pixels)[0]
+            target = cond if self.rerank_clip is self.clip else encode_images(self.rerank_clip, pixels)[0]
+        return {"cond": cond, "target": target}
+
+    def _conditioning_pixels(self, image_path: str):
+        """The conditioning image, centre-cropped and resized to the model's resolution, in [-1, 1]."""
         import torch
         from PIL import Image, UnidentifiedImageError
 
@@ -164,8 +178,7 @@ class ClipGenGenerator:
         left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
         rgb = rgb.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
         x = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)
-        with torch.no_grad():
-            return encode_images(self.clip, (x.float() / 127.5 - 1).unsqueeze(0).to(self.device))[0]
+        return (x.float() / 127.5 - 1).unsqueeze(0).to(self.device)
 
     def _run_chunk(self, chunk, plan, images, scores, progress, done: int, total: int) -> int:
         import torch
@@ -197,7 +210,8 @@ class ClipGenGenerator:
             flat = decoded.flatten(1).std(dim=1) < 1e-3
             if flat.any():
                 raise GenerationError(f"model {self.model_id!r} produced a flat image (collapsed output)")
-            sims = (encode_images(self.clip, decoded) * cond).sum(dim=-1)
+            target = torch.stack([plan[i]["target"] for i, _ in chunk]).to(self.device)
+            sims = (encode_images(self.rerank_clip, decoded) * target).sum(dim=-1)
         for row, key in enumerate(chunk):
             images[key] = decoded[row].cpu()
             scores[key] = float(sims[row])
@@ -230,6 +244,13 @@ class ClipGenGenerator:
             "condition": "image" if p["image"] else "text",
         }
         return Result(image=image, extra=extra)
+
+
+def _encode_prompt(clip, prompt: str):
+    """One prompt at a time, so its embedding is the same whether it comes from the cache or not."""
+    from .clip_embed import encode_text
+
+    return encode_text(clip, [prompt])[0]
 
 
 def _chunks(rows: list[tuple[int, int]], plan: list[dict]) -> list[list[tuple[int, int]]]:

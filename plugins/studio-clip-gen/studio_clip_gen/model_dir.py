@@ -6,6 +6,9 @@
     vqgan.safetensors        taming-layout VQGAN, config in the file's metadata
     transformer.safetensors  the GPT, config (and the CLIP it was trained with) in its metadata
     clip.safetensors         the CLIP whose embeddings condition the GPT
+    rerank-clip.safetensors  optional: the CLIP that scores finished candidates (``"rerank": {...}``
+                             in model.json, the same form as ``clip``); without it the
+                             conditioning CLIP scores them
 
 The bundled default model (``studio_clip_gen/weights``) and every model imported with
 ``studio models import clip-gen NAME`` (``<models_dir>/clip-gen/NAME``) have this layout.
@@ -54,13 +57,29 @@ def weights_sha256(root: Path, manifest: dict[str, Any]) -> str:
     """One digest for the model: sha256 over the sha256 of each weights file, in a fixed order.
 
     Only the files' contents count, not their names or places: the same files give the same digest.
+    A re-ranking CLIP counts too (it decides which candidate is the image); a folder without one
+    keeps the digest it always had.
     """
     from studio.api import sha256_file_cached  # remembered by path, size and mtime in the home
 
     outer = hashlib.sha256()
-    for path in (root / manifest["vqgan"], root / manifest["transformer"], clip_path(root, manifest["clip"])):
+    paths = [root / manifest["vqgan"], root / manifest["transformer"], clip_path(root, manifest["clip"])]
+    if manifest.get("rerank"):
+        paths.append(clip_path(root, manifest["rerank"]))
+    for path in paths:
         outer.update(sha256_file_cached(path).encode())
     return outer.hexdigest()
+
+
+def clip_card(root: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """What a CLIP's card (``export-clip``'s JSON beside the file) says of its training, if it has one."""
+    path = clip_path(root, spec).with_suffix(".json")
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    keys = ("architecture", "data", "steps", "samples_seen", "wall_time_s", "training", "zero_shot")
+    return {k: card[k] for k in keys if k in card}
 
 
 def load_clip(root: Path, spec: dict[str, Any], device: str = "cpu"):
@@ -97,20 +116,40 @@ def _is_bundled_clip(path: Path) -> bool:
         return False
 
 
-def read_clip(path: Path, arch: str | None):
-    """A CLIP from a Studio bundled file or an open_clip weights file (``arch`` needed), and its spec."""
+def read_clip(path: Path, arch: str | None, file: str = "clip.safetensors", option: str = "--clip-arch"):
+    """A CLIP from a Studio bundled file or an open_clip weights file (``arch`` needed), and its spec
+    (``file``: its name in a model folder)."""
     from .checkpoints import WeightsError
 
     if _is_bundled_clip(path):
         from studio.ml.clip_configs import load_bundled_clip
 
-        return load_bundled_clip(path).requires_grad_(False), {"kind": "bundled", "file": "clip.safetensors"}
+        return load_bundled_clip(path).requires_grad_(False), {"kind": "bundled", "file": file}
     if not arch:
-        raise WeightsError(f"{path}: give the CLIP architecture (--clip-arch, e.g. ViT-B-32)")
+        raise WeightsError(f"{path}: give the CLIP architecture ({option}, e.g. ViT-B-32)")
     from studio.ml.clip_load import load_clip as load_open_clip
 
     _register_small_clips()
-    return load_open_clip(arch, path), {"kind": "open_clip", "arch": arch, "file": "clip.safetensors"}
+    return load_open_clip(arch, path), {"kind": "open_clip", "arch": arch, "file": file}
+
+
+def _place_clip(tmp: Path, path: Path, model, spec: dict[str, Any], arch: str | None, share: bool) -> dict[str, Any]:
+    """Put a CLIP into the folder being built (or name Studio's installed copy); its model.json entry."""
+    from studio.ml import installed_clip_ref
+
+    from .checkpoints import write_safetensors
+
+    shared = installed_clip_ref(path) if share and spec["kind"] == "bundled" else None
+    if shared is not None:
+        return {"kind": "bundled", **shared}
+    if spec["kind"] == "bundled":
+        shutil.copyfile(path, tmp / spec["file"])
+        card = path.with_suffix(".json")  # `studio train export-clip` writes the CLIP's card beside it
+        if card.is_file():
+            shutil.copyfile(card, (tmp / spec["file"]).with_suffix(".json"))
+    else:
+        write_safetensors(tmp / spec["file"], model.state_dict(), {"arch": arch, "source": path.name})
+    return spec
 
 
 def read_vqgan(path: Path, config_yaml: Path | None):
@@ -188,6 +227,8 @@ def assemble(
     clip: Path,
     vqgan_config: Path | None = None,
     clip_arch: str | None = None,
+    rerank_clip: Path | None = None,
+    rerank_clip_arch: str | None = None,
     heads: int | None = None,
     source: dict[str, Any] | None = None,
     overwrite: bool = False,
@@ -199,6 +240,8 @@ def assemble(
     it is built under a temporary name and renamed at the end. ``share_installed_clip``: a CLIP
     that Studio itself ships is named by package instead of copied (how a bundled model folder
     uses it; an imported model keeps its own copy, which an upgrade of Studio cannot change).
+    ``rerank_clip``: a second CLIP that scores the candidates; it must embed images and prompts
+    but need not share the conditioning CLIP's space.
     """
     from .checkpoints import WeightsError, write_safetensors
     from .clip_embed import embed_dim
@@ -209,6 +252,8 @@ def assemble(
     vq_state, vq_cfg = read_vqgan(vqgan, vqgan_config)
     gpt_state, gpt_cfg, gpt_meta = read_transformer(transformer, heads)
     clip_model, clip_spec = read_clip(clip, clip_arch)
+    rerank = (read_clip(rerank_clip, rerank_clip_arch, "rerank-clip.safetensors", "--rerank-clip-arch")
+              if rerank_clip is not None else None)
     try:
         check_compatible(gpt_cfg, vq_cfg, embed_dim(clip_model))
     except ValueError as exc:
@@ -219,19 +264,14 @@ def assemble(
                           {**_training_record(vqgan), "vqgan": vq_cfg.to_dict(), "source": vqgan.name})
         write_safetensors(tmp / "transformer.safetensors", gpt_state,
                           {**gpt_meta, "gpt": gpt_cfg.to_dict(), "clip": clip_spec, "source": transformer.name})
-        from studio.ml import installed_clip_ref
-
         # the transformer's metadata above keeps naming its CLIP as before, so its bytes (and the
         # model's digest) do not depend on how the folder refers to the CLIP
-        shared = installed_clip_ref(clip) if share_installed_clip and clip_spec["kind"] == "bundled" else None
-        if shared is not None:
-            clip_spec = {"kind": "bundled", **shared}
-        elif clip_spec["kind"] == "bundled":
-            shutil.copyfile(clip, tmp / "clip.safetensors")
-        else:
-            write_safetensors(tmp / "clip.safetensors", clip_model.state_dict(), {"arch": clip_arch, "source": clip.name})
+        clip_spec = _place_clip(tmp, clip, clip_model, clip_spec, clip_arch, share_installed_clip)
         manifest = {"format": FORMAT, "vqgan": "vqgan.safetensors", "transformer": "transformer.safetensors",
-                    "clip": clip_spec, "resolution": vq_cfg.resolution, "grid": vq_cfg.grid,
-                    "null_condition": gpt_cfg.null_condition, "source": source or {}}
+                    "clip": clip_spec}
+        if rerank is not None:
+            manifest["rerank"] = _place_clip(tmp, rerank_clip, rerank[0], rerank[1], rerank_clip_arch, share_installed_clip)
+        manifest |= {"resolution": vq_cfg.resolution, "grid": vq_cfg.grid,
+                     "null_condition": gpt_cfg.null_condition, "source": source or {}}
         (tmp / MODEL_JSON).write_text(json.dumps(manifest, indent=2) + "\n")
     return {**manifest, "path": str(dest), "weights_sha256": weights_sha256(dest, manifest)}

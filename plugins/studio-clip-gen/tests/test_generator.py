@@ -148,3 +148,65 @@ def test_unloadable_folder_is_a_generation_error(tmp_path):
     (tmp_path / "model.json").write_text('{"format": "studio-clip-gen-1", "vqgan": "missing.safetensors"}')
     with pytest.raises(GenerationError, match="cannot be loaded"):
         ClipGenGenerator("clip-gen/broken", tmp_path).load("cpu")
+
+
+@pytest.fixture(scope="module")
+def rerank_folder(tmp_path_factory, parts):
+    """The model folder's parts plus a second, differently initialised CLIP that scores candidates."""
+    from studio.ml import clip_configs
+    from studio_clip_gen.checkpoints import write_safetensors
+    from studio_clip_gen.model_dir import assemble
+
+    torch.manual_seed(1)
+    root = tmp_path_factory.mktemp("rerank")
+    write_safetensors(root / "judge.safetensors", clip_configs.create_small_clip("studio-tiny-64").state_dict(), {})
+    assemble(root / "model", vqgan=parts / "vqgan.safetensors", transformer=parts / "transformer.safetensors",
+             clip=parts / "clip.safetensors", clip_arch="studio-tiny-64", rerank_clip=root / "judge.safetensors",
+             rerank_clip_arch="studio-tiny-64")
+    return root / "model"
+
+
+def test_a_rerank_clip_scores_the_candidates_and_leaves_each_candidate_as_it_was(generator, rerank_folder):
+    from studio_clip_gen import model_dir
+    from studio_clip_gen.clip_embed import encode_images, encode_text
+
+    judged = ClipGenGenerator("clip-gen/judged", rerank_folder)
+    judged.load("cpu")
+    assert judged.rerank_clip is not judged.clip and judged.describe()["rerank_clip"] == "studio-tiny-64"
+    assert model_dir.read_manifest(rerank_folder)["rerank"] == {"kind": "open_clip", "arch": "studio-tiny-64",
+                                                                 "file": "rerank-clip.safetensors"}
+    # another file decides which candidate is the image: another digest; the folder without it keeps its own
+    assert judged.describe()["weights_sha256"] != generator.describe()["weights_sha256"]
+    params = {**PARAMS, "candidates": 4, "keep": 4}
+    (plain,) = _run(generator, [Request("a green square", 11, params)])
+    (result,) = _run(judged, [Request("a green square", 11, params)])
+    tiles = {k["index"]: result.image.crop((16 * n, 0, 16 * (n + 1), 16)) for n, k in enumerate(result.extra["kept"])}
+    plain_tiles = {k["index"]: plain.image.crop((16 * n, 0, 16 * (n + 1), 16)).tobytes()
+                   for n, k in enumerate(plain.extra["kept"])}
+    assert {j: t.tobytes() for j, t in tiles.items()} == plain_tiles  # the same four candidates
+    import numpy as np
+
+    pixels = torch.stack([torch.from_numpy(np.array(tiles[j])).permute(2, 0, 1).float() / 127.5 - 1 for j in range(4)])
+    expected = (encode_images(judged.rerank_clip, pixels) @ encode_text(judged.rerank_clip, ["a green square"])[0]).tolist()
+    recorded = {c["index"]: c["clip_score"] for c in result.extra["candidates"]}
+    assert [recorded[j] for j in range(4)] == pytest.approx(expected, abs=1e-4)
+    assert recorded != {c["index"]: c["clip_score"] for c in plain.extra["candidates"]}
+
+
+def test_a_rerank_clip_scores_against_its_own_embedding_of_a_conditioning_image(generator, rerank_folder, tmp_path):
+    from PIL import Image
+
+    from studio.config import load_settings
+    from studio.inputs import store_input
+
+    judged = ClipGenGenerator("clip-gen/judged", rerank_folder)
+    judged.load("cpu")
+    path = tmp_path / "cond.png"
+    Image.new("RGB", (40, 30), (220, 40, 40)).save(path)
+    params = {**PARAMS, "candidates": 3, "keep": 3, "image": store_input(load_settings(), str(path))}
+    (plain,) = _run(generator, [Request("ignored", 2, params)])
+    (result,) = _run(judged, [Request("ignored", 2, params)])
+    plan = judged._plan(Request("ignored", 2, params))
+    assert torch.equal(plan["cond"], generator._plan(Request("ignored", 2, params))["cond"])
+    assert not torch.allclose(plan["cond"][:4], plan["target"][:4])
+    assert [c["seed"] for c in result.extra["candidates"]] == [c["seed"] for c in plain.extra["candidates"]]

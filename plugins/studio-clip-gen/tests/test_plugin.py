@@ -331,6 +331,41 @@ def test_package_names_a_clip_studio_ships_instead_of_copying_it_and_import_copi
     generator.load("cpu")  # the shared CLIP is found through the package
 
 
+def test_package_copies_a_rerank_clip_with_its_card_and_the_card_records_it(parts, tmp_path):
+    """A re-ranking CLIP that Studio does not ship travels inside the folder, with the card
+    `export-clip` wrote beside it; the model card names its digest and held-out figures."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from studio.api import sha256_file_cached
+    from studio.ml import EMOJI_CLIP_FILE
+    from studio_clip_gen.card import CARD_JSON
+    from studio_clip_gen.commands import clip_gen_group
+
+    judge = tmp_path / "judge.safetensors"  # any exported small CLIP: a copy of the emoji one
+    shutil.copyfile(EMOJI_CLIP_FILE, judge)
+    shutil.copyfile(EMOJI_CLIP_FILE.with_suffix(".json"), judge.with_suffix(".json"))
+    common = ["--vqgan", str(parts / "vqgan.safetensors"), "--transformer", str(parts / "transformer.safetensors"),
+              "--clip", str(parts / "clip.safetensors"), "--clip-arch", "studio-tiny-64"]
+    out = tmp_path / "model"
+    result = CliRunner().invoke(clip_gen_group, ["package", str(out), *common, "--rerank-clip", str(judge),
+                                                 "--eval-n", "2", "--candidates", "2"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["rerank"] == {"kind": "bundled", "file": "rerank-clip.safetensors"}
+    assert manifest["source"]["rerank"] == "judge.safetensors"
+    assert (out / "rerank-clip.json").read_text() == judge.with_suffix(".json").read_text()
+    card = json.loads((out / CARD_JSON).read_text())
+    exported = json.loads(judge.with_suffix(".json").read_text())
+    assert card["rerank_clip"]["sha256"] == sha256_file_cached(judge)
+    assert card["rerank_clip"]["zero_shot"] == exported["zero_shot"] and card["rerank_clip"]["steps"] == exported["steps"]
+    # an open_clip file needs its architecture, named by the option that takes it
+    result = CliRunner().invoke(clip_gen_group, ["package", str(tmp_path / "bad"), *common, "--rerank-clip",
+                                                 str(parts / "clip.safetensors")])
+    assert result.exit_code == 1 and "--rerank-clip-arch" in result.output and not (tmp_path / "bad").exists()
+
+
 def test_a_packaged_vqgan_keeps_its_training_record_through_packaging_again(parts, tmp_path):
     from studio_clip_gen.card import training_summary
     from studio_clip_gen.checkpoints import read_safetensors, write_safetensors
