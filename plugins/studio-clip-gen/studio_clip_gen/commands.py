@@ -493,6 +493,9 @@ def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_a
         raise click.UsageError(str(exc)) from None
     vqgan, vqgan_config, transformer, clip_file, clip_arch = run_parts(None, vqgan, vqgan_config, transformer,
                                                                        clip_file, clip_arch)
+    from .card import previous_records
+
+    previous = previous_records(out_dir) if force else {}  # read before the folder is replaced
     summary = _assemble(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, rerank_clip, rerank_clip_arch,
                         heads, force, share_installed_clip=True)
     if eval_n:
@@ -512,7 +515,7 @@ def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_a
             try:
                 summary["card"] = write_card(out_dir, eval_n=eval_n, candidates=candidates, guidance=guidance,
                                              sources={"vqgan": vqgan, "transformer": transformer}, progress=progress,
-                                             dataset=dataset, sampling=defaults)
+                                             dataset=dataset, sampling=defaults, previous=previous)
             except ValueError as exc:
                 raise _fail(exc) from None
     click.echo(json.dumps(summary, indent=2))

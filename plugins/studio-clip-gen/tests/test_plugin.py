@@ -366,6 +366,41 @@ def test_package_copies_a_rerank_clip_with_its_card_and_the_card_records_it(part
     assert result.exit_code == 1 and "--rerank-clip-arch" in result.output and not (tmp_path / "bad").exists()
 
 
+def test_a_part_packaged_unchanged_keeps_the_training_record_of_the_card_it_came_with(parts, tmp_path):
+    """Weights trained before runs wrote their record into the file keep the one their card holds."""
+    import torch
+    from click.testing import CliRunner
+
+    from studio_clip_gen.card import CARD_JSON
+    from studio_clip_gen.checkpoints import write_safetensors
+    from studio_clip_gen.commands import clip_gen_group
+    from studio_clip_gen.vqgan import VQConfig, VQModel
+
+    def package(out, vqgan, *extra):
+        result = CliRunner().invoke(clip_gen_group, [
+            "package", str(out), "--vqgan", str(vqgan), "--transformer", str(parts / "transformer.safetensors"),
+            "--clip", str(parts / "clip.safetensors"), "--clip-arch", "studio-tiny-64", "--eval-n", "1",
+            "--candidates", "1", *extra])
+        assert result.exit_code == 0, result.output
+        return json.loads((out / CARD_JSON).read_text())
+
+    first = tmp_path / "first"
+    card = package(first, parts / "vqgan.safetensors")
+    assert card["training"]["vqgan"]["steps"] is None  # the part files hold no record
+    card["training"]["vqgan"] |= {"steps": 3206, "minutes": 45.0}  # as a card written by hand for old weights
+    (first / CARD_JSON).write_text(json.dumps(card))
+    assert package(tmp_path / "second", first / "vqgan.safetensors")["training"]["vqgan"]["steps"] == 3206
+    assert package(first, first / "vqgan.safetensors", "--force")["training"]["vqgan"]["steps"] == 3206
+    # other weights do not inherit it, even from a folder whose card has one
+    torch.manual_seed(5)
+    other = tmp_path / "other" / "vqgan.safetensors"
+    other.parent.mkdir()
+    cfg = VQConfig.from_dict(card["training"]["vqgan"]["vqgan"])
+    write_safetensors(other, VQModel(cfg).state_dict(), {"vqgan": cfg.to_dict()})
+    (other.parent / CARD_JSON).write_text(json.dumps(card))
+    assert package(first, other, "--force")["training"]["vqgan"]["steps"] is None
+
+
 def test_a_packaged_vqgan_keeps_its_training_record_through_packaging_again(parts, tmp_path):
     from studio_clip_gen.card import training_summary
     from studio_clip_gen.checkpoints import read_safetensors, write_safetensors

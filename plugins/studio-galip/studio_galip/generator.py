@@ -22,6 +22,7 @@ parameters, see :func:`interpolation_requests`): its noise is slerped from its s
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -132,6 +133,17 @@ def _interpolation(request: Request) -> tuple[str | None, int | None, float]:
     return to_prompt, to_seed, t
 
 
+#: Sentence embeddings kept per loaded model (the least recently used dropped first).
+TEXT_CACHE_SIZE = 256
+
+
+def _encode_prompt(clip, prompt: str):
+    """One prompt at a time, so its embedding is the same whether it comes from the cache or not."""
+    from studio.ml.clip_features import sentence_embedding, tokenize_for
+
+    return sentence_embedding(clip, tokenize_for(clip, [prompt])).float()[0]
+
+
 class GalipGenerator:
     """Implements :class:`studio.generators.Generator` for GALIP models."""
 
@@ -140,7 +152,7 @@ class GalipGenerator:
         self.source = source
         self.chunk = 1 if batch_invariant else max(1, chunk)
         self.batch_invariant = batch_invariant
-        self._text_cache: dict[str, Any] = {}
+        self._text_embedding = None  # prompt -> its sentence embedding, least recently used dropped (made at load)
         self.plugin_version = plugin_version
         self.nets = None
         self.device = "cpu"
@@ -152,7 +164,12 @@ class GalipGenerator:
         """A generator around networks already in memory (tests, training samples)."""
         gen = cls(GalipSource(model_id, Path(), "", Path(), weights_sha256), **kwargs)
         gen.nets = nets
+        gen._new_text_cache()
         return gen
+
+    def _new_text_cache(self) -> None:
+        """An empty prompt -> embedding cache for the networks now loaded."""
+        self._text_embedding = functools.lru_cache(maxsize=TEXT_CACHE_SIZE)(functools.partial(_encode_prompt, self.nets.clip))
 
     @property
     def model_id(self) -> str:
@@ -184,7 +201,7 @@ class GalipGenerator:
             self.nets = nets
         self.nets.G.to(device).eval()
         self.nets.clip.to(device).eval()
-        self._text_cache.clear()
+        self._new_text_cache()
 
     def describe(self) -> dict[str, Any]:
         cfg = self.nets.cfg if self.nets else None
@@ -249,14 +266,7 @@ class GalipGenerator:
         clip = self.nets.clip
         if not self.batch_invariant:
             return sentence_embedding(clip, tokenize_for(clip, list(prompts))).float()
-        rows = []
-        for prompt in prompts:
-            if prompt not in self._text_cache:
-                if len(self._text_cache) >= 256:
-                    self._text_cache.pop(next(iter(self._text_cache)))
-                self._text_cache[prompt] = sentence_embedding(clip, tokenize_for(clip, [prompt])).float()[0]
-            rows.append(self._text_cache[prompt])
-        return torch.stack(rows)
+        return torch.stack([self._text_embedding(prompt) for prompt in prompts])
 
     def noise(self, requests: Sequence[Request]):
         """The noise of each request: its seed's, slerped towards ``interp_seed_to``'s by ``interp_t``."""

@@ -203,3 +203,20 @@ def test_fast_batched_mode_is_close(tiny_nets):
     exact.load("cpu")
     for a, b in zip(batch, exact.generate(requests, no_progress)):
         assert np.abs(pixels(a).astype(int) - pixels(b).astype(int)).max() <= 1
+
+
+def test_a_repeated_prompt_is_encoded_once_and_the_least_recently_used_leaves(gen, monkeypatch):
+    from studio_galip import generator as module
+
+    encoded = []
+    real = module._encode_prompt
+    monkeypatch.setattr(module, "_encode_prompt", lambda clip, prompt: encoded.append(prompt) or real(clip, prompt))
+    monkeypatch.setattr(module, "TEXT_CACHE_SIZE", 2)
+    fresh = GalipGenerator.from_nets(gen.nets)
+    first = fresh.sentence_embeddings(["a red square", "a red square"])
+    assert encoded == ["a red square"] and torch.equal(first[0], first[1])
+    for prompt in ("a blue circle", "a red square", "a green square"):  # "a blue circle" is now the oldest use
+        fresh.sentence_embeddings([prompt])
+    fresh.sentence_embeddings(["a red square", "a blue circle"])
+    assert encoded == ["a red square", "a blue circle", "a green square", "a blue circle"]
+    assert torch.equal(fresh.sentence_embeddings(["a red square"])[0], first[0])

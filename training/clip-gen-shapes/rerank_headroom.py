@@ -1,0 +1,100 @@
+"""How much a better re-ranking CLIP could gain, judged by pixels.
+
+Draws ``--n`` held-out `shapes` prompts (the `studio eval` list, seeds ``i``) with every
+candidate of the default kept (``candidates=8, keep=8``), judges each candidate with the pixel
+judge, and reports, per re-ranking CLIP given with ``--clip``, the share of prompts whose
+chosen candidate is right (shape; everything asked), next to a random choice and the best any
+re-ranker could do (some candidate right). Candidates are cached in ``--cache`` per model
+folder, so several CLIPs are compared on the very same candidates.
+
+    python training/clip-gen-shapes/rerank_headroom.py MODEL_FOLDER --n 256 \
+        --clip studio/ml/weights/clip-small.safetensors --clip runs/judge.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from studio.generators import Request
+from studio.ml import shapes
+from studio.ml.checker import check_image
+from studio.ml.clip_load import load_bundled_clip
+from studio_clip_gen.clip_embed import encode_images, encode_text
+from studio_clip_gen.generator import ClipGenGenerator
+
+K = 8
+
+
+def candidates(folder: Path, n: int, cache: Path, guidance: float) -> list[tuple[dict, list[Image.Image]]]:
+    cache.mkdir(parents=True, exist_ok=True)
+    prompts = shapes.eval_prompts(n, seed=0, phrasing="grammar")
+    generator = None
+    out = []
+    for i, p in enumerate(prompts):
+        path = cache / f"{i:04d}.png"
+        if not path.is_file():
+            if generator is None:
+                generator = ClipGenGenerator("clip-gen", folder)
+                generator.load("cpu")
+            params = {"candidates": K, "keep": K, "guidance": guidance}
+            (result,) = generator.generate([Request(p.text, i, params, index=i)], lambda d, t: None)
+            result.image.save(path)
+        grid = Image.open(path).convert("RGB")
+        side = grid.size[1]
+        out.append(({"text": p.text, "attrs": p.attrs}, [grid.crop((k * side, 0, (k + 1) * side, side)) for k in range(K)]))
+    return out
+
+
+def verdicts(prompt: dict, tiles: list[Image.Image]) -> list[dict]:
+    rows = []
+    for tile in tiles:
+        c = check_image(tile, prompt["attrs"])
+        asked = (c.colour_ok, c.shape_ok, c.relation_ok, c.size_ok, c.background_ok)
+        rows.append({"shape": bool(c.shape_ok), "all": all(v in (None, True) for v in asked) and not c.blank})
+    return rows
+
+
+def picks(clip_file: str, data) -> list[int]:
+    clip = load_bundled_clip(clip_file, device="cpu")
+    chosen = []
+    with torch.no_grad():
+        for prompt, tiles in data:
+            x = torch.stack([torch.from_numpy(np.array(t)).permute(2, 0, 1).float() / 127.5 - 1 for t in tiles])
+            chosen.append(int((encode_images(clip, x) @ encode_text(clip, [prompt["text"]])[0]).argmax()))
+    return chosen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--n", type=int, default=256)
+    parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--clip", action="append", required=True, help="a re-ranking CLIP (Studio's small-CLIP file)")
+    parser.add_argument("--cache", type=Path, help="candidate grids [default: FOLDER-candidates-N]")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    cache = args.cache or args.folder.with_name(f"{args.folder.name}-candidates-{args.n}")
+    data = candidates(args.folder, args.n, cache, args.guidance)
+    judged = [verdicts(p, tiles) for p, tiles in data]
+    report = {"n": len(data), "candidates": K,
+              "random": {k: float(np.mean([np.mean([c[k] for c in j]) for j in judged])) for k in ("shape", "all")},
+              "best possible": {k: float(np.mean([any(c[k] for c in j) for j in judged])) for k in ("shape", "all")}}
+    for clip_file in args.clip:
+        chosen = picks(clip_file, data)
+        report[clip_file] = {k: float(np.mean([j[c][k] for j, c in zip(judged, chosen)])) for k in ("shape", "all")}
+    print(f"{'re-ranker':60s} {'shape':>6s} {'all asked':>9s}   (n={len(data)}, {K} candidates)")
+    for name, row in report.items():
+        if isinstance(row, dict):
+            print(f"{name:60s} {row['shape']:6.3f} {row['all']:9.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
