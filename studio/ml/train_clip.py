@@ -84,6 +84,7 @@ class TrainConfig:
     noise: float = 0.03  # max std of Gaussian pixel noise: generators' images are not clean
     distractor_weight: float = 0.0  # image-side negatives per caption (see distractor_loss); 0: none
     blur: float = 0.0  # max Gaussian blur sigma (px) for half of each batch, distractors alike; 0: none
+    render: str | None = None  # what ``image_transform`` did to the training images (train_clip's argument)
     seed: int = 0
     log_every: int = 10
     eval_every_s: float = 180.0
@@ -427,9 +428,15 @@ def train_clip(
     lr: float = 5e-4,
     resume: bool = False,
     progress: Callable[[dict], None] | None = None,
+    image_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     **options,
 ) -> dict:
     """Train (or continue training) a small CLIP; returns a summary with the last evaluation.
+
+    ``image_transform``: applied (without gradients) to every training image batch, distractors
+    included, before blur and noise, e.g. a VQGAN's encode-decode round trip, so that a CLIP
+    that is to judge a generator's pictures learns to read shapes in that generator's rendering.
+    Name it in the ``render`` option, which the card records (a function cannot be saved).
 
     Stops after ``minutes`` of wall time in this call or when the step counter reaches
     ``steps`` (total, counting resumed steps), whichever comes first; at least one is needed.
@@ -446,6 +453,8 @@ def train_clip(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check_training(str(device), config.precision)
 
+    if (config.render is None) != (image_transform is None):
+        raise ValueError("an image_transform needs a render name for the card, and a render name its image_transform")
     state = {"step": 0, "elapsed": 0.0, "config": dataclasses.asdict(config), "best_score": -1.0, "last_eval": None}
     ckpt = out_dir / CHECKPOINT
     if resume and (ckpt / WEIGHTS).is_file():
@@ -527,6 +536,9 @@ def train_clip(
             if distract:  # encoded with the batch, so noise and blur treat both alike
                 others, valid = _distractor_images(batch, step, config, images.shape[-1])
                 images = torch.cat([images, others.to(device)])
+            if image_transform is not None:
+                with torch.no_grad():
+                    images = image_transform(images).clamp(-1, 1)
             images = blur_some(images, config.blur, gen)
             if config.noise:
                 sigma = torch.rand(images.shape[0], 1, 1, 1, generator=gen) * config.noise

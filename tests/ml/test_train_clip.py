@@ -262,3 +262,20 @@ def test_a_run_with_distractors_trains_and_records_them(tmp_path):
     assert summary["step"] == 6 and all(0 <= r["distract_acc"] <= 1 for r in records)
     state = read_train_state(tmp_path / "checkpoint")
     assert state["config"]["distractor_weight"] == 1.0 and state["config"]["blur"] == 1.5
+
+
+def test_an_image_transform_sees_every_training_image_and_needs_a_name(tmp_path):
+    seen = []
+
+    def transform(images):
+        seen.append(images.shape)
+        return -images  # any rendering; here a negative
+
+    summary = train_clip(tmp_path / "run", steps=2, progress=lambda r: None, distractor_weight=1.0, image_transform=transform,
+                         render="negative", **FAST)
+    assert summary["step"] == 2 and seen == [(32, 3, 64, 64)] * 2  # 16 images and their 16 distractors
+    assert read_train_state(tmp_path / "run" / "checkpoint")["config"]["render"] == "negative"
+    with pytest.raises(ValueError, match="render name"):
+        train_clip(tmp_path / "unnamed", steps=1, image_transform=transform, **FAST)
+    with pytest.raises(ValueError, match="render name"):
+        train_clip(tmp_path / "missing", steps=1, render="negative", **FAST)
