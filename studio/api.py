@@ -83,7 +83,7 @@ __all__ = [
     # plumbing
     "atomic_path", "atomic_dir", "write_atomic", "sha256_file", "sha256_file_cached", "one_line", "load_checkpoint", "save_checkpoint",
     "save_safetensors",
-    "check_finite", "append_jsonl", "hardware", "MetricsLog", "TrainingRun",
+    "check_finite", "append_jsonl", "hardware", "MetricsLog", "TrainingRun", "without_random_init",
 ]
 
 #: Names resolved on first use, so importing ``studio.api`` loads no database code.
@@ -96,6 +96,7 @@ _LAZY = {
     "resolve_input": "studio.inputs",
     "store_input": "studio.inputs",
     "open_dataset": "studio.ml.datasets",  # torch: loaded only when a dataset is opened
+    "without_random_init": "studio.ml.skip_init",
 }
 
 

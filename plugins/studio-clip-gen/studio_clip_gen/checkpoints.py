@@ -434,7 +434,10 @@ def load_vqgan_state(path: str | Path, cfg: VQConfig | None = None, raw: Any = N
 
 def load_vqgan(path: str | Path, cfg: VQConfig | None = None) -> VQModel:
     """A :class:`VQModel` with the weights of ``path`` (taming, clip-gen or Studio safetensors), eval mode."""
+    from studio.api import without_random_init
+
     state, cfg = load_vqgan_state(path, cfg)
-    model = VQModel(cfg)
+    with without_random_init():  # the strict load sets every weight
+        model = VQModel(cfg)
     model.load_state_dict(state, strict=True)
     return model.eval()

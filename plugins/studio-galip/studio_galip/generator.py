@@ -180,6 +180,8 @@ class GalipGenerator:
     def load(self, device: str = "cpu") -> None:
         from studio.api import WeightsError
 
+        from studio.api import without_random_init
+
         from .checkpoints import check_clip_fits, infer_config, load_into, read_weights
         from .model import build_nets
 
@@ -191,7 +193,8 @@ class GalipGenerator:
                 clip = open_clip_model(src.clip_arch, src.clip_file, device="cpu")
                 cfg = weights.config or infer_config(weights, clip, src.weights)
                 check_clip_fits(cfg, clip, f"{src.clip_arch} ({src.clip_file})")
-                nets = build_nets(cfg, clip, with_d=False)
+                with without_random_init():  # load_into sets every weight of G (the trunk is the CLIP's)
+                    nets = build_nets(cfg, clip, with_d=False)
                 load_into(nets, weights, src.weights)
             except WeightsError as exc:
                 raise GenerationError(f"model {src.model_id!r}: {exc}") from None
