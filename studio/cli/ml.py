@@ -33,13 +33,16 @@ def _clip_configs() -> list[str]:
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-4, show_default=True)
 @click.option("--model", "config_name", default="studio-tiny-64", show_default=True,
               help="Architecture (see studio.ml.clip_configs: studio-tiny-64, studio-tiny-64-avg, studio-small-64).")
-@click.option("--probe-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Weight of the shared attribute probe (shapes only; helps word order and layout).")
-@click.option("--distractor-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--probe-weight", type=click.FloatRange(min=0),
+              help="Weight of the shared attribute probe (shapes only; helps word order and layout)  [default: 0; "
+                   "a resumed run keeps its own].")
+@click.option("--distractor-weight", type=click.FloatRange(min=0),
               help="Weight of image-side negatives: each caption against its image with one outline redrawn "
-                   "(shapes only; trains a CLIP that re-ranks a generator's candidates by shape).")
-@click.option("--blur", type=click.FloatRange(min=0, max=4), default=0.0, show_default=True,
-              help="Largest Gaussian blur (sigma, pixels) for half of each batch: soft edges, like generated images.")
+                   "(shapes only; trains a CLIP that re-ranks a generator's candidates by shape)  [default: 0; "
+                   "a resumed run keeps its own].")
+@click.option("--blur", type=click.FloatRange(min=0, max=4),
+              help="Largest Gaussian blur (sigma, pixels) for half of each batch: soft edges, like generated "
+                   "images  [default: 0; a resumed run keeps its own].")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="torch CPU threads.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="bf16: mixed precision (weights stay fp32); much faster on GPUs and on CPUs with AMX.")
@@ -56,9 +59,10 @@ def train_clip_command(dataset, out_dir, minutes, steps, batch_size, lr, config_
     from studio.ml.train_clip import train_clip
 
     try:
+        given = {k: v for k, v in (("probe_weight", probe_weight), ("distractor_weight", distractor_weight),
+                                   ("blur", blur)) if v is not None}
         summary = train_clip(out_dir, dataset=dataset, minutes=minutes, steps=steps, batch_size=batch_size, lr=lr,
-                             resume=resume, model=config_name, probe_weight=probe_weight,
-                             distractor_weight=distractor_weight, blur=blur, threads=threads,
+                             resume=resume, model=config_name, **given, threads=threads,
                              precision=precision, init=str(init_file) if init_file else None)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None

@@ -198,17 +198,18 @@ def _place_pair(rng, specs, relation: str, canvas: int) -> tuple[ShapeObject, Sh
 # ---- rendering --------------------------------------------------------------------------------
 
 
-def render_scene(scene: Scene) -> Image.Image:
-    """The ground-truth RGB image of ``scene`` (``scene.canvas`` pixels square)."""
+def render_scene(scene: Scene, off_class: bool = False) -> Image.Image:
+    """The ground-truth RGB image of ``scene`` (``scene.canvas`` pixels square). ``off_class``:
+    also draw the outlines no caption names (a :func:`distractor_scene`); otherwise they are refused."""
     big = scene.canvas * SUPERSAMPLE
     image = Image.new("RGB", (big, big), scene.background_rgb)
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
-        _draw_object(draw, obj, SUPERSAMPLE)
+        _draw_object(draw, obj, SUPERSAMPLE, off_class)
     return image.resize((scene.canvas, scene.canvas), Image.Resampling.BOX)
 
 
-def _draw_object(draw: ImageDraw.ImageDraw, obj: ShapeObject, scale: float) -> None:
+def _draw_object(draw: ImageDraw.ImageDraw, obj: ShapeObject, scale: float, off_class: bool = False) -> None:
     x, y = obj.centre[0] * scale, obj.centre[1] * scale
     h = obj.half * scale
     fill = PALETTE[obj.colour]
@@ -221,7 +222,7 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: ShapeObject, scale: float) -> N
         draw.polygon([(x, y - h), (x + h, y + 0.8 * h), (x - h, y + 0.8 * h)], fill=fill)
     elif obj.shape == "diamond":
         draw.polygon([(x, y - h), (x + 0.8 * h, y), (x, y + h), (x - 0.8 * h, y)], fill=fill)
-    elif obj.shape in OFF_CLASS_SHAPES:
+    elif off_class and obj.shape in OFF_CLASS_SHAPES:
         _draw_off_class(draw, obj.shape, x, y, h, fill)
     else:
         raise ValueError(f"unknown shape {obj.shape!r}")

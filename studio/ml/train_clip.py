@@ -160,13 +160,15 @@ def distractor_loss(txt: torch.Tensor, img: torch.Tensor, distractors: torch.Ten
     return loss, {"distract": loss.item(), "distract_acc": (logits[:, 0] > logits[:, 1]).float().mean().item()}
 
 
-def blur_some(images: torch.Tensor, sigma_max: float, gen: torch.Generator) -> torch.Tensor:
+def blur_some(images: torch.Tensor, sigma_max: float, gen: torch.Generator, groups: int = 1) -> torch.Tensor:
     """Half of ``images`` (chosen at random) blurred with one random sigma in ``(0, sigma_max]``:
-    generated images have soft edges, and the outline must be read through them."""
+    generated images have soft edges, and the outline must be read through them. With
+    ``groups`` > 1 the batch is that many equal parts whose image ``i`` is blurred alike (an
+    image and its distractor: sharpness must not tell them apart)."""
     if sigma_max <= 0:
         return images
     sigma = float(torch.rand((), generator=gen)) * sigma_max + 1e-3
-    chosen = torch.rand(images.shape[0], generator=gen) < 0.5
+    chosen = (torch.rand(images.shape[0] // groups, generator=gen) < 0.5).repeat(groups)
     radius = max(1, math.ceil(2.5 * sigma))
     x = torch.arange(-radius, radius + 1, dtype=images.dtype)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
@@ -188,7 +190,7 @@ def _distractor_images(batch: dict, step: int, config: TrainConfig, size: int) -
     for attrs in batch["attrs"]:
         scene = shapes.scene_from_attrs(attrs)
         changed = shapes.distractor_scene(scene, rng)
-        images.append(transform(shapes.render_scene(changed)))
+        images.append(transform(shapes.render_scene(changed, off_class=True)))
         valid.append(not shapes.caption_is_true(claim_caption(attrs["claim"]), changed))
     return torch.stack(images), torch.tensor(valid)
 
@@ -453,8 +455,6 @@ def train_clip(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check_training(str(device), config.precision)
 
-    if (config.render is None) != (image_transform is None):
-        raise ValueError("an image_transform needs a render name for the card, and a render name its image_transform")
     state = {"step": 0, "elapsed": 0.0, "config": dataclasses.asdict(config), "best_score": -1.0, "last_eval": None}
     ckpt = out_dir / CHECKPOINT
     if resume and (ckpt / WEIGHTS).is_file():
@@ -481,6 +481,12 @@ def train_clip(
             model, state["_seen"] = create_small_clip(config.model), set()
         model = model.to(device)
         optimizer = _make_optimizer(model, config)
+    if (config.render is None) != (image_transform is None):
+        if resume and image_transform is None:
+            raise ValueError(f"{out_dir} trains on images rendered by {config.render}: resume it with that image_transform")
+        raise ValueError("an image_transform needs a render name for the card, and a render name its image_transform")
+    if config.distractor_weight and dataset != "shapes":
+        raise ValueError("distractors redraw shapes scenes: --distractor-weight needs --dataset shapes")
     model.train()
     probe = probe_optimizer = None
     if config.probe_weight and dataset == "shapes":
@@ -533,15 +539,16 @@ def train_clip(
             batch = collate([data[i] for i in indices])
             images = batch["image"].to(device)
             distract = is_shapes and config.distractor_weight > 0
-            if distract:  # encoded with the batch, so noise and blur treat both alike
+            groups = 2 if distract else 1  # an image and its distractor get the same blur and noise level
+            if distract:
                 others, valid = _distractor_images(batch, step, config, images.shape[-1])
                 images = torch.cat([images, others.to(device)])
             if image_transform is not None:
                 with torch.no_grad():
                     images = image_transform(images).clamp(-1, 1)
-            images = blur_some(images, config.blur, gen)
+            images = blur_some(images, config.blur, gen, groups)
             if config.noise:
-                sigma = torch.rand(images.shape[0], 1, 1, 1, generator=gen) * config.noise
+                sigma = (torch.rand(images.shape[0] // groups, 1, 1, 1, generator=gen) * config.noise).repeat(groups, 1, 1, 1)
                 images = images + sigma.to(device) * torch.randn(images.shape, generator=gen).to(device)
             for opt in (optimizer, probe_optimizer):
                 for group in opt.param_groups if opt is not None else ():

@@ -218,8 +218,10 @@ def test_distractor_scenes_change_one_outline_and_make_every_caption_false():
         kinds.add(after.shape)
         assert not any(shapes.caption_is_true(c, changed) for c in shapes.captions(scene))
         # drawn where the object was, in its colour: the judge still finds the colour
-        assert check_image(shapes.render_scene(changed), scene.attrs()).colour_ok
+        assert check_image(shapes.render_scene(changed, off_class=True), scene.attrs()).colour_ok
     assert set(shapes.OFF_CLASS_SHAPES) <= kinds and kinds & set(shapes.SHAPES)
+    with pytest.raises(ValueError, match="unknown shape 'blob'"):  # a prompt's attributes never draw one
+        shapes.render_attrs({"objects": [{"colour": "red", "shape": "blob", "size": "large"}]})
 
 
 def test_blur_softens_half_of_a_batch_and_keeps_the_rest():
@@ -259,7 +261,7 @@ def test_distractor_loss_prefers_the_true_image_and_skips_invalid_rows():
 def test_a_run_with_distractors_trains_and_records_them(tmp_path):
     records = []
     summary = train_clip(tmp_path, steps=6, progress=records.append, distractor_weight=1.0, blur=1.5, **FAST)
-    assert summary["step"] == 6 and all(0 <= r["distract_acc"] <= 1 for r in records)
+    assert summary["step"] == 6 and len(records) == 6 and all(0 <= r["distract_acc"] <= 1 for r in records)
     state = read_train_state(tmp_path / "checkpoint")
     assert state["config"]["distractor_weight"] == 1.0 and state["config"]["blur"] == 1.5
 
@@ -279,3 +281,24 @@ def test_an_image_transform_sees_every_training_image_and_needs_a_name(tmp_path)
         train_clip(tmp_path / "unnamed", steps=1, image_transform=transform, **FAST)
     with pytest.raises(ValueError, match="render name"):
         train_clip(tmp_path / "missing", steps=1, render="negative", **FAST)
+    # a resumed run goes on rendering as it began, or does not go on
+    with pytest.raises(ValueError, match="resume it with that image_transform"):
+        train_clip(tmp_path / "run", steps=3, resume=True, **FAST)
+    assert train_clip(tmp_path / "run", steps=3, resume=True, image_transform=transform, **FAST)["step"] == 3
+
+
+def test_distractors_need_the_shapes_dataset(tmp_path):
+    with pytest.raises(ValueError, match="needs --dataset shapes"):
+        train_clip(tmp_path, dataset="emoji", steps=1, distractor_weight=1.0, **FAST)
+
+
+def test_an_image_and_its_distractor_are_blurred_alike():
+    from studio.ml.train_clip import blur_some
+
+    images = torch.stack([shapes_tensor(i) for i in range(8)])
+    changed = 0
+    for seed in range(6):
+        out = blur_some(torch.cat([images, images]), 2.0, torch.Generator().manual_seed(seed), groups=2)
+        assert torch.equal(out[:8], out[8:])
+        changed += not torch.equal(out, torch.cat([images, images]))
+    assert changed

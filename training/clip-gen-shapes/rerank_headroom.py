@@ -5,7 +5,9 @@ candidate of the default kept (``candidates=8, keep=8``), judges each candidate 
 judge, and reports, per re-ranking CLIP given with ``--clip``, the share of prompts whose
 chosen candidate is right (shape; everything asked), next to a random choice and the best any
 re-ranker could do (some candidate right). Candidates are cached in ``--cache`` per model
-folder, so several CLIPs are compared on the very same candidates.
+folder, count and guidance, so several CLIPs are compared on the very same candidates. They are
+scored here as the PNGs that were stored (8-bit), where the generator scores its float decodes:
+a CLIP's choice here can differ from the generator's when two scores are within rounding.
 
     python training/clip-gen-shapes/rerank_headroom.py MODEL_FOLDER --n 256 \
         --clip studio/ml/weights/clip-small.safetensors --clip runs/judge.safetensors
@@ -79,7 +81,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="candidate grids [default: FOLDER-candidates-N]")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    cache = args.cache or args.folder.with_name(f"{args.folder.name}-candidates-{args.n}")
+    cache = args.cache or args.folder.with_name(f"{args.folder.name}-candidates-n{args.n}-g{args.guidance:g}")
     data = candidates(args.folder, args.n, cache, args.guidance)
     judged = [verdicts(p, tiles) for p, tiles in data]
     report = {"n": len(data), "candidates": K,

@@ -32,7 +32,8 @@ def round_trip(vqgan_file: Path, precision: str, batch: int = 64):
     vqgan = load_vqgan(vqgan_file).eval().requires_grad_(False)
 
     def transform(images: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        vqgan.to(images.device)  # wherever train_clip put the batch (a no-op after the first call)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             return torch.cat([vqgan(images[k : k + batch])[0].float() for k in range(0, len(images), batch)])
 
     return transform
@@ -61,7 +62,8 @@ def main() -> None:
         resume=args.resume, model=args.model, distractor_weight=args.distractor_weight, blur=args.blur,
         probe_weight=args.probe_weight, threads=args.threads, precision=args.precision,
         init=str(args.init) if args.init and not args.resume else None,
-        image_transform=round_trip(args.vqgan, args.precision), render=f"VQGAN round trip ({args.vqgan.name}, sha256 {sha256_file_cached(args.vqgan)[:16]})",
+        image_transform=round_trip(args.vqgan, args.precision),
+        render=f"VQGAN round trip ({args.vqgan.name}, sha256 {sha256_file_cached(args.vqgan)[:16]})",
     )
     print(json.dumps(summary, indent=2, default=str))
 

@@ -158,45 +158,55 @@ def check_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def previous_records(root: Path) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Part -> (digest of its file, its card's training entry) of the model folder at ``root``:
-    a part packaged again unchanged (into the same folder, or taken from this one) keeps a record
-    its file cannot hold (weights trained before runs wrote their record into the file)."""
+def _card_records(folder: Path) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Part -> (digest of its file, its card's training entry) of the model folder ``folder``."""
     from studio.api import sha256_file_cached
 
     try:
-        card = json.loads((root / CARD_JSON).read_text())
+        card = json.loads((folder / CARD_JSON).read_text())
     except (OSError, ValueError):
         return {}
     out = {}
     for part, entry in (card.get("training") or {}).items():
-        path = root / f"{part}.safetensors"
+        path = folder / f"{part}.safetensors"
         if isinstance(entry, dict) and entry.get("steps") is not None and path.is_file():
             out[part] = (sha256_file_cached(path), entry)
     return out
 
 
-def _training(root: Path, sources: dict[str, Path], previous: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+def known_records(sources: dict[str, Path], replaced: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Part -> the training entry a model card holds for the very file given as that part: the
+    card of the folder the part is taken from, or of the folder being replaced (``replaced``).
+
+    Why: weights trained before runs wrote their record into the file keep the record their card
+    holds when they are packaged again unchanged. Read before the destination is replaced.
+    """
     from studio.api import sha256_file_cached
 
     out = {}
+    for part, source in sources.items():
+        digest = sha256_file_cached(source)
+        for folder in [source.parent] + ([replaced] if replaced is not None else []):
+            found = _card_records(folder).get(part)
+            if found and found[0] == digest:
+                out[part] = found[1]
+                break
+    return out
+
+
+def _training(sources: dict[str, Path], known: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    out = {}
     for part in ("vqgan", "transformer"):
-        if part not in sources:
-            continue
-        summary = training_summary(sources[part])
-        digest = sha256_file_cached(root / f"{part}.safetensors")
-        # the folder this one replaces, or the model folder the part was taken from
-        for known in (previous, previous_records(sources[part].parent)):
-            if summary.get("steps") is None and known.get(part, (None,))[0] == digest:
-                summary = known[part][1]
-        out[part] = summary
+        if part in sources:
+            summary = training_summary(sources[part])
+            out[part] = known[part] if summary.get("steps") is None and part in known else summary
     return out
 
 
 def write_card(root: Path, *, eval_n: int, candidates: int, sources: dict[str, Path], extra: dict | None = None,
                guidance: float = 1.0, progress=None, dataset: str = "shapes", data=None,
                sampling: dict[str, Any] | None = None,
-               previous: dict[str, tuple[str, dict[str, Any]]] | None = None) -> dict[str, Any]:
+               known: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Measure the model in ``root`` and write its ``model_card.json``; returns the card.
 
     ``guidance`` becomes the model's default guidance (a transformer with a null condition only)
@@ -204,8 +214,8 @@ def write_card(root: Path, *, eval_n: int, candidates: int, sources: dict[str, P
     ``emoji``), which decides the held-out data, the measures and the vocabulary; ``data``: a
     built emoji dataset to use instead of building every installed style. ``sampling``: further
     defaults of the model's token sampling (``temperature``, ``top_k``, ``top_p``), which every
-    evaluation row uses as well. ``previous``: :func:`previous_records` of the folder this one
-    replaced.
+    evaluation row uses as well. ``known``: :func:`known_records` of the sources, read before
+    the folder was written.
     """
     from .generator import ClipGenGenerator
     from .plugin import DEFAULTS
@@ -227,7 +237,7 @@ def write_card(root: Path, *, eval_n: int, candidates: int, sources: dict[str, P
         "dataset": dataset,
         "data": domain["data"],
         "hardware": hardware(),
-        "training": _training(root, sources, previous or {}),
+        "training": _training(sources, known or {}),
         "vqgan": vqgan_report(generator.vqgan, domain["images"]()),
         **_rerank_record(root),
         "defaults": defaults,

@@ -493,9 +493,10 @@ def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_a
         raise click.UsageError(str(exc)) from None
     vqgan, vqgan_config, transformer, clip_file, clip_arch = run_parts(None, vqgan, vqgan_config, transformer,
                                                                        clip_file, clip_arch)
-    from .card import previous_records
+    from .card import known_records
 
-    previous = previous_records(out_dir) if force else {}  # read before the folder is replaced
+    # records of the parts' cards, read before the destination (maybe one of those folders) is replaced
+    known = known_records({"vqgan": vqgan, "transformer": transformer}, out_dir if force else None)
     summary = _assemble(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, rerank_clip, rerank_clip_arch,
                         heads, force, share_installed_clip=True)
     if eval_n:
@@ -515,7 +516,7 @@ def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_a
             try:
                 summary["card"] = write_card(out_dir, eval_n=eval_n, candidates=candidates, guidance=guidance,
                                              sources={"vqgan": vqgan, "transformer": transformer}, progress=progress,
-                                             dataset=dataset, sampling=defaults, previous=previous)
+                                             dataset=dataset, sampling=defaults, known=known)
             except ValueError as exc:
                 raise _fail(exc) from None
     click.echo(json.dumps(summary, indent=2))

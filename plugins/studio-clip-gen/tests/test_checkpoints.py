@@ -235,3 +235,23 @@ def test_legacy_non_zip_checkpoints_load_through_the_restricted_unpickler(tmp_pa
     assert CALLS == [] and isinstance(raw["payload"], checkpoints.Placeholder)
     loaded = load_vqgan(path, tiny_vq_config)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+
+
+def test_networks_built_without_random_init_then_loaded_compute_what_the_originals_do(tiny_vq_config):
+    """Nothing a constructor computes from torch.nn.init survives the strict load (no such buffers)."""
+    from studio.api import without_random_init
+    from studio_clip_gen.gpt import GPT, GPTConfig
+    from studio_clip_gen.vqgan import VQModel
+
+    torch.manual_seed(0)
+    gpt_cfg = GPTConfig(n_codes=16, grid=4, width=32, n_layers=2, n_heads=2, clip_dim=8, null_condition=True)
+    for build, run in ((lambda: VQModel(tiny_vq_config), lambda m: m(torch.rand(2, 3, 16, 16) * 2 - 1)[0]),
+                       (lambda: GPT(gpt_cfg), lambda m: m(torch.randn(2, 8), torch.randint(16, (2, 5))))):
+        original = build().eval()
+        with without_random_init():
+            rebuilt = build().eval()
+        rebuilt.load_state_dict(original.state_dict(), strict=True)
+        torch.manual_seed(1)
+        expected = run(original)
+        torch.manual_seed(1)
+        assert torch.equal(run(rebuilt), expected)

@@ -384,20 +384,23 @@ def test_a_part_packaged_unchanged_keeps_the_training_record_of_the_card_it_came
         assert result.exit_code == 0, result.output
         return json.loads((out / CARD_JSON).read_text())
 
+    import shutil
+
+    renamed = tmp_path / "vq-final.safetensors"  # the packaged file names its source: other bytes than its own
+    shutil.copyfile(parts / "vqgan.safetensors", renamed)
     first = tmp_path / "first"
-    card = package(first, parts / "vqgan.safetensors")
+    card = package(first, renamed)
     assert card["training"]["vqgan"]["steps"] is None  # the part files hold no record
     card["training"]["vqgan"] |= {"steps": 3206, "minutes": 45.0}  # as a card written by hand for old weights
     (first / CARD_JSON).write_text(json.dumps(card))
     assert package(tmp_path / "second", first / "vqgan.safetensors")["training"]["vqgan"]["steps"] == 3206
     assert package(first, first / "vqgan.safetensors", "--force")["training"]["vqgan"]["steps"] == 3206
-    # other weights do not inherit it, even from a folder whose card has one
+    # other weights do not inherit it from the card of the folder they replace
     torch.manual_seed(5)
     other = tmp_path / "other" / "vqgan.safetensors"
     other.parent.mkdir()
     cfg = VQConfig.from_dict(card["training"]["vqgan"]["vqgan"])
     write_safetensors(other, VQModel(cfg).state_dict(), {"vqgan": cfg.to_dict()})
-    (other.parent / CARD_JSON).write_text(json.dumps(card))
     assert package(first, other, "--force")["training"]["vqgan"]["steps"] is None
 
 

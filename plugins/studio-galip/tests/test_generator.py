@@ -220,3 +220,16 @@ def test_a_repeated_prompt_is_encoded_once_and_the_least_recently_used_leaves(ge
     fresh.sentence_embeddings(["a red square", "a blue circle"])
     assert encoded == ["a red square", "a blue circle", "a green square", "a blue circle"]
     assert torch.equal(fresh.sentence_embeddings(["a red square"])[0], first[0])
+
+
+def test_a_generator_built_without_random_init_then_loaded_draws_what_the_original_does(tiny_nets):
+    from studio.api import without_random_init
+    from studio_galip.model import build_nets
+
+    with without_random_init():
+        rebuilt = build_nets(tiny_nets.cfg, tiny_nets.clip, with_d=False)
+    rebuilt.G.load_state_dict(tiny_nets.G.state_dict(), strict=True)
+    requests = [Request("a red square", 4, {}, 0)]
+    original = GalipGenerator.from_nets(tiny_nets).generate(requests, no_progress)
+    again = GalipGenerator.from_nets(rebuilt).generate(requests, no_progress)
+    assert pixels(again[0]).tobytes() == pixels(original[0]).tobytes()
