@@ -352,6 +352,8 @@ def _assemble(dest: Path, vqgan, vqgan_config, transformer, clip_file, clip_arch
     from .checkpoints import WeightsError
     from .model_dir import assemble
 
+    if rerank_clip_arch and rerank_clip is None:
+        raise click.UsageError("--rerank-clip-arch names the architecture of --rerank-clip FILE: give the file too")
     source = {"vqgan": vqgan.name, "transformer": transformer.name, "clip": clip_file.name}
     if rerank_clip is not None:
         source["rerank"] = rerank_clip.name

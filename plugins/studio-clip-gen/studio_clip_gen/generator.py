@@ -108,7 +108,7 @@ class ClipGenGenerator:
             "grid": vqgan.config.grid,
             "codes": vqgan.config.n_embed,
             "clip": manifest["clip"].get("arch", manifest["clip"]["kind"]),
-            **({"rerank_clip": manifest["rerank"].get("arch", manifest["rerank"]["kind"])} if manifest.get("rerank") else {}),
+            **({"rerank_clip": _clip_name(manifest["rerank"])} if manifest.get("rerank") else {}),
             "dtype": "float32",
         }
 
@@ -247,6 +247,11 @@ class ClipGenGenerator:
             "condition": "image" if p["image"] else "text",
         }
         return Result(image=image, extra=extra)
+
+
+def _clip_name(spec: dict[str, Any]) -> str:
+    """How a description names a CLIP of the folder: its architecture (or kind) and file."""
+    return f"{spec.get('arch', spec['kind'])} ({Path(spec['file']).name})"
 
 
 def _encode_prompt(clip, prompt: str):

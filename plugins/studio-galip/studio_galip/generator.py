@@ -178,9 +178,7 @@ class GalipGenerator:
     # ---- Generator protocol -----------------------------------------------------------------
 
     def load(self, device: str = "cpu") -> None:
-        from studio.api import WeightsError
-
-        from studio.api import without_random_init
+        from studio.api import WeightsError, without_random_init
 
         from .checkpoints import check_clip_fits, infer_config, load_into, read_weights
         from .model import build_nets
