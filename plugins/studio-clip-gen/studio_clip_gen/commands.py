@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-#: Named VQGAN shapes. ``tiny``: 64px, f8 (an 8x8 grid), 512 codes: the bundled default's size.
+#: Named VQGAN shapes. ``tiny``: 64px, f8 (an 8x8 grid), 512 codes (the first bundled model's; it now uses ``tiny-f4c``).
 VQ_PRESETS = {
     "tiny": dict(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(8,), resolution=64,
                  z_channels=64, embed_dim=64, n_embed=512),
