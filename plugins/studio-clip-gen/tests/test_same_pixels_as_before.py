@@ -33,7 +33,8 @@ class _ReferenceGenerator(ClipGenGenerator):
             if not torch.isfinite(decoded).all():
                 raise GenerationError("NaN")
             decoded = decoded.clamp(-1, 1)
-            sims = (encode_images(self.clip, decoded) * cond).sum(dim=-1)
+            target = torch.stack([plan[i]["target"] for i, _ in chunk]).to(self.device)  # the re-ranking CLIP's
+            sims = (encode_images(self.rerank_clip, decoded) * target).sum(dim=-1)
         for row, key in enumerate(chunk):
             images[key] = decoded[row].cpu()
             scores[key] = float(sims[row])
