@@ -162,12 +162,10 @@ def _card_records(folder: Path) -> dict[str, tuple[str, dict[str, Any]]]:
     """Part -> (digest of its file, its card's training entry) of the model folder ``folder``."""
     from studio.api import sha256_file_cached
 
-    try:
-        card = json.loads((folder / CARD_JSON).read_text())
-    except (OSError, ValueError):
-        return {}
+    from .plugin import read_card
+
     out = {}
-    for part, entry in (card.get("training") or {}).items():
+    for part, entry in (read_card(folder).get("training") or {}).items():
         path = folder / f"{part}.safetensors"
         if isinstance(entry, dict) and entry.get("steps") is not None and path.is_file():
             out[part] = (sha256_file_cached(path), entry)

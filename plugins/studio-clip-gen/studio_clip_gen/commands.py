@@ -497,8 +497,9 @@ def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_a
                                                                        clip_file, clip_arch)
     from .card import known_records
 
-    # records of the parts' cards, read before the destination (maybe one of those folders) is replaced
-    known = known_records({"vqgan": vqgan, "transformer": transformer}, out_dir if force else None)
+    # records of the parts' cards for the new card, read before the destination (maybe one of those
+    # folders) is replaced
+    known = known_records({"vqgan": vqgan, "transformer": transformer}, out_dir if force else None) if eval_n else {}
     summary = _assemble(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, rerank_clip, rerank_clip_arch,
                         heads, force, share_installed_clip=True)
     if eval_n:

@@ -96,9 +96,8 @@ class ClipGenGenerator:
         self.vqgan = vqgan.to(device).eval().requires_grad_(False)
         self.gpt = gpt.to(device).eval().requires_grad_(False)
         self.clip, self.rerank_clip = clip, rerank
-        self._text_embedding = functools.lru_cache(maxsize=TEXT_CACHE_SIZE)(functools.partial(_encode_prompt, clip))
-        self._rerank_text_embedding = (self._text_embedding if rerank is clip else
-                                       functools.lru_cache(maxsize=TEXT_CACHE_SIZE)(functools.partial(_encode_prompt, rerank)))
+        self._text_embedding = _prompt_cache(clip)
+        self._rerank_text_embedding = self._text_embedding if rerank is clip else _prompt_cache(rerank)
         self._description = {
             "model": self.model_id,
             "plugin": "clip-gen",
@@ -259,6 +258,11 @@ def _encode_prompt(clip, prompt: str):
     from .clip_embed import encode_text
 
     return encode_text(clip, [prompt])[0]
+
+
+def _prompt_cache(clip):
+    """prompt -> its text embedding by ``clip``, the ``TEXT_CACHE_SIZE`` most recently used kept."""
+    return functools.lru_cache(maxsize=TEXT_CACHE_SIZE)(functools.partial(_encode_prompt, clip))
 
 
 def _chunks(rows: list[tuple[int, int]], plan: list[dict]) -> list[list[tuple[int, int]]]:
