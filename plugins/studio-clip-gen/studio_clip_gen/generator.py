@@ -89,7 +89,8 @@ class ClipGenGenerator:
             gpt.load_state_dict(state, strict=True)
             clip = model_dir.load_clip(self.root, manifest["clip"], device)
             check_compatible(gpt.config, vqgan.config, embed_dim(clip))
-            rerank = model_dir.load_clip(self.root, manifest["rerank"], device) if manifest.get("rerank") else clip
+            rerank = clip if model_dir.rerank_is_clip(self.root, manifest) else model_dir.load_clip(
+                self.root, manifest["rerank"], device)
         except (OSError, KeyError, ValueError, WeightsError) as exc:
             raise GenerationError(f"model {self.model_id!r} cannot be loaded from {self.root}: {exc}") from None
         self.device = device

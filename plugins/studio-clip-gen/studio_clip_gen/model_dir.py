@@ -71,6 +71,22 @@ def weights_sha256(root: Path, manifest: dict[str, Any]) -> str:
     return outer.hexdigest()
 
 
+def rerank_is_clip(root: Path, manifest: dict[str, Any]) -> bool:
+    """Whether the re-ranking CLIP is the conditioning CLIP itself (the same architecture and bytes).
+
+    Such a folder scores candidates exactly as one without ``rerank`` does, so the generator loads
+    that CLIP once instead of twice.
+    """
+    from studio.api import sha256_file_cached
+
+    clip, rerank = manifest["clip"], manifest.get("rerank")
+    if not rerank:
+        return True
+    if (clip.get("kind"), clip.get("arch")) != (rerank.get("kind"), rerank.get("arch")):
+        return False
+    return sha256_file_cached(clip_path(root, clip)) == sha256_file_cached(clip_path(root, rerank))
+
+
 def clip_card(root: Path, spec: dict[str, Any]) -> dict[str, Any]:
     """What a CLIP's card (``export-clip``'s JSON beside the file) says of its training, if it has one."""
     path = clip_path(root, spec).with_suffix(".json")

@@ -217,3 +217,24 @@ def test_a_rerank_clip_scores_against_its_own_embedding_of_a_conditioning_image(
     recorded = {c["index"]: c["clip_score"] for c in result.extra["candidates"]}
     assert [recorded[k["index"]] for k in result.extra["kept"]] == pytest.approx(expected, abs=2e-3)
     assert recorded != {c["index"]: c["clip_score"] for c in plain.extra["candidates"]}
+
+
+def test_a_rerank_clip_that_is_the_conditioning_clip_is_loaded_once_and_scores_alike(generator, parts, tmp_path):
+    from studio_clip_gen import model_dir
+    from studio_clip_gen.model_dir import assemble
+
+    assemble(tmp_path / "same", vqgan=parts / "vqgan.safetensors", transformer=parts / "transformer.safetensors",
+             clip=parts / "clip.safetensors", clip_arch="studio-tiny-64", rerank_clip=parts / "clip.safetensors",
+             rerank_clip_arch="studio-tiny-64")
+    manifest = model_dir.read_manifest(tmp_path / "same")
+    assert manifest["rerank"]["file"] != manifest["clip"]["file"] and model_dir.rerank_is_clip(tmp_path / "same", manifest)
+    same = ClipGenGenerator("clip-gen/same", tmp_path / "same")
+    same.load("cpu")
+    assert same.rerank_clip is same.clip and same.describe()["rerank_clip"] == "studio-tiny-64 (rerank-clip.safetensors)"
+    params = {**PARAMS, "candidates": 3, "keep": 3}
+    (plain,) = _run(generator, [Request("a blue circle", 4, params)])
+    (result,) = _run(same, [Request("a blue circle", 4, params)])
+    assert result.image.tobytes() == plain.image.tobytes() and result.extra["candidates"] == plain.extra["candidates"]
+    # another file with the same architecture is not the same CLIP
+    (tmp_path / "same" / "rerank-clip.safetensors").write_bytes(b"not the same bytes")
+    assert not model_dir.rerank_is_clip(tmp_path / "same", manifest)
