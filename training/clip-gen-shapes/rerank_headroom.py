@@ -3,7 +3,8 @@
 Draws ``--n`` held-out `shapes` prompts (the `studio eval` list, seeds ``i``) with every
 candidate of the default kept (``candidates=8, keep=8``), judges each candidate with the pixel
 judge, and reports, per re-ranking CLIP given with ``--clip``, the share of prompts whose
-chosen candidate is right (shape; everything asked), next to a random choice and the best any
+chosen candidate is right (shape, size and relation where the prompt asks them; everything
+asked), next to a random choice and the best any
 re-ranker could do (some candidate right). Candidates are cached in ``--cache`` per model
 folder, count and guidance, so several CLIPs are compared on the very same candidates. They are
 scored here as the PNGs that were stored (8-bit), where the generator scores its float decodes:
@@ -58,8 +59,22 @@ def verdicts(prompt: dict, tiles: list[Image.Image]) -> list[dict]:
     for tile in tiles:
         c = check_image(tile, prompt["attrs"])
         asked = (c.colour_ok, c.shape_ok, c.relation_ok, c.size_ok, c.background_ok)
-        rows.append({"shape": bool(c.shape_ok), "all": all(v in (None, True) for v in asked) and not c.blank})
+        rows.append({"shape": bool(c.shape_ok), "size": c.size_ok, "relation": c.relation_ok,
+                     "all": all(v in (None, True) for v in asked) and not c.blank})
     return rows
+
+
+KEYS = ("shape", "size", "relation", "all")
+
+
+def share(values) -> float:
+    """The share of True among the prompts that ask (None: the prompt does not ask it)."""
+    asked = [bool(v) for v in values if v is not None]
+    return float(np.mean(asked)) if asked else float("nan")
+
+
+def any_right(column: list) -> bool | None:
+    return None if column[0] is None else any(column)
 
 
 def picks(clip_file: str, data) -> list[int]:
@@ -85,15 +100,15 @@ def main() -> None:
     data = candidates(args.folder, args.n, cache, args.guidance)
     judged = [verdicts(p, tiles) for p, tiles in data]
     report = {"n": len(data), "candidates": K,
-              "random": {k: float(np.mean([np.mean([c[k] for c in j]) for j in judged])) for k in ("shape", "all")},
-              "best possible": {k: float(np.mean([any(c[k] for c in j) for j in judged])) for k in ("shape", "all")}}
+              "random": {k: share([v for j in judged for v in (c[k] for c in j)]) for k in KEYS},
+              "best possible": {k: share([any_right([c[k] for c in j]) for j in judged]) for k in KEYS}}
     for clip_file in args.clip:
         chosen = picks(clip_file, data)
-        report[clip_file] = {k: float(np.mean([j[c][k] for j, c in zip(judged, chosen)])) for k in ("shape", "all")}
-    print(f"{'re-ranker':60s} {'shape':>6s} {'all asked':>9s}   (n={len(data)}, {K} candidates)")
+        report[clip_file] = {k: share([j[c][k] for j, c in zip(judged, chosen)]) for k in KEYS}
+    print(f"{'re-ranker':60s} {'shape':>6s} {'size':>6s} {'relation':>8s} {'all asked':>9s}   (n={len(data)}, {K} candidates)")
     for name, row in report.items():
         if isinstance(row, dict):
-            print(f"{name:60s} {row['shape']:6.3f} {row['all']:9.3f}")
+            print(f"{name:60s} {row['shape']:6.3f} {row['size']:6.3f} {row['relation']:8.3f} {row['all']:9.3f}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 
