@@ -43,6 +43,9 @@ def _clip_configs() -> list[str]:
 @click.option("--blur", type=click.FloatRange(min=0, max=4),
               help="Largest Gaussian blur (sigma, pixels) for half of each batch: soft edges, like generated "
                    "images  [default: 0; a resumed run keeps its own].")
+@click.option("--distractor-resize", type=click.FloatRange(min=0, max=1),
+              help="Share of the distractors that keep the outline and draw the object at the other size (small "
+                   "<-> large; set only against captions that name sizes)  [default: 0; a resumed run keeps its own].")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="torch CPU threads.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="bf16: mixed precision (weights stay fp32); much faster on GPUs and on CPUs with AMX.")
@@ -50,7 +53,7 @@ def _clip_configs() -> list[str]:
 @click.option("--init", "init_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Start a new run from a CLIP exported with `studio train export-clip` (fresh optimiser).")
 def train_clip_command(dataset, out_dir, minutes, steps, batch_size, lr, config_name, probe_weight, distractor_weight,
-                       blur, threads, precision, resume, init_file) -> None:
+                       blur, distractor_resize, threads, precision, resume, init_file) -> None:
     """Train a small CLIP contrastively (open_clip's loss plus hard negative captions)."""
     if minutes is None and steps is None:
         raise click.UsageError("give --minutes or --steps")
@@ -60,7 +63,7 @@ def train_clip_command(dataset, out_dir, minutes, steps, batch_size, lr, config_
 
     try:
         given = {k: v for k, v in (("probe_weight", probe_weight), ("distractor_weight", distractor_weight),
-                                   ("blur", blur)) if v is not None}
+                                   ("blur", blur), ("distractor_resize", distractor_resize)) if v is not None}
         summary = train_clip(out_dir, dataset=dataset, minutes=minutes, steps=steps, batch_size=batch_size, lr=lr,
                              resume=resume, model=config_name, **given, threads=threads,
                              precision=precision, init=str(init_file) if init_file else None)

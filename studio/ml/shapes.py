@@ -249,7 +249,8 @@ def _draw_off_class(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, h
         draw.polygon([(x + r * np.cos(a), y + r * np.sin(a)) for a, r in zip(angles, radius)], fill=fill)
 
 
-def distractor_scene(scene: Scene, rng: np.random.Generator, off_class_share: float = 0.5) -> Scene:
+def distractor_scene(scene: Scene, rng: np.random.Generator, off_class_share: float = 0.5,
+                     resize_share: float = 0.0) -> Scene:
     """``scene`` with one object redrawn as another outline at the same place, size and colour.
 
     Why: a CLIP trained on clean drawings only accepts a soft blob as any shape, so it cannot
@@ -257,9 +258,17 @@ def distractor_scene(scene: Scene, rng: np.random.Generator, off_class_share: fl
     prefer the true outline to an outline no caption names (an ellipse, a rounded square, a
     blob...; share ``off_class_share``) or to another of the four shapes. Every caption of
     ``scene`` is false of the result.
+
+    ``resize_share``: the share of distractors that keep the outline and draw the object at the
+    other size instead (small <-> large, same centre, moved in just enough to stay on the
+    canvas). Only captions that name sizes are false of those; :func:`caption_is_true` tells.
     """
     k = int(rng.integers(len(scene.objects)))
     obj = scene.objects[k]
+    if resize_share and rng.random() < resize_share:  # no draw at 0: older runs keep their stream
+        objects = list(scene.objects)
+        objects[k] = _resized(obj, scene.canvas)
+        return dataclasses.replace(scene, objects=tuple(objects))
     if rng.random() < off_class_share:
         shape = OFF_CLASS_SHAPES[int(rng.integers(len(OFF_CLASS_SHAPES)))]
     else:
@@ -268,6 +277,13 @@ def distractor_scene(scene: Scene, rng: np.random.Generator, off_class_share: fl
     objects = list(scene.objects)
     objects[k] = dataclasses.replace(obj, shape=shape)
     return dataclasses.replace(scene, objects=tuple(objects))
+
+
+def _resized(obj: ShapeObject, canvas: int) -> ShapeObject:
+    size = "large" if obj.size == "small" else "small"
+    half = obj.half * SIZE_FRACTION[size] / SIZE_FRACTION[obj.size]
+    x, y = (float(np.clip(c, half + 1, canvas - half - 1)) for c in obj.centre)
+    return ShapeObject(obj.shape, obj.colour, size, (x, y), half)
 
 
 def render_attrs(attrs: dict, canvas: int | None = None) -> Image.Image:

@@ -84,6 +84,7 @@ class TrainConfig:
     noise: float = 0.03  # max std of Gaussian pixel noise: generators' images are not clean
     distractor_weight: float = 0.0  # image-side negatives per caption (see distractor_loss); 0: none
     blur: float = 0.0  # max Gaussian blur sigma (px) for half of each batch, distractors alike; 0: none
+    distractor_resize: float = 0.0  # share of distractors drawn at the other size instead (see distractor_scene)
     render: str | None = None  # what ``image_transform`` did to the training images (train_clip's argument)
     seed: int = 0
     log_every: int = 10
@@ -189,7 +190,7 @@ def _distractor_images(batch: dict, step: int, config: TrainConfig, size: int) -
     images, valid = [], []
     for attrs in batch["attrs"]:
         scene = shapes.scene_from_attrs(attrs)
-        changed = shapes.distractor_scene(scene, rng)
+        changed = shapes.distractor_scene(scene, rng, resize_share=config.distractor_resize)
         images.append(transform(shapes.render_scene(changed, off_class=True)))
         valid.append(not shapes.caption_is_true(claim_caption(attrs["claim"]), changed))
     return torch.stack(images), torch.tensor(valid)
@@ -487,6 +488,8 @@ def train_clip(
         raise ValueError("an image_transform needs a render name for the card, and a render name its image_transform")
     if config.distractor_weight and dataset != "shapes":
         raise ValueError("distractors redraw shapes scenes: --distractor-weight needs --dataset shapes")
+    if config.distractor_resize and not config.distractor_weight:
+        raise ValueError("--distractor-resize chooses among distractors: it needs --distractor-weight")
     model.train()
     probe = probe_optimizer = None
     if config.probe_weight and dataset == "shapes":
@@ -721,6 +724,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-weight", type=float, default=TrainConfig.probe_weight)
     parser.add_argument("--distractor-weight", type=float, default=TrainConfig.distractor_weight)
     parser.add_argument("--blur", type=float, default=TrainConfig.blur)
+    parser.add_argument("--distractor-resize", type=float, default=TrainConfig.distractor_resize)
     parser.add_argument("--single-object-negatives", type=int, default=TrainConfig.single_object_negatives)
     parser.add_argument("--two-object-share", type=float, default=TrainConfig.two_object_share)
     parser.add_argument("--eval-every", type=float, default=TrainConfig.eval_every_s, help="seconds")
@@ -734,7 +738,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out, dataset=args.dataset, minutes=args.minutes, steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, resume=args.resume, model=args.model, hard_negatives=args.hard_negatives,
         hard_negative_weight=args.hard_negative_weight, probe_weight=args.probe_weight,
-        distractor_weight=args.distractor_weight, blur=args.blur,
+        distractor_weight=args.distractor_weight, blur=args.blur, distractor_resize=args.distractor_resize,
         single_object_negatives=args.single_object_negatives, two_object_share=args.two_object_share,
         eval_every_s=args.eval_every, checkpoint_every_s=args.checkpoint_every, threads=args.threads,
         precision=args.precision,

@@ -224,6 +224,47 @@ def test_distractor_scenes_change_one_outline_and_make_every_caption_false():
         shapes.render_attrs({"objects": [{"colour": "red", "shape": "blob", "size": "large"}]})
 
 
+def test_resized_distractors_flip_one_size_and_are_false_only_of_captions_that_name_sizes():
+    import numpy as np
+
+    from studio.ml.checker import check_image
+
+    rng = np.random.default_rng(1)
+    resized = sized_false = unsized_true = 0
+    for i in range(80):
+        scene = shapes.sample_scene(0, i)
+        changed = shapes.distractor_scene(scene, rng, resize_share=1.0)
+        (before, after), = [(a, b) for a, b in zip(scene.objects, changed.objects) if a != b]
+        assert (after.shape, after.colour) == (before.shape, before.colour) and after.size != before.size
+        ratio = shapes.SIZE_FRACTION[after.size] / shapes.SIZE_FRACTION[before.size]
+        assert after.half == pytest.approx(before.half * ratio)
+        assert all(after.half + 1 <= c <= scene.canvas - after.half - 1 + 1e-9 for c in after.centre)  # on the canvas
+        resized += 1
+        for caption in shapes.captions(scene):
+            named = any(size for _c, _s, size in caption.objects)
+            true = shapes.caption_is_true(caption, changed)
+            assert true == (not named)  # a caption naming sizes is false of it, any other still true
+            sized_false += named and not true
+            unsized_true += (not named) and true
+        if len(scene.objects) == 1:  # the judge reads the new size from the pixels
+            attrs = {**changed.attrs(), "asked": {"sizes": True, "background": None}}
+            assert check_image(shapes.render_scene(changed), attrs).size_ok
+    assert resized == 80 and sized_false and unsized_true
+    # the default draws no extra number: a run without resizing keeps its distractors
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    scene = shapes.sample_scene(0, 3)
+    assert shapes.distractor_scene(scene, a) == shapes.distractor_scene(scene, b, resize_share=0.0)
+
+
+def test_distractor_resize_needs_distractors(tmp_path):
+    with pytest.raises(ValueError, match="needs --distractor-weight"):
+        train_clip(tmp_path, steps=1, distractor_resize=0.3, **FAST)
+    summary = train_clip(tmp_path / "run", steps=2, progress=lambda r: None, distractor_weight=1.0,
+                         distractor_resize=0.5, **FAST)
+    assert summary["step"] == 2
+    assert read_train_state(tmp_path / "run" / "checkpoint")["config"]["distractor_resize"] == 0.5
+
+
 def test_blur_softens_half_of_a_batch_and_keeps_the_rest():
     from studio.ml.train_clip import blur_some
 

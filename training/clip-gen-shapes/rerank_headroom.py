@@ -87,6 +87,19 @@ def picks(clip_file: str, data) -> list[int]:
     return chosen
 
 
+def groups(data) -> dict[str, list]:
+    """Per prompt, what it asks: the shape (one-object prompts), the size, how many objects, the background."""
+    out: dict[str, list] = {"shape": [], "size": [], "objects": [], "background": []}
+    for prompt, _tiles in data:
+        attrs = prompt["attrs"]
+        first = attrs["objects"][0]
+        out["shape"].append(first["shape"] if len(attrs["objects"]) == 1 else None)
+        out["size"].append(first["size"] if attrs["asked"]["sizes"] else "not asked")
+        out["objects"].append(len(attrs["objects"]))
+        out["background"].append(attrs["background"])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path)
@@ -95,6 +108,8 @@ def main() -> None:
     parser.add_argument("--clip", action="append", required=True, help="a re-ranking CLIP (Studio's small-CLIP file)")
     parser.add_argument("--cache", type=Path, help="candidate grids [default: FOLDER-candidates-N]")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--by", action="store_true",
+                        help="also break shape down by what each prompt asks (shape, size, objects, background)")
     args = parser.parse_args()
     cache = args.cache or args.folder.with_name(f"{args.folder.name}-candidates-n{args.n}-g{args.guidance:g}")
     data = candidates(args.folder, args.n, cache, args.guidance)
@@ -109,6 +124,17 @@ def main() -> None:
     for name, row in report.items():
         if isinstance(row, dict):
             print(f"{name:60s} {row['shape']:6.3f} {row['size']:6.3f} {row['relation']:8.3f} {row['all']:9.3f}")
+    if args.by:
+        chosen = picks(args.clip[-1], data)
+        print(f"\nshape by group: random / {Path(args.clip[-1]).name} / best possible")
+        for name, group in groups(data).items():
+            idx = [i for i, g in enumerate(group) if g is not None]
+            for value in sorted({group[i] for i in idx}):
+                rows = [i for i in idx if group[i] == value]
+                print(f"  {name}={value!s:8s} n={len(rows):3d}  "
+                      f"{share([c['shape'] for i in rows for c in judged[i]]):.2f} / "
+                      f"{share([judged[i][chosen[i]]['shape'] for i in rows]):.2f} / "
+                      f"{share([any(c['shape'] for c in judged[i]) for i in rows]):.2f}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 
