@@ -174,6 +174,9 @@ def test_eval_applies_params_to_every_image_and_rejects_bad_ones(run, studio_hom
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["params"]["size"] == 24 and report["n"] == 4
+    assert sum(part["shape"]["n"] for part in report["by_objects"].values()) == 4
+    table = run("eval", "-m", "testgen", "--n", "4", "-p", "size=24")
+    assert table.exit_code == 0 and "1 object" in table.output and "2 objects" in table.output
     for bad, words in ((("-p", "size=huge"), "size"), (("-p", "nosuch=1"), "nosuch"), (("-p", "size"), "key=value")):
         result = run("eval", "-m", "testgen", "--n", "4", *bad)
         assert result.exit_code != 0

@@ -72,6 +72,11 @@ def train_clip_command(dataset, out_dir, minutes, steps, batch_size, lr, config_
     click.echo(json.dumps(summary, indent=2, default=str))
 
 
+def _share(metric: dict | None) -> str:
+    """A metric of one part of the prompts, or blank where that part does not ask it."""
+    return f"{metric['value']:.3f}" if metric and metric["n"] else ""
+
+
 @train_group.command(name="export-clip")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
@@ -164,11 +169,15 @@ def eval_command(model_id, dataset, count, seed, clip_name, out_path, params, fd
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("n", justify="right")
+    split = report.get("by_objects") or {}
+    for count in split:
+        table.add_column(f"{count} object{'s' if count != '1' else ''}", justify="right")
     table.add_column("judged by")
     for name, metric in report["metrics"].items():
         judge = "CLIP" if name.startswith("clip") or name == "fd" else "pixels"
         if name == "diversity":
             judge = "pixels, two seeds"
         better = " (lower is better)" if name in LOWER_IS_BETTER else ""
-        table.add_row(name, f"{metric['value']:.3f}", str(metric["n"]), judge + better)
+        parts = [_share(split[count].get(name)) for count in split]
+        table.add_row(name, f"{metric['value']:.3f}", str(metric["n"]), *parts, judge + better)
     Console().print(table)

@@ -177,6 +177,11 @@ def evaluate_generator(
     generation_s = time.perf_counter() - started
 
     metrics = score_images(images[:n], [p.attrs for p in prompts[:n]])
+    by_objects = {}
+    for count in (1, 2):  # two-object scenes are where generators fail most: shown apart
+        kept = [(im, p.attrs) for im, p in zip(images[:n], prompts[:n]) if len(p.attrs["objects"]) == count]
+        if kept:
+            by_objects[str(count)] = score_images([im for im, _ in kept], [a for _, a in kept])
     judge_clip = load_eval_clip(clip, device)
     metrics.update(clip_metrics(judge_clip, images[:n], prompts[:n]))
     if fd_n:
@@ -192,6 +197,7 @@ def evaluate_generator(
         "generation_s": round(generation_s, 2),
         "images_per_s": round(total / generation_s, 2) if generation_s else None,
         "metrics": metrics,
+        "by_objects": by_objects,
     }
 
 

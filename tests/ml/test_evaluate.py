@@ -14,8 +14,8 @@ from studio.plugins import get_registry
 class Oracle:
     """Draws exactly the scene each eval prompt describes (or, when ``lie``, another one)."""
 
-    def __init__(self, lie: bool) -> None:
-        self.lie = lie
+    def __init__(self, lie: bool, lie_on_two: bool = False) -> None:
+        self.lie, self.lie_on_two = lie, lie_on_two
         prompts = shapes.eval_prompts(64, seed=3, phrasing="grammar")
         self.truth = {p.text: p.attrs for p in prompts}
         self.others = [p.attrs for p in prompts]
@@ -29,7 +29,8 @@ class Oracle:
     def generate(self, requests, progress):
         out = []
         for r in requests:
-            attrs = random.Random(r.seed).choice(self.others) if self.lie else self.truth[r.prompt]
+            lie = self.lie or (self.lie_on_two and len(self.truth[r.prompt]["objects"]) == 2)
+            attrs = random.Random(r.seed).choice(self.others) if lie else self.truth[r.prompt]
             out.append(Result(shapes.render_attrs(attrs)))
         return out
 
@@ -51,9 +52,11 @@ def oracles(settings):
     registry = get_registry(settings.load_plugins)
     registry.models["oracle-true"] = ModelSpec(id="oracle-true", plugin="test", factory=lambda: Oracle(False))
     registry.models["oracle-lie"] = ModelSpec(id="oracle-lie", plugin="test", factory=lambda: Oracle(True))
+    registry.models["oracle-half"] = ModelSpec(id="oracle-half", plugin="test",
+                                               factory=lambda: Oracle(False, lie_on_two=True))
     yield
-    registry.models.pop("oracle-true")
-    registry.models.pop("oracle-lie")
+    for name in ("oracle-true", "oracle-lie", "oracle-half"):
+        registry.models.pop(name)
 
 
 @pytest.mark.usefixtures("oracles")
@@ -66,6 +69,17 @@ def test_truth_scores_near_perfect_and_wrong_images_near_chance(settings, tiny_c
     assert lie["colour"]["value"] < 0.5 and lie["relation"]["value"] < 0.5
     assert -1.0 <= lie["clip_score"]["value"] <= 1.0 and 0.0 <= lie["clip_shape"]["value"] <= 1.0
     assert lie["shape"]["value"] < 0.5 and lie["background"]["value"] < 0.8
+
+
+@pytest.mark.usefixtures("oracles")
+def test_one_and_two_object_prompts_are_also_scored_apart(settings, tiny_clip):
+    report = evaluate_model(settings, "oracle-half", n=64, seed=3, clip=tiny_clip)
+    one, two = report["by_objects"]["1"], report["by_objects"]["2"]
+    assert one["shape"]["n"] + two["shape"]["n"] == report["metrics"]["shape"]["n"] == 64
+    assert one["shape"]["value"] >= 0.95 and one["relation"]["n"] == 0  # drawn true; no relation asked
+    assert two["relation"]["value"] < 0.5 and two["colour"]["value"] < 0.5  # drawn wrong
+    assert report["metrics"]["shape"]["value"] == pytest.approx(
+        (one["shape"]["value"] * one["shape"]["n"] + two["shape"]["value"] * two["shape"]["n"]) / 64)
 
 
 @pytest.mark.usefixtures("oracles")
