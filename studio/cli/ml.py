@@ -44,8 +44,9 @@ def _clip_configs() -> list[str]:
               help="Largest Gaussian blur (sigma, pixels) for half of each batch: soft edges, like generated "
                    "images  [default: 0; a resumed run keeps its own].")
 @click.option("--distractor-resize", type=click.FloatRange(min=0, max=1),
-              help="Share of the distractors that keep the outline and draw the object at the other size (small "
-                   "<-> large; set only against captions that name sizes)  [default: 0; a resumed run keeps its own].")
+              help="Share of the distractors of captions that name sizes which keep the outline and draw the object "
+                   "at the other size (small <-> large); needs --distractor-weight  [default: 0; a resumed run "
+                   "keeps its own].")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="torch CPU threads.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="bf16: mixed precision (weights stay fp32); much faster on GPUs and on CPUs with AMX.")
@@ -70,11 +71,6 @@ def train_clip_command(dataset, out_dir, minutes, steps, batch_size, lr, config_
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(summary, indent=2, default=str))
-
-
-def _share(metric: dict | None) -> str:
-    """A metric of one part of the prompts, or blank where that part does not ask it."""
-    return f"{metric['value']:.3f}" if metric and metric["n"] else ""
 
 
 @train_group.command(name="export-clip")
@@ -170,14 +166,19 @@ def eval_command(model_id, dataset, count, seed, clip_name, out_path, params, fd
     table.add_column("value", justify="right")
     table.add_column("n", justify="right")
     split = report.get("by_objects") or {}
-    for count in split:
-        table.add_column(f"{count} object{'s' if count != '1' else ''}", justify="right")
+    for objects in split:
+        table.add_column(f"{objects} object{'s' if objects != '1' else ''}", justify="right")
     table.add_column("judged by")
     for name, metric in report["metrics"].items():
         judge = "CLIP" if name.startswith("clip") or name == "fd" else "pixels"
         if name == "diversity":
             judge = "pixels, two seeds"
         better = " (lower is better)" if name in LOWER_IS_BETTER else ""
-        parts = [_share(split[count].get(name)) for count in split]
+        parts = [_share(split[objects].get(name)) for objects in split]
         table.add_row(name, f"{metric['value']:.3f}", str(metric["n"]), *parts, judge + better)
     Console().print(table)
+
+
+def _share(metric: dict | None) -> str:
+    """A metric of one part of the prompts, or blank where that part does not ask it."""
+    return f"{metric['value']:.3f}" if metric and metric["n"] else ""

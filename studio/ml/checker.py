@@ -360,7 +360,11 @@ def score_images(images, attrs_list: list[dict]) -> dict:
     ``blank`` is the share of blank canvases and ``strays`` the share of images with a blob no
     request explains: lower is better for those two, higher for the rest.
     """
-    results = [check_image(im, a) for im, a in zip(images, attrs_list)]
+    return score_results([check_image(im, a) for im, a in zip(images, attrs_list)])
+
+
+def score_results(results: list[CheckResult]) -> dict:
+    """:func:`score_images` of images already judged (one :class:`CheckResult` each)."""
 
     def metric(values):
         values = [v for v in values if v is not None]

@@ -162,7 +162,7 @@ def evaluate_generator(
     ``clip`` is the CLIP behind the secondary figures (see :func:`load_eval_clip`). ``fd_n``
     images (0: none) go into the Frechet distance; the first ``n`` of them are the judged ones.
     """
-    from studio.ml.checker import score_images
+    from studio.ml.checker import check_image, score_results
 
     started = time.perf_counter() if started is None else started
     total = max(n, fd_n)
@@ -176,12 +176,13 @@ def evaluate_generator(
             progress(len(images), total)
     generation_s = time.perf_counter() - started
 
-    metrics = score_images(images[:n], [p.attrs for p in prompts[:n]])
+    judged = [check_image(im, p.attrs) for im, p in zip(images[:n], prompts[:n])]
+    metrics = score_results(judged)
     by_objects = {}
     for count in (1, 2):  # two-object scenes are where generators fail most: shown apart
-        kept = [(im, p.attrs) for im, p in zip(images[:n], prompts[:n]) if len(p.attrs["objects"]) == count]
-        if kept:
-            by_objects[str(count)] = score_images([im for im, _ in kept], [a for _, a in kept])
+        part = [r for r, p in zip(judged, prompts[:n]) if len(p.attrs["objects"]) == count]
+        if part:  # only the figures this part asks (one object: no relation)
+            by_objects[str(count)] = {k: v for k, v in score_results(part).items() if v["n"]}
     judge_clip = load_eval_clip(clip, device)
     metrics.update(clip_metrics(judge_clip, images[:n], prompts[:n]))
     if fd_n:

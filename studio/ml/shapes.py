@@ -166,6 +166,10 @@ def _place_single(rng, spec, canvas: int) -> ShapeObject:
     return ShapeObject(shape, colour, size, (float(x), float(y)), half)
 
 
+#: The least space between two objects' extents along their relation's axis (share of the canvas).
+PAIR_GAP = 0.06
+
+
 def _place_pair(rng, specs, relation: str, canvas: int) -> tuple[ShapeObject, ShapeObject]:
     """Two non-overlapping objects with ``first relation second`` clearly true.
 
@@ -173,7 +177,7 @@ def _place_pair(rng, specs, relation: str, canvas: int) -> tuple[ShapeObject, Sh
     and at least twice the offset across it, so nobody could read the picture another way.
     """
     halves = [_half_extent(rng, s[2], canvas) for s in specs]
-    gap = 0.06 * canvas
+    gap = PAIR_GAP * canvas
     along_min = halves[0] + halves[1] + gap
     for _ in range(200):
         centres = [rng.uniform(h + 1, canvas - h - 1, size=2) for h in halves]
@@ -251,24 +255,30 @@ def _draw_off_class(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, h
 
 def distractor_scene(scene: Scene, rng: np.random.Generator, off_class_share: float = 0.5,
                      resize_share: float = 0.0) -> Scene:
-    """``scene`` with one object redrawn as another outline at the same place, size and colour.
+    """``scene`` with one object changed: redrawn as another outline at the same place, size and
+    colour, or (a share ``resize_share``) drawn at the other size.
 
     Why: a CLIP trained on clean drawings only accepts a soft blob as any shape, so it cannot
     pick the right one among a generator's candidates. Set against these images, a caption must
     prefer the true outline to an outline no caption names (an ellipse, a rounded square, a
     blob...; share ``off_class_share``) or to another of the four shapes. Every caption of
-    ``scene`` is false of the result.
+    ``scene`` is false of an outline change.
 
     ``resize_share``: the share of distractors that keep the outline and draw the object at the
     other size instead (small <-> large, same centre, moved in just enough to stay on the
-    canvas). Only captions that name sizes are false of those; :func:`caption_is_true` tells.
+    canvas), for a CLIP that must also pick the asked size. Only captions that name sizes are
+    false of those (:func:`caption_is_true` tells); so give it for such captions only. Where the
+    grown object would come closer to the other one than two objects are ever drawn, or cross
+    it, the outline changes instead.
     """
     k = int(rng.integers(len(scene.objects)))
     obj = scene.objects[k]
     if resize_share and rng.random() < resize_share:  # no draw at 0: older runs keep their stream
-        objects = list(scene.objects)
-        objects[k] = _resized(obj, scene.canvas)
-        return dataclasses.replace(scene, objects=tuple(objects))
+        resized = _resized(scene, k)
+        if resized is not None:
+            objects = list(scene.objects)
+            objects[k] = resized
+            return dataclasses.replace(scene, objects=tuple(objects))
     if rng.random() < off_class_share:
         shape = OFF_CLASS_SHAPES[int(rng.integers(len(OFF_CLASS_SHAPES)))]
     else:
@@ -279,11 +289,21 @@ def distractor_scene(scene: Scene, rng: np.random.Generator, off_class_share: fl
     return dataclasses.replace(scene, objects=tuple(objects))
 
 
-def _resized(obj: ShapeObject, canvas: int) -> ShapeObject:
+def _resized(scene: Scene, k: int) -> ShapeObject | None:
+    """Object ``k`` at the other size, kept on the canvas; None where it would no longer stand
+    apart from the other object on the same side as before (by the gap :func:`_place_pair` keeps)."""
+    obj = scene.objects[k]
     size = "large" if obj.size == "small" else "small"
     half = obj.half * SIZE_FRACTION[size] / SIZE_FRACTION[obj.size]
-    x, y = (float(np.clip(c, half + 1, canvas - half - 1)) for c in obj.centre)
-    return ShapeObject(obj.shape, obj.colour, size, (x, y), half)
+    centre = np.clip(obj.centre, half + 1, scene.canvas - half - 1)
+    for j, other in enumerate(scene.objects):
+        if j == k:
+            continue
+        before, after = np.subtract(obj.centre, other.centre), centre - np.asarray(other.centre)
+        axis = int(np.argmax(np.abs(before)))
+        if np.sign(after[axis]) != np.sign(before[axis]) or abs(after[axis]) < half + other.half + PAIR_GAP * scene.canvas:
+            return None
+    return ShapeObject(obj.shape, obj.colour, size, (float(centre[0]), float(centre[1])), half)
 
 
 def render_attrs(attrs: dict, canvas: int | None = None) -> Image.Image:

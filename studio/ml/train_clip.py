@@ -17,8 +17,9 @@ plain CLIP loss cannot do:
   colour and shape of the left/top object, of the other one, and the relation's axis from the
   image embedding and from the caption embedding (:func:`attribute_probe_loss`).
 * optionally (``distractor_weight``), image-side negatives: each caption against its own image
-  and the same image with one outline redrawn as another shape or as one no caption names
-  (:func:`distractor_loss`), with ``blur`` softening half of each batch. This is the training of
+  and the same image with one outline redrawn as another shape or as one no caption names (or,
+  a share ``distractor_resize`` of those for captions naming sizes, one object drawn at the other
+  size) (:func:`distractor_loss`), with ``blur`` softening half of each batch. This is the training of
   a CLIP that re-ranks a generator's candidates: one trained on clean drawings alone accepts a
   soft blob as any shape.
 
@@ -144,7 +145,7 @@ def shapes_loss(img: torch.Tensor, txt: torch.Tensor, neg: torch.Tensor, truth: 
 
 def distractor_loss(txt: torch.Tensor, img: torch.Tensor, distractors: torch.Tensor, scale: torch.Tensor,
                     valid: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """Each caption against its own image and that image with one outline changed.
+    """Each caption against its own image and that image with one object changed (outline or size).
 
     ``txt [B,D]``, ``img [B,D]`` (image b is what caption b describes), ``distractors [B,D]``
     (image b redrawn by :func:`studio.ml.shapes.distractor_scene`), ``valid [B]`` (rows to use).
@@ -182,7 +183,7 @@ def blur_some(images: torch.Tensor, sigma_max: float, gen: torch.Generator, grou
 
 
 def _distractor_images(batch: dict, step: int, config: TrainConfig, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image b of the batch with one outline changed, and which rows' captions are false of it."""
+    """Image b of the batch with one object changed, and which rows' captions are false of it."""
     from studio.ml.datasets import ImageTransform
 
     rng = np.random.default_rng([config.seed, step, 11])
@@ -190,7 +191,9 @@ def _distractor_images(batch: dict, step: int, config: TrainConfig, size: int) -
     images, valid = [], []
     for attrs in batch["attrs"]:
         scene = shapes.scene_from_attrs(attrs)
-        changed = shapes.distractor_scene(scene, rng, resize_share=config.distractor_resize)
+        sized = any(size for _colour, _shape, size in claim_caption(attrs["claim"]).objects)
+        # a caption that names no size is true of its scene at any size: only sized ones get resized distractors
+        changed = shapes.distractor_scene(scene, rng, resize_share=config.distractor_resize if sized else 0.0)
         images.append(transform(shapes.render_scene(changed, off_class=True)))
         valid.append(not shapes.caption_is_true(claim_caption(attrs["claim"]), changed))
     return torch.stack(images), torch.tensor(valid)
@@ -488,6 +491,8 @@ def train_clip(
         raise ValueError("an image_transform needs a render name for the card, and a render name its image_transform")
     if config.distractor_weight and dataset != "shapes":
         raise ValueError("distractors redraw shapes scenes: --distractor-weight needs --dataset shapes")
+    if not 0 <= config.distractor_resize <= 1:
+        raise ValueError(f"distractor_resize is a share: 0 to 1, got {config.distractor_resize}")
     if config.distractor_resize and not config.distractor_weight:
         raise ValueError("--distractor-resize chooses among distractors: it needs --distractor-weight")
     model.train()
@@ -724,7 +729,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-weight", type=float, default=TrainConfig.probe_weight)
     parser.add_argument("--distractor-weight", type=float, default=TrainConfig.distractor_weight)
     parser.add_argument("--blur", type=float, default=TrainConfig.blur)
-    parser.add_argument("--distractor-resize", type=float, default=TrainConfig.distractor_resize)
+    parser.add_argument("--distractor-resize", type=float,
+                        help="share of the distractors of captions naming sizes drawn at the other size "
+                             f"[default: {TrainConfig.distractor_resize}; a resumed run keeps its own]")
     parser.add_argument("--single-object-negatives", type=int, default=TrainConfig.single_object_negatives)
     parser.add_argument("--two-object-share", type=float, default=TrainConfig.two_object_share)
     parser.add_argument("--eval-every", type=float, default=TrainConfig.eval_every_s, help="seconds")
@@ -738,7 +745,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out, dataset=args.dataset, minutes=args.minutes, steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, resume=args.resume, model=args.model, hard_negatives=args.hard_negatives,
         hard_negative_weight=args.hard_negative_weight, probe_weight=args.probe_weight,
-        distractor_weight=args.distractor_weight, blur=args.blur, distractor_resize=args.distractor_resize,
+        distractor_weight=args.distractor_weight, blur=args.blur,
+        **({"distractor_resize": args.distractor_resize} if args.distractor_resize is not None else {}),
         single_object_negatives=args.single_object_negatives, two_object_share=args.two_object_share,
         eval_every_s=args.eval_every, checkpoint_every_s=args.checkpoint_every, threads=args.threads,
         precision=args.precision,

@@ -4,8 +4,7 @@ Draws ``--n`` held-out `shapes` prompts (the `studio eval` list, seeds ``i``) wi
 candidate of the default kept (``candidates=8, keep=8``), judges each candidate with the pixel
 judge, and reports, per re-ranking CLIP given with ``--clip``, the share of prompts whose
 chosen candidate is right (shape, size and relation where the prompt asks them; everything
-asked), next to a random choice and the best any
-re-ranker could do (some candidate right). Candidates are cached in ``--cache`` per model
+asked), next to a random choice and the best any re-ranker could do (some candidate right). Candidates are cached in ``--cache`` per model
 folder, count and guidance, so several CLIPs are compared on the very same candidates. They are
 scored here as the PNGs that were stored (8-bit), where the generator scores its float decodes:
 a CLIP's choice here can differ from the generator's when two scores are within rounding.
@@ -106,10 +105,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--clip", action="append", required=True, help="a re-ranking CLIP (Studio's small-CLIP file)")
-    parser.add_argument("--cache", type=Path, help="candidate grids [default: FOLDER-candidates-N]")
+    parser.add_argument("--cache", type=Path, help="candidate grids [default: FOLDER-candidates-nN-gGUIDANCE]")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--by", action="store_true",
-                        help="also break shape down by what each prompt asks (shape, size, objects, background)")
+                        help="also break shape down by what each prompt asks, for the last --clip: the shape "
+                             "(one-object prompts), the size (of the first object), objects, background")
     args = parser.parse_args()
     cache = args.cache or args.folder.with_name(f"{args.folder.name}-candidates-n{args.n}-g{args.guidance:g}")
     data = candidates(args.folder, args.n, cache, args.guidance)
@@ -117,6 +117,7 @@ def main() -> None:
     report = {"n": len(data), "candidates": K,
               "random": {k: share([v for j in judged for v in (c[k] for c in j)]) for k in KEYS},
               "best possible": {k: share([any_right([c[k] for c in j]) for j in judged]) for k in KEYS}}
+    chosen = []
     for clip_file in args.clip:
         chosen = picks(clip_file, data)
         report[clip_file] = {k: share([j[c][k] for j, c in zip(judged, chosen)]) for k in KEYS}
@@ -124,8 +125,7 @@ def main() -> None:
     for name, row in report.items():
         if isinstance(row, dict):
             print(f"{name:60s} {row['shape']:6.3f} {row['size']:6.3f} {row['relation']:8.3f} {row['all']:9.3f}")
-    if args.by:
-        chosen = picks(args.clip[-1], data)
+    if args.by:  # `chosen`: the last CLIP's picks
         print(f"\nshape by group: random / {Path(args.clip[-1]).name} / best possible")
         for name, group in groups(data).items():
             idx = [i for i, g in enumerate(group) if g is not None]

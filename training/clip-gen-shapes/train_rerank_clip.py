@@ -51,7 +51,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--distractor-weight", type=float, default=1.0)
     parser.add_argument("--blur", type=float, default=0.0)
-    parser.add_argument("--distractor-resize", type=float, default=0.0)
+    parser.add_argument("--distractor-resize", type=float,
+                        help="share of the distractors of captions naming sizes drawn at the other size "
+                             "[default: 0; a resumed run keeps its own]")
     parser.add_argument("--probe-weight", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
@@ -61,7 +63,7 @@ def main() -> None:
     summary = train_clip(
         args.out, dataset="shapes", minutes=args.minutes, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         resume=args.resume, model=args.model, distractor_weight=args.distractor_weight, blur=args.blur,
-        distractor_resize=args.distractor_resize,
+        **({"distractor_resize": args.distractor_resize} if args.distractor_resize is not None else {}),
         probe_weight=args.probe_weight, threads=args.threads, precision=args.precision,
         init=str(args.init) if args.init and not args.resume else None,
         image_transform=round_trip(args.vqgan, args.precision),
