@@ -92,8 +92,8 @@ def test_submit_with_unknown_words_says_so_in_one_line_and_runs(monkeypatch, tmp
 def test_reduced_studio_eval_judged_by_pixels_holds_the_shipped_figures(galip):
     """`studio eval`'s pixel judge on 64 prompts of the whole grammar, as the card measures it.
 
-    The floors guard what the shipped weights do (seed 0: colour 0.97, relation 0.93, size 0.71,
-    background 1.00, shape 0.13, no blank canvas). Background is at the issue's goal (>= 0.90);
+    The floors guard what the shipped weights do (seed 0: colour 1.00, relation 1.00, size 0.77,
+    background 1.00, shape 0.20, no blank canvas). Background is at the issue's goal (>= 0.90);
     shape and size are not yet (>= 0.90, >= 0.85): shapes still come out as soft blobs.
     """
     from studio.ml.evaluate import evaluate_generator
@@ -101,9 +101,9 @@ def test_reduced_studio_eval_judged_by_pixels_holds_the_shipped_figures(galip):
     metrics = evaluate_generator(galip, n=64, seed=0, batch=32)["metrics"]
     assert metrics["colour"]["value"] >= 0.93, metrics
     assert metrics["relation"]["value"] >= 0.88, metrics
-    assert metrics["size"]["value"] >= 0.6, metrics
+    assert metrics["size"]["value"] >= 0.68, metrics
     assert metrics["background"]["value"] >= 0.9, metrics
-    assert metrics["shape"]["value"] >= 0.06, metrics
+    assert metrics["shape"]["value"] >= 0.13, metrics
     assert metrics["blank"]["value"] == 0.0, metrics
     assert metrics["clip_shape"]["value"] > metrics["shape"]["value"]  # the lenient judge stays lenient
 
@@ -112,6 +112,8 @@ def test_card_states_the_pixel_figures_and_what_changed():
     card = json.loads(model_dir.BUNDLED_CARD.read_text())
     now, before = card["eval"], card["eval_before"]
     assert now["judge"].startswith("pixels") and now["n"] if "n" in now else now["colour"]["n"] == 256
-    assert now["background"]["value"] >= 0.9 > before["background"]["value"]  # the dark-background mode is back
-    assert now["fd"]["value"] < before["fd"]["value"]
+    assert now["background"]["value"] >= 0.9 and before["background"]["value"] >= 0.9  # kept since leg 2
+    assert now["shape"]["value"] > before["shape"]["value"] and now["size"]["value"] > before["size"]["value"]
+    assert now["strays"]["value"] < before["strays"]["value"] and now["fd"]["n"] == 1000
+    assert now["by_objects"]["2"]["shape"]["n"] + now["by_objects"]["1"]["shape"]["n"] == now["shape"]["n"]
     assert card["continued_from"]["weights_sha256"] == before["weights_sha256"] != card["weights_sha256"]
