@@ -191,11 +191,12 @@ def _distractor_images(batch: dict, step: int, config: TrainConfig, size: int) -
     images, valid = [], []
     for attrs in batch["attrs"]:
         scene = shapes.scene_from_attrs(attrs)
-        sized = any(size for _colour, _shape, size in claim_caption(attrs["claim"]).objects)
+        caption = claim_caption(attrs["claim"])
+        sized = any(named for _colour, _shape, named in caption.objects)
         # a caption that names no size is true of its scene at any size: only sized ones get resized distractors
         changed = shapes.distractor_scene(scene, rng, resize_share=config.distractor_resize if sized else 0.0)
         images.append(transform(shapes.render_scene(changed, off_class=True)))
-        valid.append(not shapes.caption_is_true(claim_caption(attrs["claim"]), changed))
+        valid.append(not shapes.caption_is_true(caption, changed))
     return torch.stack(images), torch.tensor(valid)
 
 

@@ -11,8 +11,9 @@ pixels at and next to an edge of the true drawing weighted ``1 + --edge-weight``
         --vqgan plugins/studio-clip-gen/studio_clip_gen/weights/vqgan.safetensors --minutes 30 --precision bf16
     studio clip-gen judge-vqgan runs/decoder/vqgan.safetensors -n 256
 
-Writes ``OUT/vqgan.safetensors`` (the same format, ``init`` naming the source) and a checkpoint
-every few minutes (``--resume`` goes on from it), and ``OUT/metrics.jsonl``.
+Writes ``OUT/vqgan.safetensors`` (the same format, ``init`` naming the source and this leg's
+settings; a resumed leg records the settings given last) and a checkpoint every few minutes
+(``--resume`` goes on from it, with the same ``--vqgan`` only), and ``OUT/metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from studio.api import append_jsonl, sha256_file_cached
 from studio.ml import shapes
 from studio_clip_gen.checkpoints import load_vqgan, read_safetensors_meta, write_safetensors
+from studio_clip_gen.train import init_record
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -44,7 +46,7 @@ def edge_weights(x: torch.Tensor, weight: float) -> torch.Tensor:
 
 
 def batch(source: shapes.ShapesSource, rng: np.random.Generator, size: int) -> torch.Tensor:
-    images = [np.asarray(source.sample(int(i)).image) for i in rng.integers(0, len(source), size)]
+    images = [np.asarray(shapes.render_scene(source.scene(int(i)))) for i in rng.integers(0, len(source), size)]
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
@@ -74,19 +76,27 @@ def main() -> None:
     opt = torch.optim.Adam(trained, lr=args.lr, betas=(0.5, 0.9))
     step, elapsed = 0, 0.0
     ckpt = args.out / CHECKPOINT
+    source_sha = sha256_file_cached(args.vqgan)
+    if ckpt.is_file() and not args.resume:
+        parser.error(f"{args.out} holds a run: --resume it, or give another --out")
     if args.resume and ckpt.is_file():
         saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if saved["source_sha256"] != source_sha:
+            parser.error(f"{args.out} trains the decoder of another VQGAN (sha256 {saved['source_sha256'][:16]}...)")
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
+        for group in opt.param_groups:
+            group["lr"] = args.lr  # the lr given now, as recorded below
         step, elapsed = int(saved["step"]), float(saved["elapsed"])
     model.decoder.train()
     model.post_quant_conv.train()
     source = shapes.ShapesSource(seed=0, split="train")
     started, saved_at = time.monotonic(), time.monotonic()
     window: list[dict] = []
+    last: dict = {}
 
     def save() -> None:
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "source_sha256": source_sha,
                     "elapsed": elapsed + time.monotonic() - started}, ckpt.with_suffix(".tmp"))
         ckpt.with_suffix(".tmp").replace(ckpt)
 
@@ -109,6 +119,7 @@ def main() -> None:
             record = {"step": step, **{k: round(float(np.mean([r[k] for r in window])), 5) for k in window[0]},
                       "elapsed_s": round(elapsed + time.monotonic() - started, 1)}
             append_jsonl(args.out / "metrics.jsonl", record)
+            last = record
             print(json.dumps(record), flush=True)
             window.clear()
         if time.monotonic() - saved_at > args.checkpoint_minutes * 60:
@@ -118,9 +129,9 @@ def main() -> None:
     model.eval()
     meta = read_safetensors_meta(args.vqgan)
     write_safetensors(args.out / "vqgan.safetensors", model.state_dict(),
-                      {"vqgan": meta["vqgan"], "steps": step, "source": "vqgan.safetensors",
-                       "train_seconds": round(elapsed + time.monotonic() - started, 1),
-                       "init": {"file": args.vqgan.name, "sha256": sha256_file_cached(args.vqgan),
+                      {"vqgan": meta["vqgan"], "steps": step, "source": meta.get("source", args.vqgan.name),
+                       "metrics": last, "train_seconds": round(elapsed + time.monotonic() - started, 1),
+                       "init": {**init_record(args.vqgan), "file": args.vqgan.name,
                                 "trained": "decoder and post_quant_conv only (encoder and codebook frozen)",
                                 "edge_weight": args.edge_weight, "lr": args.lr, "precision": args.precision}})
     print(json.dumps({"steps": step, "weights": str(args.out / "vqgan.safetensors")}))
