@@ -20,19 +20,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from studio.api import append_jsonl, sha256_file_cached
+from studio.api import TrainingRun, sha256_file_cached
 from studio.ml import shapes
+from studio.ml.evaluate import to_tensor
 from studio_clip_gen.checkpoints import load_vqgan, read_safetensors_meta, write_safetensors
+from studio_clip_gen.imaging import psnr
 from studio_clip_gen.train import init_record
-
-CHECKPOINT = "checkpoint.pt"
 
 
 def edge_weights(x: torch.Tensor, weight: float) -> torch.Tensor:
@@ -46,8 +45,7 @@ def edge_weights(x: torch.Tensor, weight: float) -> torch.Tensor:
 
 
 def batch(source: shapes.ShapesSource, rng: np.random.Generator, size: int) -> torch.Tensor:
-    images = [np.asarray(shapes.render_scene(source.scene(int(i)))) for i in rng.integers(0, len(source), size)]
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return to_tensor([shapes.render_scene(source.scene(int(i))) for i in rng.integers(0, len(source), size)])
 
 
 def main() -> None:
@@ -74,33 +72,30 @@ def main() -> None:
         part.requires_grad_(False).eval()
     trained = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(trained, lr=args.lr, betas=(0.5, 0.9))
-    step, elapsed = 0, 0.0
-    ckpt = args.out / CHECKPOINT
+    step = 0
+    run = TrainingRun(args.out, echo=lambda record: print(json.dumps(record), flush=True))
     source_sha = sha256_file_cached(args.vqgan)
-    if ckpt.is_file() and not args.resume:
+    if run.checkpoint_path.is_file() and not args.resume:
         parser.error(f"{args.out} holds a run: --resume it, or give another --out")
-    if args.resume and ckpt.is_file():
-        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    saved = run.resume() if args.resume else None
+    if saved is not None:
         if saved["source_sha256"] != source_sha:
             parser.error(f"{args.out} trains the decoder of another VQGAN (sha256 {saved['source_sha256'][:16]}...)")
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         for group in opt.param_groups:
             group["lr"] = args.lr  # the lr given now, as recorded below
-        step, elapsed = int(saved["step"]), float(saved["elapsed"])
+        step = int(saved["step"])
     model.decoder.train()
     model.post_quant_conv.train()
     source = shapes.ShapesSource(seed=0, split="train")
-    started, saved_at = time.monotonic(), time.monotonic()
+    saved_at = run.leg_seconds
     window: list[dict] = []
-    last: dict = {}
 
     def save() -> None:
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "source_sha256": source_sha,
-                    "elapsed": elapsed + time.monotonic() - started}, ckpt.with_suffix(".tmp"))
-        ckpt.with_suffix(".tmp").replace(ckpt)
+        run.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "source_sha256": source_sha})
 
-    while step < args.steps and time.monotonic() - started < args.minutes * 60:
+    while step < args.steps and run.leg_seconds < args.minutes * 60:
         x = batch(source, np.random.default_rng([7, step]), args.batch_size)
         with torch.no_grad():
             z_q = model.encode(x).z_q  # the codes the frozen encoder gives: unchanged by this training
@@ -114,23 +109,20 @@ def main() -> None:
         opt.step()
         step += 1
         with torch.no_grad():
-            window.append({"loss": loss.item(), "psnr": float(10 * torch.log10(4 / diff.square().mean().clamp_min(1e-10)))})
+            window.append({"loss": loss.item(), "psnr": psnr(xrec, x)})
         if step % 25 == 0:
-            record = {"step": step, **{k: round(float(np.mean([r[k] for r in window])), 5) for k in window[0]},
-                      "elapsed_s": round(elapsed + time.monotonic() - started, 1)}
-            append_jsonl(args.out / "metrics.jsonl", record)
-            last = record
-            print(json.dumps(record), flush=True)
+            run.log({"step": step, **{k: float(np.mean([r[k] for r in window])) for k in window[0]},
+                     "elapsed_s": round(run.train_seconds, 1)})
             window.clear()
-        if time.monotonic() - saved_at > args.checkpoint_minutes * 60:
+        if run.leg_seconds - saved_at > args.checkpoint_minutes * 60:
             save()
-            saved_at = time.monotonic()
+            saved_at = run.leg_seconds
     save()
     model.eval()
     meta = read_safetensors_meta(args.vqgan)
     write_safetensors(args.out / "vqgan.safetensors", model.state_dict(),
                       {"vqgan": meta["vqgan"], "steps": step, "source": meta.get("source", args.vqgan.name),
-                       "metrics": last, "train_seconds": round(elapsed + time.monotonic() - started, 1),
+                       "metrics": run.metrics.last, "train_seconds": round(run.train_seconds, 1),
                        "init": {**init_record(args.vqgan), "file": args.vqgan.name,
                                 "trained": "decoder and post_quant_conv only (encoder and codebook frozen)",
                                 "edge_weight": args.edge_weight, "lr": args.lr, "precision": args.precision}})
