@@ -155,9 +155,9 @@ def eval_command(model_id, dataset, count, seed, clip_name, out_path, params, fd
             raise click.ClickException(str(exc)) from None
     if out_path is not None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(report, indent=2, default=str))
+        out_path.write_text(json.dumps(report, indent=2, default=str, allow_nan=False))
     if as_json:
-        click.echo(json.dumps(report, indent=2, default=str))
+        click.echo(json.dumps(report, indent=2, default=str, allow_nan=False))
         return
     shown = "".join(f" -p {k}={v}" for k, v in values.items())
     on = f" --dataset {dataset}" if dataset != "shapes" else ""
@@ -175,10 +175,10 @@ def eval_command(model_id, dataset, count, seed, clip_name, out_path, params, fd
             judge = "pixels, two seeds"
         better = " (lower is better)" if name in LOWER_IS_BETTER else ""
         parts = [_share(split[objects].get(name)) for objects in split]
-        table.add_row(name, f"{metric['value']:.3f}", str(metric["n"]), *parts, judge + better)
+        table.add_row(name, _share(metric) or "-", str(metric["n"]), *parts, judge + better)
     Console().print(table)
 
 
 def _share(metric: dict | None) -> str:
     """A metric of one part of the prompts, or blank where that part does not ask it."""
-    return f"{metric['value']:.3f}" if metric and metric["n"] else ""
+    return f"{metric['value']:.3f}" if metric and metric["n"] and metric["value"] is not None else ""

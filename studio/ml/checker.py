@@ -366,9 +366,9 @@ def score_images(images, attrs_list: list[dict]) -> dict:
 def score_results(results: list[CheckResult]) -> dict:
     """:func:`score_images` of images already judged (one :class:`CheckResult` each)."""
 
-    def metric(values):
+    def metric(values):  # value None where no image was asked this (strict JSON, unlike NaN)
         values = [v for v in values if v is not None]
-        return {"value": float(np.mean(values)) if values else float("nan"), "n": len(values)}
+        return {"value": float(np.mean(values)) if values else None, "n": len(values)}
 
     return {
         "colour": metric([r.colour_ok for r in results]),

@@ -87,7 +87,7 @@ def clip_metrics(model, images: list, prompts: list[shapes.EvalPrompt]) -> dict[
         options = embed_texts(model, [shapes.noun_phrase(colour, s) for s in choices])
         correct.append(int((options @ img[i]).argmax()) == 0)
     return {
-        "clip_shape": {"value": float(np.mean(correct)) if correct else float("nan"), "n": len(correct)},
+        "clip_shape": {"value": float(np.mean(correct)) if correct else None, "n": len(correct)},
         "clip_score": {"value": float(score.mean()), "n": len(prompts)},
     }
 

@@ -85,6 +85,28 @@ def test_one_and_two_object_prompts_are_also_scored_apart(settings, tiny_clip):
 
 
 @pytest.mark.usefixtures("oracles")
+def test_a_figure_no_prompt_asks_is_null_in_strict_json_and_a_dash_in_the_table(settings, tiny_clip):
+    from click.testing import CliRunner
+
+    from studio.cli import cli
+
+    args = ["eval", "--model", "oracle-true", "--n", "1", "--seed", "3", "--clip", tiny_clip]
+    result = CliRunner().invoke(cli, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):],
+                        parse_constant=lambda name: pytest.fail(f"{name} in the report"))
+    metrics = report["metrics"]
+    unasked = [name for name, metric in metrics.items() if metric["n"] == 0]
+    # one prompt: one object (no relation asked) or two (no CLIP shape choice)
+    assert unasked and all(metrics[name]["value"] is None for name in unasked)
+    assert all(metric["value"] is not None for metric in metrics.values() if metric["n"])
+    table = CliRunner().invoke(cli, args)
+    assert table.exit_code == 0 and "Traceback" not in table.output
+    row = next(line for line in table.output.splitlines() if f" {unasked[0]} " in line)
+    assert "-" in row.split(unasked[0], 1)[1] and "nan" not in table.output.lower()
+
+
+@pytest.mark.usefixtures("oracles")
 def test_bad_clip_and_unknown_model_are_clear(settings, tmp_path):
     with pytest.raises(EvalError, match="unknown model"):
         evaluate_model(settings, "nope", n=4)

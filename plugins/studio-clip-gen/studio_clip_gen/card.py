@@ -254,6 +254,7 @@ def write_card(root: Path, *, eval_n: int, candidates: int, sources: dict[str, P
         report = domain["evaluate"](generator, eval_n, params,
                                     (lambda d, t, label=label: progress(label, d, t)) if progress else None)
         card["eval"][label] = {"n": eval_n, "images_per_s": report["images_per_s"],
-                               **{k: round(v["value"], 4) for k, v in report["metrics"].items()}}
+                               **{k: None if v["value"] is None else round(v["value"], 4)
+                                  for k, v in report["metrics"].items()}}
     (root / CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")
     return card

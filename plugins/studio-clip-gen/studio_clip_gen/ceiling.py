@@ -41,7 +41,7 @@ def reconstruction_scores(reconstruct: Callable, n: int = 256, canvas: int = 64,
         images += [Image.fromarray(a) for a in pixels]
     scores = checker.score_images(images, [p.attrs for p in prompts])
     # a figure no scene asks for (no two-object scene among a handful) is None, not NaN
-    return {name: round(v, 4) if (v := scores[name]["value"]) == v else None for name in FIGURES}
+    return {name: None if (v := scores[name]["value"]) is None else round(v, 4) for name in FIGURES}
 
 
 def vqgan_ceiling(vqgan, n: int = 256) -> dict[str, float | None]:
