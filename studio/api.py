@@ -41,6 +41,7 @@ from studio.generators import (
     ProgressCallback,
     Request,
     Result,
+    prompt_cache,
     prompt_words,
 )
 from studio.canvas import is_near_blank
@@ -79,7 +80,7 @@ __all__ = [
     # inputs and datasets
     "resolve_input", "store_input", "open_dataset",
     # what an image holds, what a prompt says
-    "is_near_blank", "prompt_words",
+    "is_near_blank", "prompt_words", "prompt_cache",
     # plumbing
     "atomic_path", "atomic_dir", "write_atomic", "sha256_file", "sha256_file_cached", "one_line", "load_checkpoint", "save_checkpoint",
     "save_safetensors",

@@ -7,6 +7,7 @@ through its factory the first time a job needs it, once per process.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
@@ -125,6 +126,21 @@ def prompt_words(text: str) -> list[str]:
     """The words of a prompt as a model's vocabulary counts them: lower case letters (an inner
     apostrophe kept), no digits or punctuation."""
     return re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)?", text.lower())
+
+
+#: Prompt embeddings a loaded model keeps (the least recently used dropped first).
+PROMPT_CACHE_SIZE = 256
+
+
+def prompt_cache(encode: Callable[[str], Any], size: int | None = None) -> Callable[[str], Any]:
+    """``encode(prompt)`` remembered for the ``size`` (default :data:`PROMPT_CACHE_SIZE`) most
+    recently used prompts.
+
+    Repeated prompts (a batch of seeds, a re-ranking pass, a worker's next job) skip the text
+    encoder. ``encode`` must take one prompt at a time, so that an embedding is the same whether
+    it comes from the cache or not (a batched text encoder can differ in the last bits).
+    """
+    return functools.lru_cache(maxsize=PROMPT_CACHE_SIZE if size is None else size)(encode)
 
 
 @dataclass(frozen=True)

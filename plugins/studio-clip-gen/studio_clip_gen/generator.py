@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from studio.api import GenerationError, ProgressCallback, Request, Result
+from studio.api import GenerationError, ProgressCallback, Request, Result, prompt_cache
 
 from .plugin import DEFAULTS
 
@@ -30,9 +30,6 @@ CHUNK = 32
 #: Images decoded together (bounds the decoder's activation memory; the pixels do not depend on it).
 DECODE_BATCH = 8
 
-
-#: Text embeddings kept per loaded model (the least recently used dropped first).
-TEXT_CACHE_SIZE = 256
 
 
 def candidate_seed(seed: int, index: int) -> int:
@@ -255,15 +252,15 @@ def _clip_name(spec: dict[str, Any]) -> str:
 
 
 def _encode_prompt(clip, prompt: str):
-    """One prompt at a time, so its embedding is the same whether it comes from the cache or not."""
+    """A prompt's text embedding (one prompt per call, as :func:`prompt_cache` needs)."""
     from .clip_embed import encode_text
 
     return encode_text(clip, [prompt])[0]
 
 
 def _prompt_cache(clip):
-    """prompt -> its text embedding by ``clip``, the ``TEXT_CACHE_SIZE`` most recently used kept."""
-    return functools.lru_cache(maxsize=TEXT_CACHE_SIZE)(functools.partial(_encode_prompt, clip))
+    """prompt -> its text embedding by ``clip``."""
+    return prompt_cache(functools.partial(_encode_prompt, clip))
 
 
 def _chunks(rows: list[tuple[int, int]], plan: list[dict]) -> list[list[tuple[int, int]]]:

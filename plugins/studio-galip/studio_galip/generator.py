@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from studio.api import GenerationError, ProgressCallback, Request, Result
+from studio.api import GenerationError, ProgressCallback, Request, Result, prompt_cache
 
 from studio.ml import BUNDLED_CLIP_ARCH as BUNDLED_CLIP  # ``clip_arch`` of Studio's own small CLIP files
 
@@ -133,12 +133,8 @@ def _interpolation(request: Request) -> tuple[str | None, int | None, float]:
     return to_prompt, to_seed, t
 
 
-#: Sentence embeddings kept per loaded model (the least recently used dropped first).
-TEXT_CACHE_SIZE = 256
-
-
 def _encode_prompt(clip, prompt: str):
-    """One prompt at a time, so its embedding is the same whether it comes from the cache or not."""
+    """A prompt's sentence embedding (one prompt per call, as :func:`prompt_cache` needs)."""
     from studio.ml.clip_features import sentence_embedding, tokenize_for
 
     return sentence_embedding(clip, tokenize_for(clip, [prompt])).float()[0]
@@ -169,7 +165,7 @@ class GalipGenerator:
 
     def _new_text_cache(self) -> None:
         """An empty prompt -> embedding cache for the networks now loaded."""
-        self._text_embedding = functools.lru_cache(maxsize=TEXT_CACHE_SIZE)(functools.partial(_encode_prompt, self.nets.clip))
+        self._text_embedding = prompt_cache(functools.partial(_encode_prompt, self.nets.clip))
 
     @property
     def model_id(self) -> str:
