@@ -87,13 +87,14 @@ def picks(clip_file: str, data) -> list[int]:
 
 
 def groups(data) -> dict[str, list]:
-    """Per prompt, what it asks: the shape (one-object prompts), the size, how many objects, the background."""
+    """Per prompt, what it asks: the shape (one-object prompts), the sizes, how many objects, the background."""
     out: dict[str, list] = {"shape": [], "size": [], "objects": [], "background": []}
     for prompt, _tiles in data:
         attrs = prompt["attrs"]
         first = attrs["objects"][0]
         out["shape"].append(first["shape"] if len(attrs["objects"]) == 1 else None)
-        out["size"].append(first["size"] if attrs["asked"]["sizes"] else "not asked")
+        sizes = "+".join(sorted({o["size"] for o in attrs["objects"]}))  # "large+small": a pair told apart by size
+        out["size"].append(sizes if attrs["asked"]["sizes"] else "not asked")
         out["objects"].append(len(attrs["objects"]))
         out["background"].append(attrs["background"])
     return out
@@ -109,7 +110,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--by", action="store_true",
                         help="also break shape down by what each prompt asks, for the last --clip: the shape "
-                             "(one-object prompts), the size (of the first object), objects, background")
+                             "(one-object prompts), the sizes asked, objects, background")
     args = parser.parse_args()
     cache = args.cache or args.folder.with_name(f"{args.folder.name}-candidates-n{args.n}-g{args.guidance:g}")
     data = candidates(args.folder, args.n, cache, args.guidance)
