@@ -57,3 +57,19 @@ def test_a_parameter_at_its_unset_means_value_is_left_out_of_the_recipe():
     assert model.validate_params({}) == {"kernels": "fast", "size": 8}
     assert model.validate_params({"kernels": "exact"}) == {"size": 8}  # as a recipe made before the parameter
     assert model.validate_params({"kernels": "fast", "size": 4}) == {"kernels": "fast", "size": 4}
+
+
+def test_prompt_cache_encodes_a_prompt_once_and_drops_the_least_recently_used():
+    from studio import api
+    from studio.generators import PROMPT_CACHE_SIZE
+
+    calls = []
+    embed = api.prompt_cache(lambda prompt: calls.append(prompt) or [len(prompt)], size=2)
+    assert embed("a red circle") is embed("a red circle") and calls == ["a red circle"]
+    embed("a blue square")
+    embed("a red circle")  # used again: now "a blue square" is the oldest
+    embed("a green diamond")  # evicts "a blue square"
+    embed("a red circle")
+    embed("a blue square")
+    assert calls == ["a red circle", "a blue square", "a green diamond", "a blue square"]
+    assert api.prompt_cache(str.upper).cache_info().maxsize == PROMPT_CACHE_SIZE == 256

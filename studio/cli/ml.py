@@ -144,6 +144,9 @@ def eval_command(model_id, dataset, count, seed, clip_name, out_path, params, fd
     values = parse_params(params)
     if fd_n and dataset == "emoji":
         raise click.UsageError("--fd is for shapes; an emoji eval always reports its Frechet distance")
+    if fd_n == 1 or (dataset == "emoji" and count < 2):
+        raise click.UsageError("a Frechet distance compares feature covariances: it needs at least 2 images "
+                               "(--fd 0 skips it for shapes; an emoji eval needs --n 2 or more)")
     with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("generating images", total=max(count, fd_n))
         try:
@@ -153,11 +156,15 @@ def eval_command(model_id, dataset, count, seed, clip_name, out_path, params, fd
             )
         except (EvalError, ParamError, StudioError) as exc:
             raise click.ClickException(str(exc)) from None
+    try:  # strict JSON: a figure no prompt asks is null; any other non-finite number is a bug to say
+        text = json.dumps(report, indent=2, default=str, allow_nan=False)
+    except ValueError as exc:
+        raise click.ClickException(f"the report holds a non-finite number ({exc}); nothing written") from None
     if out_path is not None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(report, indent=2, default=str, allow_nan=False))
+        out_path.write_text(text)
     if as_json:
-        click.echo(json.dumps(report, indent=2, default=str, allow_nan=False))
+        click.echo(text)
         return
     shown = "".join(f" -p {k}={v}" for k, v in values.items())
     on = f" --dataset {dataset}" if dataset != "shapes" else ""
@@ -180,5 +187,5 @@ def eval_command(model_id, dataset, count, seed, clip_name, out_path, params, fd
 
 
 def _share(metric: dict | None) -> str:
-    """A metric of one part of the prompts, or blank where that part does not ask it."""
+    """A metric's value, or blank where no prompt (of that part) asks it."""
     return f"{metric['value']:.3f}" if metric and metric["n"] and metric["value"] is not None else ""

@@ -358,7 +358,8 @@ def score_images(images, attrs_list: list[dict]) -> dict:
     """Shares over a set of images, each with its count ``n`` (requests it applies to).
 
     ``blank`` is the share of blank canvases and ``strays`` the share of images with a blob no
-    request explains: lower is better for those two, higher for the rest.
+    request explains: lower is better for those two, higher for the rest. A figure no request
+    asks (``n`` 0, e.g. relation among one-object prompts) has the value None.
     """
     return score_results([check_image(im, a) for im, a in zip(images, attrs_list)])
 

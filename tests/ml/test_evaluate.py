@@ -106,6 +106,17 @@ def test_a_figure_no_prompt_asks_is_null_in_strict_json_and_a_dash_in_the_table(
     assert "-" in row.split(unasked[0], 1)[1] and "nan" not in table.output.lower()
 
 
+@pytest.mark.parametrize("args", [["--fd", "1"], ["--dataset", "emoji", "--n", "1"]])
+def test_a_frechet_distance_of_one_image_is_refused_in_one_line(args):
+    from click.testing import CliRunner
+
+    from studio.cli import cli
+
+    result = CliRunner().invoke(cli, ["eval", "--model", "galip", *args])
+    assert result.exit_code == 2 and "at least 2 images" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
 @pytest.mark.usefixtures("oracles")
 def test_bad_clip_and_unknown_model_are_clear(settings, tmp_path):
     with pytest.raises(EvalError, match="unknown model"):

@@ -67,9 +67,15 @@ KEYS = ("shape", "size", "relation", "all")
 
 
 def share(values) -> float:
-    """The share of True among the prompts that ask (None: the prompt does not ask it)."""
+    """The share of True among the prompts that ask (None: the prompt does not ask it; None
+    when no prompt asks, so --json stays strict JSON)."""
     asked = [bool(v) for v in values if v is not None]
-    return float(np.mean(asked)) if asked else float("nan")
+    return float(np.mean(asked)) if asked else None
+
+
+def fmt(value: float | None, width: int, digits: int = 3) -> str:
+    """A share for the table; a dash where no prompt asks it."""
+    return f"{'-':>{width}s}" if value is None else f"{value:{width}.{digits}f}"
 
 
 def any_right(column: list) -> bool | None:
@@ -93,7 +99,7 @@ def groups(data) -> dict[str, list]:
         attrs = prompt["attrs"]
         first = attrs["objects"][0]
         out["shape"].append(first["shape"] if len(attrs["objects"]) == 1 else None)
-        sizes = "+".join(sorted({o["size"] for o in attrs["objects"]}))  # "large+small": a pair told apart by size
+        sizes = "+".join(sorted(o["size"] for o in attrs["objects"]))  # "large+small": a pair told apart by size
         out["size"].append(sizes if attrs["asked"]["sizes"] else "not asked")
         out["objects"].append(len(attrs["objects"]))
         out["background"].append(attrs["background"])
@@ -125,17 +131,17 @@ def main() -> None:
     print(f"{'re-ranker':60s} {'shape':>6s} {'size':>6s} {'relation':>8s} {'all asked':>9s}   (n={len(data)}, {K} candidates)")
     for name, row in report.items():
         if isinstance(row, dict):
-            print(f"{name:60s} {row['shape']:6.3f} {row['size']:6.3f} {row['relation']:8.3f} {row['all']:9.3f}")
+            print(f"{name:60s} {fmt(row['shape'], 6)} {fmt(row['size'], 6)} {fmt(row['relation'], 8)} {fmt(row['all'], 9)}")
     if args.by:  # `chosen`: the last CLIP's picks
         print(f"\nshape by group: random / {Path(args.clip[-1]).name} / best possible")
         for name, group in groups(data).items():
             idx = [i for i, g in enumerate(group) if g is not None]
             for value in sorted({group[i] for i in idx}):
                 rows = [i for i in idx if group[i] == value]
-                print(f"  {name}={value!s:8s} n={len(rows):3d}  "
-                      f"{share([c['shape'] for i in rows for c in judged[i]]):.2f} / "
-                      f"{share([judged[i][chosen[i]]['shape'] for i in rows]):.2f} / "
-                      f"{share([any(c['shape'] for c in judged[i]) for i in rows]):.2f}")
+                print(f"  {name}={value!s:11s} n={len(rows):3d}  "
+                      f"{fmt(share([c['shape'] for i in rows for c in judged[i]]), 0, 2)} / "
+                      f"{fmt(share([judged[i][chosen[i]]['shape'] for i in rows]), 0, 2)} / "
+                      f"{fmt(share([any(c['shape'] for c in judged[i]) for i in rows]), 0, 2)}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 

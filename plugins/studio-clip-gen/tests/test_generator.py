@@ -42,14 +42,14 @@ def test_same_seed_same_pixels_batched_or_not_and_progress(generator):
 
 
 def test_a_repeated_prompt_is_encoded_once_and_draws_the_same_pixels(model_folder, monkeypatch):
-    import studio.generators
-    from studio_clip_gen import clip_embed
+    from studio.api import prompt_cache
+    from studio_clip_gen import clip_embed, generator as module
 
     encoded = []
     real = clip_embed.encode_text
     monkeypatch.setattr(clip_embed, "encode_text",
                         lambda clip, prompts: encoded.append(list(prompts)) or real(clip, prompts))
-    monkeypatch.setattr(studio.generators, "PROMPT_CACHE_SIZE", 2)
+    monkeypatch.setattr(module, "prompt_cache", lambda encode: prompt_cache(encode, size=2))
     gen = ClipGenGenerator("clip-gen/tiny", model_folder)
     gen.load("cpu")
     first = _run(gen, [Request("a red square", 5, PARAMS)])[0].image.tobytes()

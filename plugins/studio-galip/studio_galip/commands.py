@@ -108,8 +108,8 @@ def train_command(dataset, clip_file, clip_arch, out_dir, minutes, steps, batch_
     click.echo(f"trained to step {card.get('steps')} in {card.get('seconds_this_run', 0):.0f}s"
                + (f": {losses}" if losses else ""))
     if card.get("eval"):
-        click.echo("eval: " + ", ".join(f"{k} {v:.3g}" for k, v in card["eval"].items()
-                                        if isinstance(v, float)))
+        click.echo("eval: " + ", ".join(f"{k} {v['value']:.3g}" for k, v in card["eval"].items()
+                                        if isinstance(v, dict) and v.get("value") is not None))
     click.echo(f"weights: {out_dir / 'galip.safetensors'}")
     click.echo(f"import it: studio models import galip NAME {out_dir}")
 

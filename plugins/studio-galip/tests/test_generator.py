@@ -206,13 +206,13 @@ def test_fast_batched_mode_is_close(tiny_nets):
 
 
 def test_a_repeated_prompt_is_encoded_once_and_the_least_recently_used_leaves(gen, monkeypatch):
-    import studio.generators
+    from studio.api import prompt_cache
     from studio_galip import generator as module
 
     encoded = []
     real = module._encode_prompt
     monkeypatch.setattr(module, "_encode_prompt", lambda clip, prompt: encoded.append(prompt) or real(clip, prompt))
-    monkeypatch.setattr(studio.generators, "PROMPT_CACHE_SIZE", 2)
+    monkeypatch.setattr(module, "prompt_cache", lambda encode: prompt_cache(encode, size=2))
     fresh = GalipGenerator.from_nets(gen.nets)
     first = fresh.sentence_embeddings(["a red square", "a red square"])
     assert encoded == ["a red square"] and torch.equal(first[0], first[1])
