@@ -31,7 +31,6 @@ CHUNK = 32
 DECODE_BATCH = 8
 
 
-
 def candidate_seed(seed: int, index: int) -> int:
     """Seed of candidate ``index`` of a request with ``seed``: the seed itself for candidate 0."""
     if index == 0:
