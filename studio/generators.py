@@ -132,15 +132,14 @@ def prompt_words(text: str) -> list[str]:
 PROMPT_CACHE_SIZE = 256
 
 
-def prompt_cache(encode: Callable[[str], Any], size: int | None = None) -> Callable[[str], Any]:
-    """``encode(prompt)`` remembered for the ``size`` (default :data:`PROMPT_CACHE_SIZE`) most
-    recently used prompts.
+def prompt_cache(encode: Callable[[str], Any], size: int = PROMPT_CACHE_SIZE) -> Callable[[str], Any]:
+    """``encode(prompt)`` remembered for the ``size`` most recently used prompts.
 
     Repeated prompts (a batch of seeds, a re-ranking pass, a worker's next job) skip the text
     encoder. ``encode`` must take one prompt at a time, so that an embedding is the same whether
     it comes from the cache or not (a batched text encoder can differ in the last bits).
     """
-    return functools.lru_cache(maxsize=PROMPT_CACHE_SIZE if size is None else size)(encode)
+    return functools.lru_cache(maxsize=size)(encode)
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,17 @@ def test_a_figure_no_prompt_asks_is_null_in_strict_json_and_a_dash_in_the_table(
     assert "-" in row.split(unasked[0], 1)[1] and "nan" not in table.output.lower()
 
 
+def test_frechet_distance_refuses_a_set_of_one_and_is_zero_for_a_set_against_itself():
+    import numpy as np
+
+    from studio.ml.frechet import frechet_distance
+
+    feats = np.random.default_rng(0).normal(size=(64, 8))
+    assert frechet_distance(feats, feats) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="at least 2 images per set, got 1 and 64"):
+        frechet_distance(feats[:1], feats)
+
+
 @pytest.mark.parametrize("args", [["--fd", "1"], ["--dataset", "emoji", "--n", "1"]])
 def test_a_frechet_distance_of_one_image_is_refused_in_one_line(args):
     from click.testing import CliRunner
