@@ -438,6 +438,41 @@ def _claim_fits(claim, obj: ShapeObject) -> bool:
     return colour == obj.colour and shape == obj.shape and (size is None or size == obj.size)
 
 
+#: What a pixel classifier can be taught from a caption alone: which (colour, shape) and
+#: (colour, size) pairs the picture holds. Used as auxiliary targets when training generators.
+CLAIM_CLASSES: tuple[str, ...] = tuple(
+    [f"{c} {s}" for c in COLOURS for s in SHAPES] + [f"{c} {z}" for c in COLOURS for z in SIZES]
+)
+
+
+def claim_targets(objects: Sequence[Sequence[str | None]]) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-hot targets over :data:`CLAIM_CLASSES` for a caption's ``(colour, shape, size)``
+    claims, and a mask of the entries the caption decides.
+
+    Every object names its colour and shape, so the (colour, shape) entries are always decided;
+    the (colour, size) entries only when every object's size is stated (a caption without sizes
+    says nothing about them).
+    """
+    index = {name: i for i, name in enumerate(CLAIM_CLASSES)}
+    targets = np.zeros(len(CLAIM_CLASSES), dtype=np.float32)
+    mask = np.zeros(len(CLAIM_CLASSES), dtype=np.float32)
+    mask[: len(COLOURS) * len(SHAPES)] = 1.0
+    sized = bool(objects) and all(len(o) > 2 and o[2] is not None for o in objects)
+    if sized:
+        mask[len(COLOURS) * len(SHAPES):] = 1.0
+    for obj in objects:
+        colour, shape = obj[0], obj[1]
+        key = f"{colour} {shape}"
+        if key not in index:
+            raise ValueError(f"not a claim of the shapes grammar: {colour!r} {shape!r}")
+        targets[index[key]] = 1.0
+        if sized:
+            if obj[2] not in SIZES:
+                raise ValueError(f"not a claim of the shapes grammar: size {obj[2]!r}")
+            targets[index[f"{colour} {obj[2]}"]] = 1.0
+    return targets, mask
+
+
 # ---- hard negatives ---------------------------------------------------------------------------
 
 

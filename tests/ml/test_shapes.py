@@ -124,3 +124,35 @@ def test_canvas_size_is_a_parameter():
     scene = shapes.sample_scene(0, 2, canvas=128)
     assert shapes.render_scene(scene).size == (128, 128)
     assert shapes.render_scene(shapes.with_canvas(scene, 32)).size == (32, 32)
+
+
+def test_claim_targets_mark_the_pairs_a_caption_names_and_only_decide_stated_sizes():
+    from studio.ml.shapes import CLAIM_CLASSES, claim_targets
+
+    targets, mask = claim_targets([("red", "circle", None), ("blue", "square", None)])
+    on = {CLAIM_CLASSES[i] for i in np.flatnonzero(targets)}
+    assert on == {"red circle", "blue square"}
+    decided = {CLAIM_CLASSES[i] for i in np.flatnonzero(mask)}
+    assert "green triangle" in decided and "red small" not in decided and "red large" not in decided
+
+    targets, mask = claim_targets([("red", "circle", "small"), ("blue", "square", "large")])
+    on = {CLAIM_CLASSES[i] for i in np.flatnonzero(targets)}
+    assert on == {"red circle", "blue square", "red small", "blue large"}
+    assert mask.all()
+    with pytest.raises(ValueError, match="not a claim"):
+        claim_targets([("red", "cat", None)])
+    with pytest.raises(ValueError, match="not a claim"):
+        claim_targets([("red", "circle", "huge")])
+
+
+def test_claim_targets_of_every_training_caption_match_its_scene():
+    """The targets come from the caption, and every caption is true of its scene: so the
+    (colour, shape) targets are exactly the scene's objects."""
+    from studio.ml.shapes import CLAIM_CLASSES, ShapesSource, claim_targets
+
+    source = ShapesSource(seed=3)
+    for i in range(200):
+        sample = source.sample(i)
+        targets, _ = claim_targets(sample.caption.objects)
+        on = {CLAIM_CLASSES[k] for k in np.flatnonzero(targets[:32])}
+        assert on == {f"{o.colour} {o.shape}" for o in sample.scene.objects}

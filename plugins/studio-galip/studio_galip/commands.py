@@ -56,6 +56,9 @@ def galip_group() -> None:
               help="After training on shapes: `studio eval` prompts scored into the model card (0: skip).")
 @click.option("--pixel-d", "pixel_weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Weight of a pixel-level conditional discriminator beside GALIP's CLIP one (0: official GALIP).")
+@click.option("--aux", "aux_weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Weight of an auxiliary classifier in the pixel discriminator that teaches G each object's "
+                   "colour, shape and size (shapes data only; needs --pixel-d).")
 @click.option("--sim-weight", type=click.FloatRange(min=0), default=4.0, show_default=True,
               help="Weight of the CLIP text-image similarity term in G's loss.")
 @click.option("--init", "init_g", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -64,10 +67,12 @@ def galip_group() -> None:
               help="Print each metrics record and the summary as JSON lines (for machines) instead of a progress bar.")
 def train_command(dataset, clip_file, clip_arch, out_dir, minutes, steps, batch_size, lr_g, lr_d, cond_scale,
                   mapping, ngf, image_size, seed, sample_every, device, precision, threads, fresh, eval_n,
-                  pixel_weight, sim_weight, init_g, as_json) -> None:
+                  pixel_weight, aux_weight, sim_weight, init_g, as_json) -> None:
     """Train GALIP with the official losses on a captioned dataset, CLIP frozen."""
     if minutes is None and steps is None:
         raise click.UsageError("give --minutes or --steps")
+    if aux_weight > 0 and pixel_weight <= 0:
+        raise click.UsageError("--aux needs --pixel-d: the classifier is part of the pixel discriminator")
     clip_file, clip_arch = default_clip(clip_file, clip_arch)
     import torch
 
@@ -91,7 +96,7 @@ def train_command(dataset, clip_file, clip_arch, out_dir, minutes, steps, batch_
         card = train_galip(out_dir, dataset, clip, config=default_config(clip, **overrides), resume=not fresh,
                            steps=steps, minutes=minutes, batch_size=batch_size, lr_g=lr_g, lr_d=lr_d, seed=seed,
                            sample_every=sample_every, device=device, precision=precision, pixel_weight=pixel_weight,
-                           sim_weight=sim_weight, init_g=str(init_g) if init_g else None,
+                           aux_weight=aux_weight, sim_weight=sim_weight, init_g=str(init_g) if init_g else None,
                            meta={"dataset": dataset, "clip_arch": clip_arch,
                                  "clip_file": str(Path(clip_file).absolute())},
                            show_progress=not as_json,

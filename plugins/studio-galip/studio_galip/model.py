@@ -437,7 +437,7 @@ class NetP(nn.Module):
     Training-only: never saved with the generator.
     """
 
-    def __init__(self, cfg: GalipConfig, ch: int = 32) -> None:
+    def __init__(self, cfg: GalipConfig, ch: int = 32, n_aux: int = 0) -> None:
         super().__init__()
         sn = nn.utils.spectral_norm
         layers, c_in, size = [], 3, cfg.image_size
@@ -450,10 +450,24 @@ class NetP(nn.Module):
         width = c_in * 16
         self.fc = sn(nn.Linear(width, 1))
         self.proj = sn(nn.Linear(cfg.cond_dim, width))
+        # Optional auxiliary classifier (AC-GAN style) on the same features: it learns from real
+        # pictures what the caption's objects look like, and G is asked to satisfy it.
+        self.aux = nn.Linear(width, n_aux) if n_aux else None
+
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.convs(image)).flatten(1)
+
+    def judge(self, h: torch.Tensor, sent_emb: torch.Tensor) -> torch.Tensor:
+        """The projection critic on :meth:`features` (one feature pass serves several captions)."""
+        return self.fc(h).squeeze(1) + (self.proj(sent_emb) * h).sum(dim=1) / math.sqrt(h.shape[1])
+
+    def classify(self, h: torch.Tensor) -> torch.Tensor:
+        if self.aux is None:
+            raise ValueError("this pixel discriminator has no auxiliary classifier")
+        return self.aux(h)
 
     def forward(self, image: torch.Tensor, sent_emb: torch.Tensor) -> torch.Tensor:
-        h = self.pool(self.convs(image)).flatten(1)
-        return self.fc(h).squeeze(1) + (self.proj(sent_emb) * h).sum(dim=1) / math.sqrt(h.shape[1])
+        return self.judge(self.features(image), sent_emb)
 
 
 @dataclass
@@ -468,13 +482,14 @@ class Nets:
     P: NetP | None = None
 
 
-def build_nets(cfg: GalipConfig, clip: nn.Module, with_d: bool = True, pixel_d: bool = False) -> Nets:
+def build_nets(cfg: GalipConfig, clip: nn.Module, with_d: bool = True, pixel_d: bool = False,
+               n_aux: int = 0) -> Nets:
     """NetG around ``clip``'s vision trunk (shared), plus NetD and NetC unless ``with_d`` is false,
-    and the pixel discriminator NetP when ``pixel_d``."""
+    and the pixel discriminator NetP when ``pixel_d`` (with ``n_aux`` auxiliary class outputs)."""
     G = NetG(cfg, clip.visual)
     D = NetD(cfg) if with_d else None
     C = NetC(cfg) if with_d else None
-    P = NetP(cfg) if with_d and pixel_d else None
+    P = NetP(cfg, n_aux=n_aux) if with_d and pixel_d else None
     return Nets(cfg, clip, G, D, C, P)
 
 

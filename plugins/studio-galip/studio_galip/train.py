@@ -13,7 +13,11 @@ Optional, beyond the official recipe: a pixel-level conditional discriminator
 (:class:`~studio_galip.model.NetP`, ``pixel_weight > 0``) with the same hinge terms (real,
 mismatched, fake) added to errD and ``-pixel_weight * mean(P(fake, s))`` added to errG. D sees the
 image only through CLIP's patch grid, which cannot tell a soft blob from a square at 64 px; P
-reads the pixels. ``init_g`` starts the generator from a Studio weights file (a longer run that
+reads the pixels. With ``aux_weight > 0`` (the ``shapes`` data only), P also carries an
+auxiliary classifier of the caption's (colour, shape) and (colour, size) pairs
+(:data:`studio.ml.shapes.CLAIM_CLASSES`, AC-GAN style): trained on real pictures only, its masked
+binary cross-entropy on the fakes is added to errG, so G is told directly which shape it drew
+wrong rather than only that the picture looks unlike the data. ``init_g`` starts the generator from a Studio weights file (a longer run that
 continues a shipped model with new discriminators).
 
 The CLIP features of a fake are computed once per step (CLIP is frozen, so the D step and
@@ -48,6 +52,8 @@ from studio.api import WeightsError, atomic_path, sha256_file
 
 from .checkpoints import load_into, read_official, read_weights, save_studio
 from .generator import noise_for, to_uint8
+from studio.ml.shapes import CLAIM_CLASSES, claim_targets
+
 from .model import GalipConfig, Nets, build_nets, condition
 
 #: Generator/discriminator widths for small CLIPs (about 2.3M G and 0.9M D parameters for a
@@ -88,6 +94,7 @@ class TrainOptions:
     lr_d: float = LR_D
     sim_weight: float = SIM_WEIGHT
     pixel_weight: float = 0.0  # > 0: add the pixel discriminator NetP with this weight
+    aux_weight: float = 0.0  # > 0 (with pixel_weight > 0, shapes data): P's auxiliary claim classifier
     init_g: str | None = None  # start G from this Studio weights file (ignored when resuming)
     flip: bool = False  # horizontal flips break "left of"/"right of" captions: off by default
     seed: int = 0
@@ -130,10 +137,28 @@ def mismatched(sent: torch.Tensor) -> torch.Tensor:
     return torch.cat([sent[1:], sent[:1]], dim=0).detach()
 
 
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy averaged over the entries ``mask`` marks as decided."""
+    loss = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none") * mask
+    return loss.sum() / mask.sum().clamp(min=1.0)
+
+
+def claim_batch(claims: Sequence[dict | None], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(targets, mask)`` [B, len(CLAIM_CLASSES)] from the items' caption claims."""
+    if any(claim is None for claim in claims):
+        raise ValueError("the auxiliary classifier needs captions of the shapes grammar (--dataset shapes)")
+    pairs = [claim_targets(claim["objects"]) for claim in claims]
+    targets = torch.stack([torch.from_numpy(t) for t, _ in pairs]).to(device)
+    mask = torch.stack([torch.from_numpy(m) for _, m in pairs]).to(device)
+    return targets, mask
+
+
 def train_step(nets: Nets, opt_g, opt_d, real: torch.Tensor, captions: Sequence[str], opts: TrainOptions,
-               scaler=None, generator: torch.Generator | None = None, precision: str = "fp32") -> dict[str, float]:
+               scaler=None, generator: torch.Generator | None = None, precision: str = "fp32",
+               claims: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
     """One D/C update then one G update; returns the loss terms. Mixed precision: ``precision``
-    fp16 (with a ``scaler``) or bf16 (no scaler)."""
+    fp16 (with a ``scaler``) or bf16 (no scaler). ``claims``: :func:`claim_batch` targets for
+    P's auxiliary classifier (needed when ``opts.aux_weight > 0``)."""
     cfg, clip, G, D, C = nets.cfg, nets.clip, nets.G, nets.D, nets.C
     device = real.device
     amp = scaler is not None
@@ -161,26 +186,41 @@ def train_step(nets: Nets, opt_g, opt_d, real: torch.Tensor, captions: Sequence[
     gp = ma_gp(feats_real, sent, pred_real, scale=scaler.get_scale() if amp else 1.0)
     err_d = err_real + (err_fake + err_mis) / 2.0 + gp
     pixel = {}
+    use_aux = nets.P is not None and opts.aux_weight > 0
+    if use_aux and claims is None:
+        raise ValueError("aux_weight > 0 needs the batch's claims")
     if nets.P is not None:
         s_fixed = sent.detach()
         with autocast(device, precision):
-            err_p = (hinge(nets.P(real, s_fixed), real=True)
+            h_real = nets.P.features(real)
+            err_p = (hinge(nets.P.judge(h_real, s_fixed), real=True)
                      + (hinge(nets.P(fake.detach(), s_fixed), real=False)
-                        + hinge(nets.P(real, mismatched(sent)), real=False)) / 2.0)
+                        + hinge(nets.P.judge(h_real, mismatched(sent)), real=False)) / 2.0)
+            aux_real = nets.P.classify(h_real) if use_aux else None
         err_d = err_d + opts.pixel_weight * err_p
         pixel["errP"] = err_p.item()
+        if use_aux:
+            err_aux = masked_bce(aux_real, *claims)
+            err_d = err_d + opts.aux_weight * err_aux
+            pixel["errP_aux"] = err_aux.item()
     opt_d.zero_grad(set_to_none=True)
     _backward_step(err_d, opt_d, scaler)
 
     # G
     with autocast(device, precision):
         adv = C(D(feats_fake), sent.detach()).mean()
-        adv_p = nets.P(fake, sent.detach()).mean() if nets.P is not None else None
+        h_fake = nets.P.features(fake) if nets.P is not None else None
+        adv_p = nets.P.judge(h_fake, sent.detach()).mean() if h_fake is not None else None
+        aux_fake = nets.P.classify(h_fake) if use_aux else None
     sim = F.cosine_similarity(fake_emb, sent_raw, dim=-1).mean()
     err_g = -adv - opts.sim_weight * sim
     if adv_p is not None:
         err_g = err_g - opts.pixel_weight * adv_p
         pixel["G_adv_P"] = adv_p.item()
+    if use_aux:
+        g_aux = masked_bce(aux_fake, *claims)
+        err_g = err_g + opts.aux_weight * g_aux
+        pixel["G_aux"] = g_aux.item()
     opt_g.zero_grad(set_to_none=True)
     _backward_step(err_g, opt_g, scaler)
     if scaler is not None:
@@ -214,8 +254,10 @@ def open_named_dataset(dataset):
     return dataset
 
 
-def batches(dataset, batch_size: int, seed: int, flip: bool = False) -> Iterator[tuple[torch.Tensor, list[str]]]:
-    """Endless ``(images [B,3,H,W] in [-1,1], captions)`` from a map-style or iterable dataset.
+def batches(dataset, batch_size: int, seed: int, flip: bool = False
+            ) -> Iterator[tuple[torch.Tensor, list[str], list[dict | None]]]:
+    """Endless ``(images [B,3,H,W] in [-1,1], captions, claims)`` from a map-style or iterable
+    dataset; ``claims`` are the items' ``attrs["claim"]`` (None where a dataset has none).
 
     Map-style datasets are sampled uniformly with a seeded generator; iterables are read in
     order and restarted when they end.
@@ -234,7 +276,7 @@ def batches(dataset, batch_size: int, seed: int, flip: bool = False) -> Iterator
         if flip:
             mask = torch.rand(len(chunk), generator=rng) < 0.5
             images[mask] = images[mask].flip(-1)
-        yield images, [str(item["caption"]) for item in chunk]
+        yield images, [str(item["caption"]) for item in chunk], [(item.get("attrs") or {}).get("claim") for item in chunk]
 
 
 def _random_items(dataset, n: int, rng: torch.Generator) -> Iterator[dict]:
@@ -337,7 +379,10 @@ def train_galip(out_dir: str | Path, dataset, clip, *, config: GalipConfig | Non
         config = initial.config
     cfg = config or default_config(clip)
     clip = clip.to(device).eval().requires_grad_(False)
-    nets = build_nets(cfg, clip, pixel_d=opts.pixel_weight > 0)
+    if opts.aux_weight > 0 and opts.pixel_weight <= 0:
+        raise ValueError("the auxiliary classifier lives in the pixel discriminator: give pixel_weight > 0 too")
+    n_aux = len(CLAIM_CLASSES) if opts.aux_weight > 0 else 0
+    nets = build_nets(cfg, clip, pixel_d=opts.pixel_weight > 0, n_aux=n_aux)
     step = 0
     if resumed is not None:
         load_into(nets, resumed, ckpt_path, need_d=True)
@@ -345,7 +390,11 @@ def train_galip(out_dir: str | Path, dataset, clip, *, config: GalipConfig | Non
         if nets.P is not None:
             if "netP" not in resumed.extra:
                 raise WeightsError(f"{ckpt_path}: the run was started without the pixel discriminator")
-            nets.P.load_state_dict(resumed.extra["netP"])
+            try:
+                nets.P.load_state_dict(resumed.extra["netP"])
+            except RuntimeError:
+                raise WeightsError(f"{ckpt_path}: the run was started "
+                                   f"{'without' if n_aux else 'with'} the auxiliary classifier") from None
     elif initial is not None:
         load_into(nets, initial, opts.init_g)
     for net in (nets.G, nets.D, nets.C) + ((nets.P,) if nets.P is not None else ()):
@@ -367,11 +416,12 @@ def train_galip(out_dir: str | Path, dataset, clip, *, config: GalipConfig | Non
             scaler.load_state_dict(resumed.extra["scaler"])
 
     data = batches(open_named_dataset(dataset), opts.batch_size, seed=opts.seed + step, flip=opts.flip)
-    first_images, first_captions = next(data)
+    first = next(data)
+    first_captions = first[1]
     prompts = list(opts.sample_prompts) or list(dict.fromkeys(first_captions))[:8]
     seeds = list(range(8))
     meta = {**opts.meta, "lr_g": lr_g, "lr_d": opts.lr_d, "batch_size": opts.batch_size, "sim_weight": opts.sim_weight,
-            "pixel_weight": opts.pixel_weight}
+            "pixel_weight": opts.pixel_weight, **({"aux_weight": opts.aux_weight} if n_aux else {})}
     if resumed is not None and "init_g" in resumed.meta:
         meta["init_g"] = resumed.meta["init_g"]
     elif initial is not None:
@@ -385,14 +435,14 @@ def train_galip(out_dir: str | Path, dataset, clip, *, config: GalipConfig | Non
     deadline = start + opts.minutes * 60 if opts.minutes is not None else math.inf
     metrics_path = out / "metrics.jsonl"
     last: dict[str, float] = {}
-    pending = (first_images, first_captions)
+    pending = first
     with _progress(opts.show_progress) as bar, open(metrics_path, "a") as log:
         task = bar.add_task("galip", total=target, completed=step)
         while (target is None or step < target) and time.monotonic() < deadline:
-            images, captions = pending if pending is not None else next(data)
+            images, captions, claims = pending if pending is not None else next(data)
             pending = None
             last = train_step(nets, opt_g, opt_d, images.to(device), captions, opts, scaler, noise_rng,
-                              precision=precision)
+                              precision=precision, claims=claim_batch(claims, device) if n_aux else None)
             step += 1
             bad = [k for k, v in last.items() if not math.isfinite(v)]
             if bad:

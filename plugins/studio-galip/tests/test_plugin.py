@@ -352,7 +352,7 @@ def test_train_defaults_to_the_bundled_clip(monkeypatch, tmp_path):
     seen = {}
 
     def fake_train(out_dir, dataset, clip, **kwargs):
-        seen.update(kwargs["meta"])
+        seen.update(kwargs["meta"], aux_weight=kwargs["aux_weight"], pixel_weight=kwargs["pixel_weight"])
         return {"steps": 1}
 
     monkeypatch.setattr(train, "train_galip", fake_train)
@@ -369,6 +369,13 @@ def test_train_defaults_to_the_bundled_clip(monkeypatch, tmp_path):
                                              "--clip-arch", "ViT-B-32"])
     assert result.exit_code == 2 and "needs --clip FILE" in result.output
     assert commands.default_clip(None, None) == (BUNDLED_CLIP_FILE, "studio-bundled")
+    result = CliRunner().invoke(make_cli(), ["galip", "train", "--out", str(tmp_path / "run"), "--steps", "1",
+                                             "--aux", "1.0"])
+    assert result.exit_code == 2 and "--aux needs --pixel-d" in result.output
+    result = CliRunner().invoke(make_cli(), ["galip", "train", "--out", str(tmp_path / "run"), "--steps", "1",
+                                             "--eval-n", "0", "--pixel-d", "1", "--aux", "2"])
+    assert result.exit_code == 0, result.output
+    assert seen["aux_weight"] == 2.0 and seen["pixel_weight"] == 1.0
 
 
 def test_a_run_on_the_bundled_clip_imports_as_it_is(no_bundled, tmp_path):

@@ -10,8 +10,10 @@ from galip_helpers import make_tiny_clip, make_tiny_nets
 
 from studio_galip.checkpoints import read_official, read_studio
 from studio_galip.model import GalipConfig
+from studio_galip.model import build_nets
 from studio_galip.train import (
-    BETAS, TrainOptions, default_config, default_lr_g, ma_gp, mismatched, train_galip, train_step,
+    BETAS, TrainOptions, batches, claim_batch, default_config, default_lr_g, ma_gp, mismatched, train_galip,
+    train_step,
 )
 
 
@@ -225,3 +227,89 @@ def test_init_g_starts_from_a_weights_file(tmp_path):
     before, after = read_studio(source).states["netG"], read_studio(tmp_path / "b" / "galip.safetensors").states["netG"]
     assert before.keys() == after.keys()
     assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+
+
+def _aux_nets(clip):
+    cfg = default_config(clip, ngf=8, code_ch=16, mid_ch=8, d_ch=32, c_hidden=16)
+    nets = build_nets(cfg, clip, pixel_d=True, n_aux=48)
+    for net in (nets.G, nets.D, nets.C, nets.P):
+        net.train()
+    opt_g = torch.optim.Adam([p for p in nets.G.parameters() if p.requires_grad], lr=4e-4, betas=BETAS)
+    opt_d = torch.optim.Adam([*nets.D.parameters(), *nets.C.parameters(), *nets.P.parameters()], lr=4e-4,
+                             betas=BETAS)
+    return nets, opt_g, opt_d
+
+
+def _shapes_batch(n: int = 8):
+    from studio.ml.datasets import ShapesDataset
+
+    images, captions, claims = next(batches(ShapesDataset(size=48), n, seed=0))
+    return images, captions, claim_batch(claims, "cpu")
+
+
+def test_aux_classifier_learns_the_captions_pairs_from_real_pictures():
+    """On one batch of shapes pictures, the classifier's logits for the (colour, shape) pairs the
+    captions name rise above the others': it reads the claims off the pixels."""
+    torch.manual_seed(0)
+    nets, opt_g, opt_d = _aux_nets(make_tiny_clip())
+    images, captions, (targets, mask) = _shapes_batch()
+
+    def margin() -> float:
+        with torch.no_grad():
+            logits = nets.P.classify(nets.P.features(images))[:, :32]
+        named = targets[:, :32] > 0
+        return (logits[named].mean() - logits[~named].mean()).item()
+
+    before = margin()
+    opts = TrainOptions(pixel_weight=1.0, aux_weight=1.0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        losses = train_step(nets, opt_g, opt_d, images, captions, opts, generator=gen, claims=(targets, mask))
+    assert abs(before) < 0.5 and margin() > 1.0
+    assert {"errP_aux", "G_aux"} <= set(losses)
+
+
+def test_aux_term_is_added_to_the_generators_loss():
+    import copy
+
+    torch.manual_seed(0)
+    nets, _, _ = _aux_nets(make_tiny_clip())
+    images, captions, claims = _shapes_batch(4)
+    out = {}
+    for weight in (0.0, 3.0):
+        twin = copy.deepcopy(nets)
+        opt_g = torch.optim.Adam([p for p in twin.G.parameters() if p.requires_grad], lr=0.0)
+        opt_d = torch.optim.Adam([*twin.D.parameters(), *twin.C.parameters(), *twin.P.parameters()], lr=0.0)
+        out[weight] = train_step(twin, opt_g, opt_d, images, captions, TrainOptions(pixel_weight=1.0, aux_weight=weight),
+                                 generator=torch.Generator().manual_seed(1), claims=claims)
+    assert "G_aux" not in out[0.0]
+    assert out[3.0]["errG"] == pytest.approx(out[0.0]["errG"] + 3.0 * out[3.0]["G_aux"], abs=1e-4)
+
+
+def test_aux_classifier_needs_the_pixel_discriminator_and_shapes_captions(tmp_path):
+    clip = make_tiny_clip()
+    cfg = default_config(clip, ngf=8, code_ch=16, mid_ch=8, d_ch=32, c_hidden=16)
+    with pytest.raises(ValueError, match="pixel_weight > 0"):
+        train_galip(tmp_path / "a", ToyColours(), clip, config=cfg, steps=1, batch_size=4, show_progress=False,
+                    aux_weight=1.0)
+    with pytest.raises(ValueError, match="shapes grammar"):
+        train_galip(tmp_path / "b", ToyColours(), clip, config=cfg, steps=1, batch_size=4, show_progress=False,
+                    pixel_weight=1.0, aux_weight=1.0)
+
+
+def test_a_run_with_the_aux_classifier_resumes_only_with_it(tmp_path):
+    from studio.api import WeightsError
+    from studio.ml.datasets import ShapesDataset
+
+    clip = make_tiny_clip()
+    cfg = default_config(clip, ngf=8, code_ch=16, mid_ch=8, d_ch=32, c_hidden=16)
+    run = tmp_path / "run"
+    card = train_galip(run, ShapesDataset(size=48), clip, config=cfg, steps=2, batch_size=4, sample_every=100,
+                       show_progress=False, pixel_weight=1.0, aux_weight=2.0)
+    assert card["aux_weight"] == 2.0
+    assert "aux.weight" in torch.load(run / "checkpoint.pt", weights_only=True)["netP"]
+    card = train_galip(run, ShapesDataset(size=48), clip, steps=3, batch_size=4, sample_every=100,
+                       show_progress=False, pixel_weight=1.0, aux_weight=2.0)
+    assert card["steps"] == 3
+    with pytest.raises(WeightsError, match="with the auxiliary classifier"):
+        train_galip(run, ShapesDataset(size=48), clip, steps=4, batch_size=4, show_progress=False, pixel_weight=1.0)
