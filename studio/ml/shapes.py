@@ -383,6 +383,38 @@ def make_caption(objects, relation=None, background=None, rel_form: int = 0) -> 
     return Caption(_phrase(objects, relation, background, rel_form), objects, relation, background, rel_form)
 
 
+def _noun_phrase_pattern() -> str:
+    return (rf"an? (?:({'|'.join(SIZES)}) )?({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})")
+
+
+def parse_caption(text: str) -> Caption | None:
+    """The :class:`Caption` a text says in the grammar's words, or None if it says anything else.
+
+    The inverse of :func:`make_caption` (case, surrounding spaces and a final full stop aside):
+    ``parse_caption(make_caption(...).text)`` gives the caption back. A model that only knows
+    the grammar uses it to tell which prompts it can judge.
+    """
+    import re
+
+    phrases = {phrase: rel for rel, forms in RELATION_PHRASES.items() for phrase in forms}
+    np_ = _noun_phrase_pattern()
+    rel = "|".join(sorted(map(re.escape, phrases), key=len, reverse=True))
+    pattern = rf"{np_}(?: ({rel}) {np_})?(?: on an? ({'|'.join(BACKGROUNDS)}) background)?"
+    match = re.fullmatch(pattern, " ".join(text.lower().strip().rstrip(".").split()))
+    if match is None:
+        return None
+    size1, colour1, shape1, phrase, size2, colour2, shape2, background = match.groups()
+    objects = [(colour1, shape1, size1)]
+    if phrase is not None:
+        if (size1 is None) != (size2 is None):
+            return None  # the grammar states sizes for both objects or for neither
+        objects.append((colour2, shape2, size2))
+    relation = phrases.get(phrase) if phrase else None
+    form = RELATION_PHRASES[relation].index(phrase) if relation else 0
+    caption = make_caption(objects, relation, background, form)
+    return caption if caption.text == match.string else None
+
+
 def captions(scene: Scene) -> list[Caption]:
     """Every phrasing the grammar has for ``scene``: all true of it, in a fixed order.
 

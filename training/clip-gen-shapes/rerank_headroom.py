@@ -82,14 +82,35 @@ def any_right(column: list) -> bool | None:
     return None if column[0] is None else any(column)
 
 
-def picks(clip_file: str, data) -> list[int]:
+def _pixels(tiles: list[Image.Image]) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(np.array(t)).permute(2, 0, 1).float() / 127.5 - 1 for t in tiles])
+
+
+def clip_scores(clip_file: str, data) -> list[torch.Tensor]:
     clip = load_bundled_clip(clip_file, device="cpu")
-    chosen = []
+    with torch.no_grad():
+        return [encode_images(clip, _pixels(tiles)) @ encode_text(clip, [prompt["text"]])[0] for prompt, tiles in data]
+
+
+def claims_scores(claims_file: str, data) -> list[torch.Tensor | None]:
+    """The claims classifier's score of every candidate; None for a prompt it cannot parse."""
+    from studio.ml.claims import caption_targets, claim_score, load_claims_net
+
+    net = load_claims_net(claims_file)
+    out = []
     with torch.no_grad():
         for prompt, tiles in data:
-            x = torch.stack([torch.from_numpy(np.array(t)).permute(2, 0, 1).float() / 127.5 - 1 for t in tiles])
-            chosen.append(int((encode_images(clip, x) @ encode_text(clip, [prompt["text"]])[0]).argmax()))
-    return chosen
+            caption = shapes.parse_caption(prompt["text"])
+            out.append(None if caption is None else claim_score(net(_pixels(tiles)), *caption_targets(caption)))
+    return out
+
+
+def _z(x: torch.Tensor) -> torch.Tensor:
+    return (x - x.mean()) / x.std().clamp(min=1e-6)
+
+
+def picks(scores: list[torch.Tensor]) -> list[int]:
+    return [int(s.argmax()) for s in scores]
 
 
 def groups(data) -> dict[str, list]:
@@ -113,6 +134,8 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--clip", action="append", required=True, help="a re-ranking CLIP (Studio's small-CLIP file)")
     parser.add_argument("--cache", type=Path, help="candidate grids [default: FOLDER-candidates-nN-gGUIDANCE]")
+    parser.add_argument("--claims", help="a claims classifier (train_claims.py) to compare, alone and with the "
+                                          "last --clip; --by then breaks its picks down")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--by", action="store_true",
                         help="also break shape down by what each prompt asks, for the last --clip: the shape "
@@ -126,14 +149,28 @@ def main() -> None:
               "best possible": {k: share([any_right([c[k] for c in j]) for j in judged]) for k in KEYS}}
     chosen = []
     for clip_file in args.clip:
-        chosen = picks(clip_file, data)
+        by_clip = clip_scores(clip_file, data)
+        chosen = picks(by_clip)
         report[clip_file] = {k: share([j[c][k] for j, c in zip(judged, chosen)]) for k in KEYS}
+    if args.claims:
+        by_claims = claims_scores(args.claims, data)
+        unparsed = sum(s is None for s in by_claims)
+        variants = {
+            f"claims {Path(args.claims).name}": [c if c is not None else k for c, k in zip(by_claims, by_clip)],
+            f"claims + {Path(args.clip[-1]).name} (z-scores)":
+                [(_z(c) + _z(k)) if c is not None else k for c, k in zip(by_claims, by_clip)],
+        }
+        for name, scores in variants.items():
+            chosen = picks(scores)
+            report[name] = {k: share([j[c][k] for j, c in zip(judged, chosen)]) for k in KEYS}
+        report["prompts the claims classifier cannot parse"] = unparsed
+        chosen = picks(variants[f"claims {Path(args.claims).name}"])
     print(f"{'re-ranker':60s} {'shape':>6s} {'size':>6s} {'relation':>8s} {'all asked':>9s}   (n={len(data)}, {K} candidates)")
     for name, row in report.items():
         if isinstance(row, dict):
             print(f"{name:60s} {fmt(row['shape'], 6)} {fmt(row['size'], 6)} {fmt(row['relation'], 8)} {fmt(row['all'], 9)}")
-    if args.by:  # `chosen`: the last CLIP's picks
-        print(f"\nshape by group: random / {Path(args.clip[-1]).name} / best possible")
+    if args.by:  # `chosen`: the claims picks with --claims, else the last CLIP's
+        print(f"\nshape by group: random / {Path(args.claims or args.clip[-1]).name} / best possible")
         for name, group in groups(data).items():
             idx = [i for i, g in enumerate(group) if g is not None]
             for value in sorted({group[i] for i in idx}):

@@ -12,6 +12,8 @@ model was trained on (``--dataset``): `shapes` scenes, or `emoji` pictures and h
   (and the re-ranking one unless the folder has its own), so they are lenient;
 - ``rerank_clip``: the folder's own re-ranking CLIP, if it has one: its digest and its card's
   training record and held-out zero-shot figures;
+- ``claims``: the folder's claims classifier, if it has one: its digest and the training record
+  in its header (steps, held-out accuracy, the VQGAN its pictures went through);
 - ``defaults``: the parameters a plain ``studio eval --model clip-gen`` uses, i.e. which
   ``eval`` row a user reproduces;
 - ``training``: steps, wall time and settings carried in each stage's weights metadata;
@@ -63,6 +65,23 @@ def _rerank_record(root: Path) -> dict[str, Any]:
     if not spec:
         return {}
     return {"rerank_clip": {**spec, "sha256": sha256_file_cached(clip_path(root, spec)), **clip_card(root, spec)}}
+
+
+def _claims_record(root: Path) -> dict[str, Any]:
+    """The claims classifier of a folder that has one: its file's digest and its training record."""
+    from safetensors import safe_open
+
+    from studio.api import sha256_file_cached
+
+    from .model_dir import read_manifest
+
+    spec = read_manifest(root).get("claims")
+    if not spec:
+        return {}
+    path = root / spec["file"]
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads((f.metadata() or {}).get("meta", "{}"))
+    return {"claims": {**spec, "sha256": sha256_file_cached(path), "training": meta}}
 
 
 def shapes_images(n: int = 256, seed: int = 1):
@@ -238,6 +257,7 @@ def write_card(root: Path, *, eval_n: int, candidates: int, sources: dict[str, P
         "training": _training(sources, known or {}),
         "vqgan": vqgan_report(generator.vqgan, domain["images"]()),
         **_rerank_record(root),
+        **_claims_record(root),
         "defaults": defaults,
         "eval": {},
         "vocabulary": domain["vocabulary"],

@@ -348,7 +348,7 @@ clip_gen_group.add_command(_hidden_alias(train_transformer_command), name="train
 
 
 def _assemble(dest: Path, vqgan, vqgan_config, transformer, clip_file, clip_arch, rerank_clip, rerank_clip_arch,
-              heads, force, share_installed_clip: bool = False) -> dict:
+              claims, heads, force, share_installed_clip: bool = False) -> dict:
     from .checkpoints import WeightsError
     from .model_dir import assemble
 
@@ -357,10 +357,12 @@ def _assemble(dest: Path, vqgan, vqgan_config, transformer, clip_file, clip_arch
     source = {"vqgan": vqgan.name, "transformer": transformer.name, "clip": clip_file.name}
     if rerank_clip is not None:
         source["rerank"] = rerank_clip.name
+    if claims is not None:
+        source["claims"] = claims.name
     try:
         return assemble(dest, vqgan=vqgan, transformer=transformer, clip=clip_file, vqgan_config=vqgan_config,
                         clip_arch=clip_arch, rerank_clip=rerank_clip, rerank_clip_arch=rerank_clip_arch, heads=heads,
-                        overwrite=force, share_installed_clip=share_installed_clip, source=source)
+                        claims=claims, overwrite=force, share_installed_clip=share_installed_clip, source=source)
     except (WeightsError, ValueError, OSError) as exc:
         raise _fail(exc) from None
 
@@ -376,6 +378,9 @@ _PARTS = [
                  help="A second CLIP that scores the candidates (e.g. one trained harder on the same data) "
                       "[default: the conditioning CLIP]."),
     click.option("--rerank-clip-arch", help="open_clip architecture of --rerank-clip."),
+    click.option("--claims", type=_FILE,
+                 help="A claims classifier (studio.ml.claims) that scores the candidates of prompts in the shapes "
+                      "grammar first, the CLIP breaking ties [default: none]."),
     click.option("--heads", type=click.IntRange(1), help="Attention heads of a clip-gen GPT (default width/64)."),
     click.option("--force", is_flag=True, help="Replace an existing model of that name."),
 ]
@@ -428,7 +433,7 @@ def run_parts(run_folder: Path | None, vqgan, vqgan_config, transformer, clip_fi
 @click.argument("run_folder", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @_with_parts
 def import_command(name, run_folder, vqgan, vqgan_config, transformer, clip_file, clip_arch, rerank_clip, rerank_clip_arch,
-                   heads, force) -> None:
+                   claims, heads, force) -> None:
     """Import a CLIP-GEN model from local files as model id clip-gen/NAME.
 
     Give a finished `studio clip-gen train transformer` run folder as RUN_FOLDER (its model card
@@ -444,7 +449,7 @@ def import_command(name, run_folder, vqgan, vqgan_config, transformer, clip_file
     vqgan, vqgan_config, transformer, clip_file, clip_arch = run_parts(run_folder, vqgan, vqgan_config, transformer,
                                                                        clip_file, clip_arch)
     summary = _assemble(root / name, vqgan, vqgan_config, transformer, clip_file, clip_arch, rerank_clip,
-                        rerank_clip_arch, heads, force)
+                        rerank_clip_arch, claims, heads, force)
     click.echo(f"imported clip-gen/{name} ({summary['resolution']}px, {summary['grid']}x{summary['grid']} tokens) "
                f"weights sha256 {summary['weights_sha256'][:16]}")
 
@@ -471,7 +476,7 @@ def _key_value(item: str, option: str) -> tuple[str, str]:
               help="Another default of the model's token sampling, used by the card's evaluations too: "
                    "temperature, top_k or top_p (repeatable), e.g. --default top_k=20.")
 def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, rerank_clip, rerank_clip_arch,
-                    heads, force, eval_n, dataset, candidates, guidance, sampling) -> None:
+                    claims, heads, force, eval_n, dataset, candidates, guidance, sampling) -> None:
     """Write a model folder (as bundled in studio_clip_gen/weights) from trained parts.
 
     With --eval-n the folder gets a model card: VQGAN PSNR and codebook usage, and `studio eval`
@@ -501,7 +506,7 @@ def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_a
     # folders) is replaced
     known = known_records({"vqgan": vqgan, "transformer": transformer}, out_dir if force else None) if eval_n else {}
     summary = _assemble(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, rerank_clip, rerank_clip_arch,
-                        heads, force, share_installed_clip=True)
+                        claims, heads, force, share_installed_clip=True)
     if eval_n:
         from rich.console import Console
         from rich.progress import Progress

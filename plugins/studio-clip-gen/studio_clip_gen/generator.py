@@ -5,7 +5,11 @@ its CLIP image embedding with the prompt's (or the conditioning image's) embeddi
 best one (or, with ``keep`` > 1, a row of the best ``keep``). The scoring CLIP is the conditioning
 one unless the model folder names a re-ranking CLIP of its own (``model.json``'s ``rerank``): the
 condition must be the CLIP the transformer was trained on, while the judge of finished pictures
-can be one trained harder to tell them apart. Candidate 0 uses the request's seed and candidate ``j`` a seed derived
+can be one trained harder to tell them apart. A folder may also hold a claims classifier
+(``model.json``'s ``claims``, :mod:`studio.ml.claims`): for a prompt in the `shapes` grammar it reads
+each candidate's colours, shapes and sizes off the pixels, which the small CLIPs cannot tell apart
+well, and the candidates are ranked by the sum of its score and the CLIP's, each standardised over
+the request's candidates (:func:`rank_scores`); other prompts are ranked by the CLIP alone. Candidate 0 uses the request's seed and candidate ``j`` a seed derived
 from it (:func:`candidate_seed`); every candidate's seed and score goes into ``Result.extra``, and
 any candidate is re-made with ``--seed S --param candidates=1``.
 
@@ -54,7 +58,7 @@ class ClipGenGenerator:
     def __init__(self, model_id: str, root: Path) -> None:
         self.model_id, self.root = model_id, Path(root)
         self.device = "cpu"
-        self.vqgan = self.gpt = self.clip = self.rerank_clip = None
+        self.vqgan = self.gpt = self.clip = self.rerank_clip = self.claims = None
         self._description: dict[str, Any] = {}
         # prompt -> its text embedding by the conditioning CLIP and by the re-ranking one, cached per
         # load (a worker sees repeats)
@@ -87,12 +91,17 @@ class ClipGenGenerator:
             check_compatible(gpt.config, vqgan.config, embed_dim(clip))
             rerank = clip if model_dir.rerank_is_clip(self.root, manifest) else model_dir.load_clip(
                 self.root, manifest["rerank"], device)
+            claims = None
+            if manifest.get("claims"):
+                from studio.ml.claims import load_claims_net
+
+                claims = load_claims_net(self.root / manifest["claims"]["file"], device)
         except (OSError, KeyError, ValueError, WeightsError) as exc:
             raise GenerationError(f"model {self.model_id!r} cannot be loaded from {self.root}: {exc}") from None
         self.device = device
         self.vqgan = vqgan.to(device).eval().requires_grad_(False)
         self.gpt = gpt.to(device).eval().requires_grad_(False)
-        self.clip, self.rerank_clip = clip, rerank
+        self.clip, self.rerank_clip, self.claims = clip, rerank, claims
         self._text_embedding = _prompt_cache(clip)
         self._rerank_text_embedding = self._text_embedding if rerank is clip else _prompt_cache(rerank)
         self._description = {
@@ -105,6 +114,7 @@ class ClipGenGenerator:
             "codes": vqgan.config.n_embed,
             "clip": manifest["clip"].get("arch", manifest["clip"]["kind"]),
             **({"rerank_clip": _clip_name(manifest["rerank"])} if manifest.get("rerank") else {}),
+            **({"claims": Path(manifest["claims"]["file"]).name} if manifest.get("claims") else {}),
             "dtype": "float32",
         }
 
@@ -123,7 +133,7 @@ class ClipGenGenerator:
         total = sum(self.gpt.config.block_size + 1 for _ in chunks)
         done = 0
         images: dict[tuple[int, int], torch.Tensor] = {}
-        scores: dict[tuple[int, int], float] = {}
+        scores: dict[tuple[int, int], tuple[float, float | None]] = {}  # (CLIP score, claims score)
         for chunk in chunks:
             done = self._run_chunk(chunk, plan, images, scores, progress, done, total)
         return [self._result(i, p, images, scores) for i, p in enumerate(plan)]
@@ -144,7 +154,19 @@ class ClipGenGenerator:
             "sampling": (float(params["temperature"]), int(params["top_k"]), float(params["top_p"]),
                          float(params.get("guidance", 1.0))),
             **self._conditions(request.prompt, image_path),
+            "claims": None if image_path else self._claims_targets(request.prompt),
         }
+
+    def _claims_targets(self, prompt: str):
+        """What the claims classifier checks a prompt's candidates for; None without a classifier
+        or for a prompt outside the `shapes` grammar."""
+        if self.claims is None:
+            return None
+        from studio.ml.claims import caption_targets
+        from studio.ml.shapes import parse_caption
+
+        caption = parse_caption(prompt)
+        return None if caption is None else caption_targets(caption)
 
     def _conditions(self, prompt: str, image_path: str) -> dict[str, Any]:
         """``cond``, what the transformer samples from, and ``target``, what candidates are scored against."""
@@ -211,11 +233,24 @@ class ClipGenGenerator:
                 raise GenerationError(f"model {self.model_id!r} produced a flat image (collapsed output)")
             target = torch.stack([plan[i]["target"] for i, _ in chunk]).to(self.device)
             sims = (encode_images(self.rerank_clip, decoded) * target).sum(dim=-1)
+            claimed = self._claim_scores(chunk, plan, decoded)
         for row, key in enumerate(chunk):
             images[key] = decoded[row].cpu()
-            scores[key] = float(sims[row])
+            scores[key] = (float(sims[row]), claimed.get(row))
         progress(offset + self.gpt.config.block_size + 1, total)
         return offset + self.gpt.config.block_size + 1
+
+    def _claim_scores(self, chunk, plan, decoded) -> dict[int, float]:
+        """Row -> the claims classifier's score, for the rows whose prompt it can judge. One image
+        at a time: a score must not depend on what the image was batched with."""
+        from studio.ml.claims import claim_score
+
+        out = {}
+        for row, (i, _j) in enumerate(chunk):
+            if plan[i]["claims"] is not None:
+                targets, mask = (t.to(decoded.device) for t in plan[i]["claims"])
+                out[row] = float(claim_score(self.claims(decoded[row : row + 1]), targets, mask)[0])
+        return out
 
     def _result(self, i: int, p: dict, images, scores) -> Result:
         import torch
@@ -228,21 +263,39 @@ class ClipGenGenerator:
 
             blank = {j for j in range(p["candidates"]) if is_near_blank(to_pil(images[(i, j)]))}
         # near-blank candidates rank after every other one (CLIP can prefer an empty canvas to a
-        # wrong drawing); among the rest, and among them, CLIP's score decides
-        ranked = sorted(range(p["candidates"]), key=lambda j: (j in blank, -scores[(i, j)], j))
+        # wrong drawing); among the rest, and among them, the scores decide
+        rank = rank_scores([scores[(i, j)] for j in range(p["candidates"])])
+        ranked = sorted(range(p["candidates"]), key=lambda j: (j in blank, -rank[j], j))
         kept = ranked[: p["keep"]]
         if len(kept) == 1:
             image = to_pil(images[(i, kept[0])])
         else:
             image = grid([torch.stack([images[(i, j)] for j in kept])], pad=0)
         extra = {
-            "candidates": [{"index": j, "seed": candidate_seed(p["seed"], j), "clip_score": round(scores[(i, j)], 6)}
+            "candidates": [{"index": j, "seed": candidate_seed(p["seed"], j), "clip_score": round(scores[(i, j)][0], 6),
+                            **({"claims_score": round(scores[(i, j)][1], 6)} if p["claims"] is not None else {})}
                            for j in range(p["candidates"])],
             "kept": [{"index": j, "seed": candidate_seed(p["seed"], j)} for j in kept],
             **({"near_blank": sorted(blank)} if blank else {}),
             "condition": "image" if p["image"] else "text",
         }
         return Result(image=image, extra=extra)
+
+
+def rank_scores(scores: list[tuple[float, float | None]]) -> list[float]:
+    """One number per candidate from its (CLIP score, claims score): the CLIP score alone when
+    there is no claims score, else the sum of the two, each standardised over the candidates
+    (their scales differ: cosines vs mean log-likelihoods)."""
+    clip = [s[0] for s in scores]
+    if any(s[1] is None for s in scores) or len(scores) < 2:
+        return clip
+    return [a + b for a, b in zip(_standardised(clip), _standardised([s[1] for s in scores]))]
+
+
+def _standardised(values: list[float]) -> list[float]:
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return [(v - mean) / max(std, 1e-6) for v in values]
 
 
 def _clip_name(spec: dict[str, Any]) -> str:

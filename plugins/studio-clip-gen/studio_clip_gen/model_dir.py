@@ -9,6 +9,9 @@
     rerank-clip.safetensors  optional: the CLIP that scores finished candidates (``"rerank": {...}``
                              in model.json, the same form as ``clip``); without it the
                              conditioning CLIP scores them
+    claims.safetensors       optional: a claims classifier (:mod:`studio.ml.claims`) that scores
+                             candidates of prompts in the `shapes` grammar before the CLIP does
+                             (``"claims": {"file": ...}`` in model.json)
 
 The bundled default model (``studio_clip_gen/weights``) and every model imported with
 ``studio models import clip-gen NAME`` (``<models_dir>/clip-gen/NAME``) have this layout.
@@ -57,8 +60,8 @@ def weights_sha256(root: Path, manifest: dict[str, Any]) -> str:
     """One digest for the model: sha256 over the sha256 of each weights file, in a fixed order.
 
     Only the files' contents count, not their names or places: the same files give the same digest.
-    A re-ranking CLIP counts too (it decides which candidate is the image); a folder without one
-    keeps the digest it always had.
+    A re-ranking CLIP and a claims classifier count too (they decide which candidate is the image);
+    a folder without them keeps the digest it always had.
     """
     from studio.api import sha256_file_cached  # remembered by path, size and mtime in the home
 
@@ -66,6 +69,8 @@ def weights_sha256(root: Path, manifest: dict[str, Any]) -> str:
     paths = [root / manifest["vqgan"], root / manifest["transformer"], clip_path(root, manifest["clip"])]
     if manifest.get("rerank"):
         paths.append(clip_path(root, manifest["rerank"]))
+    if manifest.get("claims"):
+        paths.append(root / manifest["claims"]["file"])
     for path in paths:
         outer.update(sha256_file_cached(path).encode())
     return outer.hexdigest()
@@ -246,6 +251,7 @@ def assemble(
     rerank_clip: Path | None = None,
     rerank_clip_arch: str | None = None,
     heads: int | None = None,
+    claims: Path | None = None,
     source: dict[str, Any] | None = None,
     overwrite: bool = False,
     share_installed_clip: bool = False,
@@ -257,7 +263,8 @@ def assemble(
     that Studio itself ships is named by package instead of copied (how a bundled model folder
     uses it; an imported model keeps its own copy, which an upgrade of Studio cannot change).
     ``rerank_clip``: a second CLIP that scores the candidates; it must embed images and prompts
-    but need not share the conditioning CLIP's space.
+    but need not share the conditioning CLIP's space. ``claims``: a claims classifier
+    (:func:`studio.ml.claims.save_claims_net`) that scores candidates of `shapes` prompts.
     """
     from .checkpoints import WeightsError, write_safetensors
     from .clip_embed import embed_dim
@@ -272,6 +279,13 @@ def assemble(
               if rerank_clip is not None else None)
     try:
         check_compatible(gpt_cfg, vq_cfg, embed_dim(clip_model))
+        if claims is not None:
+            from studio.ml.claims import load_claims_net
+
+            net = load_claims_net(claims)
+            if net.image_size != vq_cfg.resolution:
+                raise ValueError(f"the claims classifier reads {net.image_size}px pictures, the VQGAN makes "
+                                 f"{vq_cfg.resolution}px ones")
     except ValueError as exc:
         raise WeightsError(f"the parts do not fit together: {exc}") from None
 
@@ -287,6 +301,9 @@ def assemble(
                     "clip": clip_spec}
         if rerank is not None:
             manifest["rerank"] = _place_clip(tmp, rerank_clip, rerank[0], rerank[1], rerank_clip_arch, share_installed_clip)
+        if claims is not None:
+            shutil.copyfile(claims, tmp / "claims.safetensors")
+            manifest["claims"] = {"file": "claims.safetensors"}
         manifest |= {"resolution": vq_cfg.resolution, "grid": vq_cfg.grid,
                      "null_condition": gpt_cfg.null_condition, "source": source or {}}
         (tmp / MODEL_JSON).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -239,3 +239,72 @@ def test_a_rerank_clip_that_is_the_conditioning_clip_is_loaded_once_and_scores_a
     # another file with the same architecture is not the same CLIP
     (tmp_path / "same" / "rerank-clip.safetensors").write_bytes(b"not the same bytes")
     assert not model_dir.rerank_is_clip(tmp_path / "same", manifest)
+
+
+@pytest.fixture(scope="module")
+def claims_folder(tmp_path_factory, parts):
+    """The model folder's parts plus a (randomly initialised) claims classifier for 16px pictures."""
+    from studio.ml.claims import ClaimsNet, save_claims_net
+    from studio_clip_gen.model_dir import assemble
+
+    torch.manual_seed(2)
+    root = tmp_path_factory.mktemp("claims")
+    save_claims_net(ClaimsNet(image_size=16, ch=8), root / "claims.safetensors")
+    assemble(root / "model", vqgan=parts / "vqgan.safetensors", transformer=parts / "transformer.safetensors",
+             clip=parts / "clip.safetensors", clip_arch="studio-tiny-64", claims=root / "claims.safetensors")
+    return root / "model"
+
+
+def test_rank_scores_add_standardised_claims_to_clip_and_keep_clip_alone_without_them():
+    from studio_clip_gen.generator import rank_scores
+
+    assert rank_scores([(0.3, None), (0.5, None), (0.1, None)]) == [0.3, 0.5, 0.1]
+    # the CLIP's favourite (index 1) reads as the wrong shape; a near second (index 0) as the right one
+    ranked = rank_scores([(0.48, -0.05), (0.50, -2.0), (0.10, -1.0)])
+    assert max(range(3), key=ranked.__getitem__) == 0
+    # the same differences at another scale rank the same (cosines vs log-likelihoods)
+    scaled = rank_scores([(4.8, -0.5), (5.0, -20.0), (1.0, -10.0)])
+    assert scaled == pytest.approx(ranked)
+
+
+def test_a_claims_classifier_scores_grammar_prompts_and_leaves_other_prompts_to_the_clip(generator, claims_folder):
+    from studio.ml.claims import caption_targets, claim_score
+    from studio.ml.shapes import parse_caption
+    from studio_clip_gen import model_dir
+    from studio_clip_gen.generator import rank_scores
+
+    judged = ClipGenGenerator("clip-gen/claims", claims_folder)
+    judged.load("cpu")
+    assert judged.describe()["claims"] == "claims.safetensors"
+    assert model_dir.read_manifest(claims_folder)["claims"] == {"file": "claims.safetensors"}
+    assert judged.describe()["weights_sha256"] != generator.describe()["weights_sha256"]
+    params = {**PARAMS, "candidates": 4, "keep": 4}
+    (plain,) = _run(generator, [Request("a green square", 11, params)])
+    (result,) = _run(judged, [Request("a green square", 11, params)])
+    plain_tiles = {k["index"]: plain.image.crop((16 * n, 0, 16 * (n + 1), 16)).tobytes()
+                   for n, k in enumerate(plain.extra["kept"])}
+    tiles = {k["index"]: result.image.crop((16 * n, 0, 16 * (n + 1), 16)) for n, k in enumerate(result.extra["kept"])}
+    assert {j: t.tobytes() for j, t in tiles.items()} == plain_tiles  # the same four candidates, ranked anew
+    pixels = torch.stack([torch.from_numpy(np.array(tiles[j])).permute(2, 0, 1).float() / 127.5 - 1 for j in range(4)])
+    with torch.no_grad():
+        expected = claim_score(judged.claims(pixels), *caption_targets(parse_caption("a green square"))).tolist()
+    candidates = sorted(result.extra["candidates"], key=lambda c: c["index"])
+    assert [c["claims_score"] for c in candidates] == pytest.approx(expected, abs=2e-3)
+    rank = rank_scores([(c["clip_score"], c["claims_score"]) for c in candidates])
+    assert [k["index"] for k in result.extra["kept"]] == sorted(range(4), key=lambda j: (-rank[j], j))
+
+    # a prompt outside the grammar: no claims scores, ranked exactly as the folder without a classifier
+    (plain,) = _run(generator, [Request("a cat", 11, params)])
+    (result,) = _run(judged, [Request("a cat", 11, params)])
+    assert result.image.tobytes() == plain.image.tobytes() and result.extra == plain.extra
+
+
+def test_a_claims_classifier_for_another_picture_size_is_refused(parts, tmp_path):
+    from studio.ml.claims import ClaimsNet, save_claims_net
+    from studio_clip_gen.checkpoints import WeightsError
+    from studio_clip_gen.model_dir import assemble
+
+    save_claims_net(ClaimsNet(image_size=64, ch=8), tmp_path / "claims.safetensors")
+    with pytest.raises(WeightsError, match="reads 64px pictures"):
+        assemble(tmp_path / "model", vqgan=parts / "vqgan.safetensors", transformer=parts / "transformer.safetensors",
+                 clip=parts / "clip.safetensors", clip_arch="studio-tiny-64", claims=tmp_path / "claims.safetensors")

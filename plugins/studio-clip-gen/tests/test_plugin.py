@@ -422,3 +422,26 @@ def test_a_packaged_vqgan_keeps_its_training_record_through_packaging_again(part
     summary = training_summary(tmp_path / "again" / "vqgan.safetensors")
     assert (summary["steps"], summary["minutes"], summary["final_metrics"]) == (3206, 45.0, {"psnr": 31.3})
     assert training_summary(tmp_path / "first" / "vqgan.safetensors")["vqgan"] == meta["vqgan"]
+
+
+def test_package_and_import_take_a_claims_classifier(parts, tmp_path, studio_home):
+    from click.testing import CliRunner
+
+    from studio.ml.claims import ClaimsNet, save_claims_net
+    from studio_clip_gen.commands import clip_gen_group, import_command
+
+    save_claims_net(ClaimsNet(image_size=16, ch=8), tmp_path / "claims-run.safetensors")
+    common = ["--vqgan", str(parts / "vqgan.safetensors"), "--transformer", str(parts / "transformer.safetensors"),
+              "--clip", str(parts / "clip.safetensors"), "--clip-arch", "studio-tiny-64",
+              "--claims", str(tmp_path / "claims-run.safetensors")]
+    result = CliRunner().invoke(clip_gen_group, ["package", str(tmp_path / "pkg"), *common])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "pkg" / "model.json").read_text())
+    assert manifest["claims"] == {"file": "claims.safetensors"} and manifest["source"]["claims"] == "claims-run.safetensors"
+    assert (tmp_path / "pkg" / "claims.safetensors").read_bytes() == (tmp_path / "claims-run.safetensors").read_bytes()
+    result = CliRunner().invoke(import_command, ["judged", *common])
+    assert result.exit_code == 0, result.output
+    # a file that is not a claims classifier: one line, nothing written
+    result = CliRunner().invoke(clip_gen_group, ["package", str(tmp_path / "bad"), *common[:-1],
+                                                 str(parts / "clip.safetensors")])
+    assert result.exit_code == 1 and "not a claims classifier" in result.output and not (tmp_path / "bad").exists()

@@ -37,7 +37,7 @@ class _ReferenceGenerator(ClipGenGenerator):
             sims = (encode_images(self.rerank_clip, decoded) * target).sum(dim=-1)
         for row, key in enumerate(chunk):
             images[key] = decoded[row].cpu()
-            scores[key] = float(sims[row])
+            scores[key] = (float(sims[row]), None)  # (CLIP score, claims score): the folder has no classifier
         return done + self.gpt.config.block_size + 1
 
 

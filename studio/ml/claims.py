@@ -1,0 +1,95 @@
+"""A small pixel classifier of what a `shapes` picture holds, for re-ranking candidates.
+
+The small CLIPs accept a soft blob as any shape: asked to choose among a generator's candidates,
+they pick the right shape little more often than chance. This network reads the pixels and
+answers the questions a `shapes` caption asks of them, one sigmoid per
+:data:`studio.ml.shapes.CLAIM_CLASSES` entry: is there a red circle, a blue square, a small
+green object. A candidate's score for a prompt is the mean log-likelihood of the prompt's
+decided entries (:func:`claim_score`): the pairs it names present, every other pair absent.
+
+It is trained on the dataset's own drawings (optionally passed through a VQGAN first, so it
+reads them in the rendering a generator's candidates have); it knows only the `shapes` grammar,
+and :func:`studio.ml.shapes.parse_caption` tells which prompts it can score.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from studio.ml.shapes import CLAIM_CLASSES, Caption, claim_targets
+
+FORMAT = "studio-claims-1"
+
+
+class ClaimsNet(nn.Module):
+    """Convolutions down to an eighth of the picture's side, a logit per claim class at every
+    place, pooled by a log-mean-exp (a soft maximum: each claim is about one object, which sits
+    somewhere): a pair is read where its object is, so two objects' colours do not mix."""
+
+    def __init__(self, image_size: int = 64, ch: int = 32) -> None:
+        super().__init__()
+        layers, c_in, size = [], 3, image_size
+        while size > max(image_size // 8, 1):
+            layers += [nn.Conv2d(c_in, ch, 3, 2, 1), nn.GroupNorm(8, ch), nn.SiLU(),
+                       nn.Conv2d(ch, ch, 3, 1, 1), nn.GroupNorm(8, ch), nn.SiLU()]
+            c_in, size = ch, size // 2
+        self.convs = nn.Sequential(*layers)
+        self.head = nn.Conv2d(c_in, len(CLAIM_CLASSES), 1)
+        self.image_size, self.ch = image_size, ch
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` [B,3,H,W] in [-1, 1] -> logits [B, len(CLAIM_CLASSES)]."""
+        logits = self.head(self.convs(images)).flatten(2)
+        return torch.logsumexp(logits, dim=2) - math.log(logits.shape[2])
+
+
+#: Positive entries are rare (one to four of 48): weighted up in training so the classifier
+#: does not settle on "nothing is there" (measured: without it, nothing but base rates in 400 steps).
+POS_WEIGHT = 20.0
+
+
+def training_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    weight = torch.full((logits.shape[1],), POS_WEIGHT, device=logits.device)
+    return F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=weight)
+
+
+def caption_targets(caption: Caption) -> tuple[torch.Tensor, torch.Tensor]:
+    targets, mask = claim_targets(caption.objects)
+    return torch.from_numpy(targets), torch.from_numpy(mask)
+
+
+def claim_score(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per image, the mean log-likelihood of the decided entries (higher: a better match)."""
+    ll = -F.binary_cross_entropy_with_logits(logits.float(), targets.expand_as(logits), reduction="none")
+    mask = mask.expand_as(logits)
+    return (ll * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def save_claims_net(net: ClaimsNet, path, meta: dict | None = None) -> None:
+    """Weights as safetensors; the header holds the architecture, the classes and ``meta`` (JSON)."""
+    from studio.plumbing import save_safetensors
+
+    header = {"format": FORMAT, "image_size": str(net.image_size), "ch": str(net.ch),
+              "classes": json.dumps(list(CLAIM_CLASSES)), "meta": json.dumps(meta or {}, sort_keys=True)}
+    save_safetensors(path, {k: v.detach().contiguous() for k, v in net.state_dict().items()}, header)
+
+
+def load_claims_net(path, device: str = "cpu") -> ClaimsNet:
+    """A :class:`ClaimsNet` from :func:`save_claims_net`'s file; ValueError if it is not one."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as f:
+        header = f.metadata() or {}
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a claims classifier (format {header.get('format')!r})")
+    if json.loads(header.get("classes", "[]")) != list(CLAIM_CLASSES):
+        raise ValueError(f"{path}: trained on other claim classes than this version of the shapes grammar")
+    net = ClaimsNet(int(header["image_size"]), int(header["ch"]))
+    net.load_state_dict(load_file(str(path)))
+    return net.to(device).eval().requires_grad_(False)

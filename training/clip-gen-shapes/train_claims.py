@@ -1,0 +1,121 @@
+"""Train the claims classifier (:mod:`studio.ml.claims`) that re-ranks clip-gen's candidates.
+
+Every training picture is a `shapes` drawing with its true (colour, shape) and (colour, size)
+pairs as targets; with ``--vqgan`` a share of them (``--round-trip``) goes through the model's
+VQGAN first, encode then decode, so the classifier also reads shapes in the rendering the
+generator's candidates have. The run keeps a checkpoint (``OUT.ckpt``) and resumes from it;
+held-out drawings (the eval split, round-tripped when ``--vqgan`` is given) are scored every
+``--eval-every`` steps: the share of pictures whose every pair is read right.
+
+    python training/clip-gen-shapes/train_claims.py --out runs/claims.safetensors \
+        --vqgan plugins/studio-clip-gen/studio_clip_gen/weights/vqgan.safetensors --minutes 30
+
+then measure it with ``rerank_headroom.py --claims runs/claims.safetensors``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from studio.api import atomic_path, sha256_file_cached
+from studio.ml.claims import ClaimsNet, save_claims_net, training_loss
+from studio.ml.datasets import ShapesDataset
+from studio.ml.shapes import claim_targets
+
+
+def scene_batch(dataset: ShapesDataset, indices) -> tuple[torch.Tensor, torch.Tensor]:
+    items = [dataset[int(i)] for i in indices]
+    images = torch.stack([item["image"] for item in items])
+    targets = torch.stack([torch.from_numpy(claim_targets(
+        [(o["colour"], o["shape"], o["size"]) for o in item["attrs"]["objects"]])[0]) for item in items])
+    return images, targets
+
+
+def held_out_accuracy(net: ClaimsNet, images: torch.Tensor, targets: torch.Tensor) -> float:
+    with torch.no_grad():
+        read = net(images) > 0
+    return (read == (targets > 0)).all(dim=1).float().mean().item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="the classifier's safetensors file")
+    parser.add_argument("--vqgan", type=Path, help="pass a share of the pictures through this VQGAN")
+    parser.add_argument("--round-trip", type=float, default=0.75, help="share of each batch round-tripped")
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--eval-every", type=int, default=200)
+    parser.add_argument("--eval-n", type=int, default=512)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    vqgan = None
+    if args.vqgan:
+        from studio_clip_gen.checkpoints import load_vqgan
+
+        vqgan = load_vqgan(args.vqgan).eval().requires_grad_(False)
+
+    def render(images: torch.Tensor, share: float, gen: torch.Generator) -> torch.Tensor:
+        if vqgan is None or share <= 0:
+            return images
+        k = int(round(len(images) * share))
+        pick = torch.randperm(len(images), generator=gen)[:k]
+        out = images.clone()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out[pick] = vqgan(images[pick])[0].float().clamp(-1, 1)
+        return out
+
+    train = ShapesDataset(size=64, split="train")
+    held = ShapesDataset(size=64, split="eval")
+    eval_images, eval_targets = scene_batch(held, range(args.eval_n))
+    eval_images = render(eval_images, 1.0, torch.Generator().manual_seed(0))
+
+    net = ClaimsNet()
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
+    ckpt = args.out.with_suffix(".ckpt")
+    step, best = 0, -1.0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        step, best = int(state["step"]), float(state["best"])
+    gen = torch.Generator().manual_seed(step)
+    deadline = time.monotonic() + args.minutes * 60
+    log = open(args.out.with_suffix(".jsonl"), "a")
+    while time.monotonic() < deadline:
+        indices = torch.randint(len(train), (args.batch_size,), generator=gen)
+        images, targets = scene_batch(train, indices)
+        logits = net(render(images, args.round_trip, gen))
+        loss = training_loss(logits, targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % args.eval_every == 0:
+            net.eval()
+            acc = held_out_accuracy(net, eval_images, eval_targets)
+            net.train()
+            record = {"step": step, "loss": round(loss.item(), 5), "held_out_all_pairs_right": round(acc, 4)}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            print(json.dumps(record), flush=True)
+            if acc > best:
+                best = acc
+                meta = {"steps": step, "held_out_all_pairs_right": acc, "eval_n": args.eval_n,
+                        "round_trip": args.round_trip if vqgan is not None else 0.0,
+                        **({"vqgan_sha256": sha256_file_cached(args.vqgan)} if vqgan is not None else {})}
+                save_claims_net(net, args.out, meta)
+            with atomic_path(ckpt) as tmp:
+                torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step, "best": best}, tmp)
+
+
+if __name__ == "__main__":
+    main()
