@@ -42,10 +42,18 @@ class ClaimsNet(nn.Module):
         self.head = nn.Conv2d(c_in, len(CLAIM_CLASSES), 1)
         self.image_size, self.ch = image_size, ch
 
+    def maps(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` [B,3,H,W] in [-1, 1] -> logits per place [B, len(CLAIM_CLASSES), H/8, W/8]."""
+        return self.head(self.convs(images))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` [B,3,H,W] in [-1, 1] -> logits [B, len(CLAIM_CLASSES)]."""
-        logits = self.head(self.convs(images)).flatten(2)
-        return torch.logsumexp(logits, dim=2) - math.log(logits.shape[2])
+        return pooled(self.maps(images))
+
+
+def pooled(maps: torch.Tensor) -> torch.Tensor:
+    logits = maps.flatten(2)
+    return torch.logsumexp(logits, dim=2) - math.log(logits.shape[2])
 
 
 #: Positive entries are rare (one to four of 48): weighted up in training so the classifier
@@ -68,6 +76,41 @@ def claim_score(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor)
     ll = -F.binary_cross_entropy_with_logits(logits.float(), targets.expand_as(logits), reduction="none")
     mask = mask.expand_as(logits)
     return (ll * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+#: Per relation: the axis (0: down, 1: right) and the sign of A's place minus B's when it holds.
+RELATION_AXES = {"left of": (1, -1.0), "right of": (1, 1.0), "above": (0, -1.0), "below": (0, 1.0)}
+
+
+def relation_loglik(maps: torch.Tensor, caption: Caption) -> torch.Tensor:
+    """Per image, how well the places of the caption's two objects fit its relation.
+
+    Each object is where its (colour, shape) map is strongest (a soft arg-max over the places);
+    the log-sigmoid of their gap along the relation's axis, in places, is near 0 when the relation
+    holds by a clear margin and falls as it fails. Zero for a caption without a relation.
+    """
+    if caption.relation is None:
+        return torch.zeros(maps.shape[0], device=maps.device)
+    index = {name: i for i, name in enumerate(CLAIM_CLASSES)}
+    h, w = maps.shape[2:]
+    ys = torch.arange(h, device=maps.device, dtype=torch.float32).view(h, 1).expand(h, w)
+    xs = torch.arange(w, device=maps.device, dtype=torch.float32).view(1, w).expand(h, w)
+
+    def place(obj) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = torch.softmax(maps[:, index[f"{obj[0]} {obj[1]}"]].float().flatten(1), dim=1).view(-1, h, w)
+        return (weights * ys).sum(dim=(1, 2)), (weights * xs).sum(dim=(1, 2))
+
+    a, b = place(caption.objects[0]), place(caption.objects[1])
+    axis, sign = RELATION_AXES[caption.relation]
+    return F.logsigmoid(sign * (a[axis] - b[axis]))
+
+
+def caption_score(net: ClaimsNet, images: torch.Tensor, caption: Caption) -> torch.Tensor:
+    """Per image, how well it shows everything ``caption`` says: :func:`claim_score` of its pairs
+    plus :func:`relation_loglik` of its relation. Higher is better."""
+    maps = net.maps(images)
+    targets, mask = (t.to(images.device) for t in caption_targets(caption))
+    return claim_score(pooled(maps), targets, mask) + relation_loglik(maps, caption)
 
 
 def save_claims_net(net: ClaimsNet, path, meta: dict | None = None) -> None:

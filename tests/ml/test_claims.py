@@ -84,3 +84,18 @@ def test_a_briefly_trained_classifier_reads_the_colour_off_held_out_drawings():
     asked = targets[:, :32].view(-1, len(shapes.COLOURS), len(shapes.SHAPES))
     colour_right = (pairs.amax(dim=2).argmax(dim=1) == asked.amax(dim=2).argmax(dim=1)).float().mean().item()
     assert colour_right > 0.3  # measured 0.48; a guess: 0.125
+
+
+def test_relation_loglik_reads_where_each_object_is_on_the_maps():
+    from studio.ml.claims import relation_loglik
+
+    index = {name: i for i, name in enumerate(shapes.CLAIM_CLASSES)}
+    maps = torch.full((1, len(shapes.CLAIM_CLASSES), 8, 8), -5.0)
+    maps[0, index["red circle"], 1, 6] = 10.0  # top right
+    maps[0, index["blue square"], 6, 1] = 10.0  # bottom left
+    def ll(text):
+        return relation_loglik(maps, shapes.parse_caption(text)).item()
+
+    assert ll("a red circle above a blue square") > -0.05 and ll("a red circle right of a blue square") > -0.05
+    assert ll("a red circle below a blue square") < -3 and ll("a blue square right of a red circle") < -3
+    assert ll("a red circle") == 0.0

@@ -94,14 +94,14 @@ def clip_scores(clip_file: str, data) -> list[torch.Tensor]:
 
 def claims_scores(claims_file: str, data) -> list[torch.Tensor | None]:
     """The claims classifier's score of every candidate; None for a prompt it cannot parse."""
-    from studio.ml.claims import caption_targets, claim_score, load_claims_net
+    from studio.ml.claims import caption_score, load_claims_net
 
     net = load_claims_net(claims_file)
     out = []
     with torch.no_grad():
         for prompt, tiles in data:
             caption = shapes.parse_caption(prompt["text"])
-            out.append(None if caption is None else claim_score(net(_pixels(tiles)), *caption_targets(caption)))
+            out.append(None if caption is None else caption_score(net, _pixels(tiles), caption))
     return out
 
 

@@ -8,7 +8,7 @@ condition must be the CLIP the transformer was trained on, while the judge of fi
 can be one trained harder to tell them apart. A folder may also hold a claims classifier
 (``model.json``'s ``claims``, :mod:`studio.ml.claims`): for a prompt in the `shapes` grammar it reads
 each candidate's colours, shapes and sizes off the pixels, which the small CLIPs cannot tell apart
-well, and the candidates are ranked by the sum of its score and the CLIP's, each standardised over
+well, and where they are (for the relation); the candidates are ranked by the sum of its score and the CLIP's, each standardised over
 the request's candidates (:func:`rank_scores`); other prompts are ranked by the CLIP alone. Candidate 0 uses the request's seed and candidate ``j`` a seed derived
 from it (:func:`candidate_seed`); every candidate's seed and score goes into ``Result.extra``, and
 any candidate is re-made with ``--seed S --param candidates=1``.
@@ -154,19 +154,17 @@ class ClipGenGenerator:
             "sampling": (float(params["temperature"]), int(params["top_k"]), float(params["top_p"]),
                          float(params.get("guidance", 1.0))),
             **self._conditions(request.prompt, image_path),
-            "claims": None if image_path else self._claims_targets(request.prompt),
+            "claims": None if image_path else self._claims_caption(request.prompt),
         }
 
-    def _claims_targets(self, prompt: str):
-        """What the claims classifier checks a prompt's candidates for; None without a classifier
-        or for a prompt outside the `shapes` grammar."""
+    def _claims_caption(self, prompt: str):
+        """What the claims classifier checks a prompt's candidates for (the prompt read as a
+        `shapes` caption); None without a classifier or for a prompt outside the grammar."""
         if self.claims is None:
             return None
-        from studio.ml.claims import caption_targets
         from studio.ml.shapes import parse_caption
 
-        caption = parse_caption(prompt)
-        return None if caption is None else caption_targets(caption)
+        return parse_caption(prompt)
 
     def _conditions(self, prompt: str, image_path: str) -> dict[str, Any]:
         """``cond``, what the transformer samples from, and ``target``, what candidates are scored against."""
@@ -243,14 +241,10 @@ class ClipGenGenerator:
     def _claim_scores(self, chunk, plan, decoded) -> dict[int, float]:
         """Row -> the claims classifier's score, for the rows whose prompt it can judge. One image
         at a time: a score must not depend on what the image was batched with."""
-        from studio.ml.claims import claim_score
+        from studio.ml.claims import caption_score
 
-        out = {}
-        for row, (i, _j) in enumerate(chunk):
-            if plan[i]["claims"] is not None:
-                targets, mask = (t.to(decoded.device) for t in plan[i]["claims"])
-                out[row] = float(claim_score(self.claims(decoded[row : row + 1]), targets, mask)[0])
-        return out
+        return {row: float(caption_score(self.claims, decoded[row : row + 1], plan[i]["claims"])[0])
+                for row, (i, _j) in enumerate(chunk) if plan[i]["claims"] is not None}
 
     def _result(self, i: int, p: dict, images, scores) -> Result:
         import torch

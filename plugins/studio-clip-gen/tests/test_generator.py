@@ -268,7 +268,7 @@ def test_rank_scores_add_standardised_claims_to_clip_and_keep_clip_alone_without
 
 
 def test_a_claims_classifier_scores_grammar_prompts_and_leaves_other_prompts_to_the_clip(generator, claims_folder):
-    from studio.ml.claims import caption_targets, claim_score
+    from studio.ml.claims import caption_score
     from studio.ml.shapes import parse_caption
     from studio_clip_gen import model_dir
     from studio_clip_gen.generator import rank_scores
@@ -287,7 +287,7 @@ def test_a_claims_classifier_scores_grammar_prompts_and_leaves_other_prompts_to_
     assert {j: t.tobytes() for j, t in tiles.items()} == plain_tiles  # the same four candidates, ranked anew
     pixels = torch.stack([torch.from_numpy(np.array(tiles[j])).permute(2, 0, 1).float() / 127.5 - 1 for j in range(4)])
     with torch.no_grad():
-        expected = claim_score(judged.claims(pixels), *caption_targets(parse_caption("a green square"))).tolist()
+        expected = caption_score(judged.claims, pixels, parse_caption("a green square")).tolist()
     candidates = sorted(result.extra["candidates"], key=lambda c: c["index"])
     assert [c["claims_score"] for c in candidates] == pytest.approx(expected, abs=2e-3)
     rank = rank_scores([(c["clip_score"], c["claims_score"]) for c in candidates])
