@@ -56,14 +56,19 @@ def pooled(maps: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=2) - math.log(logits.shape[2])
 
 
-#: Positive entries are rare (one to four of 48): weighted up in training so the classifier
-#: does not settle on "nothing is there" (measured: without it, nothing but base rates in 400 steps).
+#: Positive entries are rare (one to four of 48): weighted up in training so a classifier does
+#: not settle on "nothing is there" (measured: without it, nothing but base rates in 400 steps).
 POS_WEIGHT = 20.0
 
 
-def training_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def training_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy with the positives weighted by :data:`POS_WEIGHT`, averaged over the
+    entries ``mask`` marks as decided (all of them without a mask)."""
     weight = torch.full((logits.shape[1],), POS_WEIGHT, device=logits.device)
-    return F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=weight)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=weight, reduction="none")
+    if mask is None:
+        return loss.mean()
+    return (loss * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 def caption_targets(caption: Caption) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,16 +128,21 @@ def save_claims_net(net: ClaimsNet, path, meta: dict | None = None) -> None:
 
 
 def load_claims_net(path, device: str = "cpu") -> ClaimsNet:
-    """A :class:`ClaimsNet` from :func:`save_claims_net`'s file; ValueError if it is not one."""
-    from safetensors import safe_open
+    """A :class:`ClaimsNet` from :func:`save_claims_net`'s file; a one-line ValueError for any
+    file that is not one (unreadable, not safetensors, another format, damaged tensors)."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    with safe_open(str(path), "pt") as f:
-        header = f.metadata() or {}
-    if header.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a claims classifier (format {header.get('format')!r})")
-    if json.loads(header.get("classes", "[]")) != list(CLAIM_CLASSES):
-        raise ValueError(f"{path}: trained on other claim classes than this version of the shapes grammar")
-    net = ClaimsNet(int(header["image_size"]), int(header["ch"]))
-    net.load_state_dict(load_file(str(path)))
+    try:
+        with safe_open(str(path), "pt") as f:
+            header = f.metadata() or {}
+        if header.get("format") != FORMAT:
+            raise ValueError(f"not a claims classifier (format {header.get('format')!r})")
+        if json.loads(header.get("classes", "[]")) != list(CLAIM_CLASSES):
+            raise ValueError("trained on other claim classes than this version of the shapes grammar")
+        net = ClaimsNet(int(header["image_size"]), int(header["ch"]))
+        net.load_state_dict(load_file(str(path)))
+    except (SafetensorError, OSError, KeyError, RuntimeError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: {reason}") from None
     return net.to(device).eval().requires_grad_(False)

@@ -52,6 +52,14 @@ def test_the_classifier_file_round_trips_and_other_files_are_refused(tmp_path):
     save_safetensors(tmp_path / "other.safetensors", {"w": torch.zeros(2)}, {"format": "something-else"})
     with pytest.raises(ValueError, match="not a claims classifier"):
         load_claims_net(tmp_path / "other.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(ValueError, match="junk.safetensors"):
+        load_claims_net(tmp_path / "junk.safetensors")
+    save_claims_net(ClaimsNet(image_size=32, ch=16), tmp_path / "wider.safetensors")
+    data = (tmp_path / "wider.safetensors").read_bytes().replace(b'"ch":"16"', b'"ch":"32"')
+    (tmp_path / "wider.safetensors").write_bytes(data)  # the header no longer fits the tensors
+    with pytest.raises(ValueError, match="wider.safetensors"):
+        load_claims_net(tmp_path / "wider.safetensors")
 
 
 def test_a_briefly_trained_classifier_reads_the_colour_off_held_out_drawings():

@@ -28,7 +28,7 @@ from studio.ml import shapes
 from studio.ml.checker import check_image
 from studio.ml.clip_load import load_bundled_clip
 from studio_clip_gen.clip_embed import encode_images, encode_text
-from studio_clip_gen.generator import ClipGenGenerator
+from studio_clip_gen.generator import ClipGenGenerator, rank_scores
 
 K = 8
 
@@ -105,10 +105,6 @@ def claims_scores(claims_file: str, data) -> list[torch.Tensor | None]:
     return out
 
 
-def _z(x: torch.Tensor) -> torch.Tensor:
-    return (x - x.mean()) / x.std().clamp(min=1e-6)
-
-
 def picks(scores: list[torch.Tensor]) -> list[int]:
     return [int(s.argmax()) for s in scores]
 
@@ -157,19 +153,20 @@ def main() -> None:
         unparsed = sum(s is None for s in by_claims)
         variants = {
             f"claims {Path(args.claims).name}": [c if c is not None else k for c, k in zip(by_claims, by_clip)],
-            f"claims + {Path(args.clip[-1]).name} (z-scores)":
-                [(_z(c) + _z(k)) if c is not None else k for c, k in zip(by_claims, by_clip)],
+            f"claims + {Path(args.clip[-1]).name} (the generator's rank_scores)":
+                [torch.tensor(rank_scores(list(zip(k.tolist(), c.tolist() if c is not None else [None] * len(k)))))
+                 for c, k in zip(by_claims, by_clip)],
         }
         for name, scores in variants.items():
             chosen = picks(scores)
             report[name] = {k: share([j[c][k] for j, c in zip(judged, chosen)]) for k in KEYS}
         report["prompts the claims classifier cannot parse"] = unparsed
-        chosen = picks(variants[f"claims {Path(args.claims).name}"])
+        chosen = picks(list(variants.values())[1])
     print(f"{'re-ranker':60s} {'shape':>6s} {'size':>6s} {'relation':>8s} {'all asked':>9s}   (n={len(data)}, {K} candidates)")
     for name, row in report.items():
         if isinstance(row, dict):
             print(f"{name:60s} {fmt(row['shape'], 6)} {fmt(row['size'], 6)} {fmt(row['relation'], 8)} {fmt(row['all'], 9)}")
-    if args.by:  # `chosen`: the claims picks with --claims, else the last CLIP's
+    if args.by:  # `chosen`: the generator's picks with --claims, else the last CLIP's
         print(f"\nshape by group: random / {Path(args.claims or args.clip[-1]).name} / best possible")
         for name, group in groups(data).items():
             idx = [i for i, g in enumerate(group) if g is not None]

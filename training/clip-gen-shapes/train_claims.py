@@ -3,7 +3,8 @@
 Every training picture is a `shapes` drawing with its true (colour, shape) and (colour, size)
 pairs as targets; with ``--vqgan`` a share of them (``--round-trip``) goes through the model's
 VQGAN first, encode then decode, so the classifier also reads shapes in the rendering the
-generator's candidates have. The run keeps a checkpoint (``OUT.ckpt``) and resumes from it;
+generator's candidates have (decoded in bf16 autocast: a little noisier than the generator's
+float32 decode, which the classifier takes as augmentation). The run keeps a checkpoint (``OUT.ckpt``) and resumes from it;
 held-out drawings (the eval split, round-tripped when ``--vqgan`` is given) are scored every
 ``--eval-every`` steps: the share of pictures whose every pair is read right.
 
@@ -89,33 +90,39 @@ def main() -> None:
         step, best = int(state["step"]), float(state["best"])
     gen = torch.Generator().manual_seed(step)
     deadline = time.monotonic() + args.minutes * 60
-    log = open(args.out.with_suffix(".jsonl"), "a")
-    while time.monotonic() < deadline:
-        indices = torch.randint(len(train), (args.batch_size,), generator=gen)
-        images, targets = scene_batch(train, indices)
-        logits = net(render(images, args.round_trip, gen))
-        loss = training_loss(logits, targets)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        if step % args.eval_every == 0:
-            net.eval()
-            acc = held_out_accuracy(net, eval_images, eval_targets)
-            net.train()
-            record = {"step": step, "loss": round(loss.item(), 5), "held_out_all_pairs_right": round(acc, 4)}
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            print(json.dumps(record), flush=True)
-            if acc > best:
-                best = acc
-                meta = {"steps": step, "held_out_all_pairs_right": acc, "eval_n": args.eval_n,
-                        "round_trip": args.round_trip if vqgan is not None else 0.0,
-                        **({"vqgan_sha256": sha256_file_cached(args.vqgan)} if vqgan is not None else {})}
-                save_claims_net(net, args.out, meta)
-            with atomic_path(ckpt) as tmp:
-                torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step, "best": best}, tmp)
 
+    def evaluate_and_save(loss: float) -> None:
+        nonlocal best
+        net.eval()
+        acc = held_out_accuracy(net, eval_images, eval_targets)
+        net.train()
+        record = {"step": step, "loss": round(loss, 5), "held_out_all_pairs_right": round(acc, 4)}
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        print(json.dumps(record), flush=True)
+        if acc > best:
+            best = acc
+            meta = {"steps": step, "held_out_all_pairs_right": acc, "eval_n": args.eval_n,
+                    "round_trip": args.round_trip if vqgan is not None else 0.0, "round_trip_precision": "bf16",
+                    **({"vqgan_sha256": sha256_file_cached(args.vqgan)} if vqgan is not None else {})}
+            save_claims_net(net, args.out, meta)
+        with atomic_path(ckpt) as tmp:
+            torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step, "best": best}, tmp)
+
+    loss = None
+    with open(args.out.with_suffix(".jsonl"), "a") as log:
+        while time.monotonic() < deadline:
+            indices = torch.randint(len(train), (args.batch_size,), generator=gen)
+            images, targets = scene_batch(train, indices)
+            loss = training_loss(net(render(images, args.round_trip, gen)), targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if step % args.eval_every == 0:
+                evaluate_and_save(loss.item())
+        if loss is not None and step % args.eval_every:
+            evaluate_and_save(loss.item())  # the steps since the last evaluation are kept too
 
 if __name__ == "__main__":
     main()

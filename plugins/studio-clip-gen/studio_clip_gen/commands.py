@@ -379,8 +379,8 @@ _PARTS = [
                       "[default: the conditioning CLIP]."),
     click.option("--rerank-clip-arch", help="open_clip architecture of --rerank-clip."),
     click.option("--claims", type=_FILE,
-                 help="A claims classifier (studio.ml.claims) that scores the candidates of prompts in the shapes "
-                      "grammar first, the CLIP breaking ties [default: none]."),
+                 help="A claims classifier (studio.ml.claims) that also scores the candidates of prompts in the "
+                      "shapes grammar; its score and the CLIP's, each standardised, are summed [default: none]."),
     click.option("--heads", type=click.IntRange(1), help="Attention heads of a clip-gen GPT (default width/64)."),
     click.option("--force", is_flag=True, help="Replace an existing model of that name."),
 ]

@@ -276,6 +276,13 @@ class ClipGenGenerator:
         return Result(image=image, extra=extra)
 
 
+#: The least spread each score is divided by when standardised: where every candidate scores
+#: within this of the others, their differences are noise and stay small instead of being
+#: blown up to the weight of the other score's real differences.
+CLIP_SPREAD_FLOOR = 0.01  # cosine
+CLAIMS_SPREAD_FLOOR = 0.05  # mean log-likelihood (one wrong pair in 32 costs about 0.3)
+
+
 def rank_scores(scores: list[tuple[float, float | None]]) -> list[float]:
     """One number per candidate from its (CLIP score, claims score): the CLIP score alone when
     there is no claims score, else the sum of the two, each standardised over the candidates
@@ -283,13 +290,14 @@ def rank_scores(scores: list[tuple[float, float | None]]) -> list[float]:
     clip = [s[0] for s in scores]
     if any(s[1] is None for s in scores) or len(scores) < 2:
         return clip
-    return [a + b for a, b in zip(_standardised(clip), _standardised([s[1] for s in scores]))]
+    return [a + b for a, b in zip(_standardised(clip, CLIP_SPREAD_FLOOR),
+                                  _standardised([s[1] for s in scores], CLAIMS_SPREAD_FLOOR))]
 
 
-def _standardised(values: list[float]) -> list[float]:
+def _standardised(values: list[float], floor: float) -> list[float]:
     mean = sum(values) / len(values)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return [(v - mean) / max(std, 1e-6) for v in values]
+    return [(v - mean) / max(std, floor) for v in values]
 
 
 def _clip_name(spec: dict[str, Any]) -> str:

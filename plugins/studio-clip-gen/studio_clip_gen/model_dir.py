@@ -9,9 +9,9 @@
     rerank-clip.safetensors  optional: the CLIP that scores finished candidates (``"rerank": {...}``
                              in model.json, the same form as ``clip``); without it the
                              conditioning CLIP scores them
-    claims.safetensors       optional: a claims classifier (:mod:`studio.ml.claims`) that scores
-                             candidates of prompts in the `shapes` grammar before the CLIP does
-                             (``"claims": {"file": ...}`` in model.json)
+    claims.safetensors       optional: a claims classifier (:mod:`studio.ml.claims`) that also
+                             scores candidates of prompts in the `shapes` grammar, summed with the
+                             CLIP's score (``"claims": {"file": ...}`` in model.json)
 
 The bundled default model (``studio_clip_gen/weights``) and every model imported with
 ``studio models import clip-gen NAME`` (``<models_dir>/clip-gen/NAME``) have this layout.

@@ -265,6 +265,9 @@ def test_rank_scores_add_standardised_claims_to_clip_and_keep_clip_alone_without
     # the same differences at another scale rank the same (cosines vs log-likelihoods)
     scaled = rank_scores([(4.8, -0.5), (5.0, -20.0), (1.0, -10.0)])
     assert scaled == pytest.approx(ranked)
+    # every candidate reads right (claims within noise): the CLIP decides
+    close = rank_scores([(0.40, -0.0101), (0.50, -0.0102), (0.45, -0.0100)])
+    assert max(range(3), key=close.__getitem__) == 1
 
 
 def test_a_claims_classifier_scores_grammar_prompts_and_leaves_other_prompts_to_the_clip(generator, claims_folder):

@@ -16,7 +16,8 @@ image only through CLIP's patch grid, which cannot tell a soft blob from a squar
 reads the pixels. With ``aux_weight > 0`` (the ``shapes`` data only), P also carries an
 auxiliary classifier of the caption's (colour, shape) and (colour, size) pairs
 (:data:`studio.ml.shapes.CLAIM_CLASSES`, AC-GAN style): trained on real pictures only, its masked
-binary cross-entropy on the fakes is added to errG, so G is told directly which shape it drew
+binary cross-entropy (positives weighted up, :func:`studio.ml.claims.training_loss`) on the fakes
+is added to errG, so G is told directly which shape it drew
 wrong rather than only that the picture looks unlike the data. ``init_g`` starts the generator from a Studio weights file (a longer run that
 continues a shipped model with new discriminators).
 
@@ -52,6 +53,7 @@ from studio.api import WeightsError, atomic_path, sha256_file
 
 from .checkpoints import load_into, read_official, read_weights, save_studio
 from .generator import noise_for, to_uint8
+from studio.ml.claims import training_loss
 from studio.ml.shapes import CLAIM_CLASSES, claim_targets
 
 from .model import GalipConfig, Nets, build_nets, condition
@@ -137,12 +139,6 @@ def mismatched(sent: torch.Tensor) -> torch.Tensor:
     return torch.cat([sent[1:], sent[:1]], dim=0).detach()
 
 
-def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy averaged over the entries ``mask`` marks as decided."""
-    loss = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none") * mask
-    return loss.sum() / mask.sum().clamp(min=1.0)
-
-
 def claim_batch(claims: Sequence[dict | None], device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(targets, mask)`` [B, len(CLAIM_CLASSES)] from the items' caption claims."""
     if any(claim is None for claim in claims):
@@ -200,7 +196,7 @@ def train_step(nets: Nets, opt_g, opt_d, real: torch.Tensor, captions: Sequence[
         err_d = err_d + opts.pixel_weight * err_p
         pixel["errP"] = err_p.item()
         if use_aux:
-            err_aux = masked_bce(aux_real, *claims)
+            err_aux = training_loss(aux_real, *claims)
             err_d = err_d + opts.aux_weight * err_aux
             pixel["errP_aux"] = err_aux.item()
     opt_d.zero_grad(set_to_none=True)
@@ -218,7 +214,7 @@ def train_step(nets: Nets, opt_g, opt_d, real: torch.Tensor, captions: Sequence[
         err_g = err_g - opts.pixel_weight * adv_p
         pixel["G_adv_P"] = adv_p.item()
     if use_aux:
-        g_aux = masked_bce(aux_fake, *claims)
+        g_aux = training_loss(aux_fake, *claims)
         err_g = err_g + opts.aux_weight * g_aux
         pixel["G_aux"] = g_aux.item()
     opt_g.zero_grad(set_to_none=True)
@@ -417,6 +413,8 @@ def train_galip(out_dir: str | Path, dataset, clip, *, config: GalipConfig | Non
 
     data = batches(open_named_dataset(dataset), opts.batch_size, seed=opts.seed + step, flip=opts.flip)
     first = next(data)
+    if n_aux:
+        claim_batch(first[2], device)  # a dataset without shapes claims fails here, before any step
     first_captions = first[1]
     prompts = list(opts.sample_prompts) or list(dict.fromkeys(first_captions))[:8]
     seeds = list(range(8))
