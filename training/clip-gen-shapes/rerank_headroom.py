@@ -167,7 +167,8 @@ def main() -> None:
         if isinstance(row, dict):
             print(f"{name:60s} {fmt(row['shape'], 6)} {fmt(row['size'], 6)} {fmt(row['relation'], 8)} {fmt(row['all'], 9)}")
     if args.by:  # `chosen`: the generator's picks with --claims, else the last CLIP's
-        print(f"\nshape by group: random / {Path(args.claims or args.clip[-1]).name} / best possible")
+        picker = "claims + CLIP (rank_scores)" if args.claims else Path(args.clip[-1]).name
+        print(f"\nshape by group: random / {picker} / best possible")
         for name, group in groups(data).items():
             idx = [i for i, g in enumerate(group) if g is not None]
             for value in sorted({group[i] for i in idx}):

@@ -35,9 +35,10 @@ class _ReferenceGenerator(ClipGenGenerator):
             decoded = decoded.clamp(-1, 1)
             target = torch.stack([plan[i]["target"] for i, _ in chunk]).to(self.device)  # the re-ranking CLIP's
             sims = (encode_images(self.rerank_clip, decoded) * target).sum(dim=-1)
+            claimed = self._claim_scores(chunk, plan, decoded)  # the bundled folder's claims classifier
         for row, key in enumerate(chunk):
             images[key] = decoded[row].cpu()
-            scores[key] = (float(sims[row]), None)  # (CLIP score, claims score): the folder has no classifier
+            scores[key] = (float(sims[row]), claimed.get(row))
         return done + self.gpt.config.block_size + 1
 
 
