@@ -17,9 +17,12 @@ reads the pixels. With ``aux_weight > 0`` (the ``shapes`` data only), P also car
 auxiliary classifier of the caption's (colour, shape) and (colour, size) pairs
 (:data:`studio.ml.shapes.CLAIM_CLASSES`, AC-GAN style): trained on real pictures only, its masked
 binary cross-entropy (positives weighted up, :func:`studio.ml.claims.training_loss`) on the fakes
-is added to errG, so G is told directly which shape it drew
-wrong rather than only that the picture looks unlike the data. ``init_g`` starts the generator from a Studio weights file (a longer run that
-continues a shipped model with new discriminators).
+is added to errG, so G is told directly which shape it drew wrong rather than only that the
+picture looks unlike the data. P reads a real batch once for the real and the mismatched captions
+(before, twice: a run with ``pixel_weight`` now takes one spectral-norm power iteration per step
+there instead of two, so it does not retrace an older run's steps exactly). ``init_g`` starts the
+generator from a Studio weights file (a longer run that continues a shipped model with new
+discriminators).
 
 The CLIP features of a fake are computed once per step (CLIP is frozen, so the D step and
 the G step see the same features; the official code computes them twice).
@@ -46,16 +49,15 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from studio.ml.claims import training_loss
 from studio.ml.clip_features import image_features, sentence_embedding, to_clip_input, tokenize_for
 from studio.ml.precision import autocast, check_training
+from studio.ml.shapes import CLAIM_CLASSES, claim_targets
 
 from studio.api import WeightsError, atomic_path, sha256_file
 
 from .checkpoints import load_into, read_official, read_weights, save_studio
 from .generator import noise_for, to_uint8
-from studio.ml.claims import training_loss
-from studio.ml.shapes import CLAIM_CLASSES, claim_targets
-
 from .model import GalipConfig, Nets, build_nets, condition
 
 #: Generator/discriminator widths for small CLIPs (about 2.3M G and 0.9M D parameters for a
