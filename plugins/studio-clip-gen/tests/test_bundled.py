@@ -153,4 +153,11 @@ def test_bundled_claims_classifier_reads_held_out_drawings_and_scores_every_gram
     assert (read == (targets > 0)).all(dim=1).float().mean().item() >= 0.8
     result = clip_gen.generate([Request("a small red circle above a large blue square", 3, {**DEFAULTS}, index=0)],
                                lambda _d, _t: None)[0]
-    assert all("claims_score" in c for c in result.extra["candidates"])
+    from studio_clip_gen.generator import rank_scores
+
+    candidates = sorted(result.extra["candidates"], key=lambda c: c["index"])
+    assert all("claims_score" in c for c in candidates)
+    rank = rank_scores([(c["clip_score"], c["claims_score"]) for c in candidates])
+    kept = result.extra["kept"][0]["index"]
+    assert kept == max((j for j in range(len(rank)) if j not in result.extra.get("near_blank", [])),
+                       key=lambda j: (rank[j], -j))

@@ -202,9 +202,12 @@ def test_the_bundled_model_uses_studios_own_small_clip_file():
     assert clip.name == "clip-small.safetensors" and clip.is_file()
     inner = [hashlib.sha256((root / manifest[k]).read_bytes()).hexdigest() for k in ("vqgan", "transformer")]
     inner.append(hashlib.sha256(clip.read_bytes()).hexdigest())
-    # its own re-ranking CLIP is not one Studio ships elsewhere: it lives in the folder, and counts last
+    # its own re-ranking CLIP is not one Studio ships elsewhere: it lives in the folder, and counts
+    # next; the claims classifier counts last
     assert manifest["rerank"] == {"kind": "bundled", "file": "rerank-clip.safetensors"}
     inner.append(hashlib.sha256((root / "rerank-clip.safetensors").read_bytes()).hexdigest())
+    assert manifest["claims"] == {"file": "claims.safetensors"}
+    inner.append(hashlib.sha256((root / "claims.safetensors").read_bytes()).hexdigest())
     assert model_dir.weights_sha256(root, manifest) == hashlib.sha256("".join(inner).encode()).hexdigest()
 
 
