@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from studio.ml.shapes import CLAIM_CLASSES, Caption, claim_targets
+from studio.ml.shapes import CLAIM_CLASSES, CLAIM_INDEX, Caption, claim_targets
 
 FORMAT = "studio-claims-1"
 
@@ -96,13 +96,12 @@ def relation_loglik(maps: torch.Tensor, caption: Caption) -> torch.Tensor:
     """
     if caption.relation is None:
         return torch.zeros(maps.shape[0], device=maps.device)
-    index = {name: i for i, name in enumerate(CLAIM_CLASSES)}
     h, w = maps.shape[2:]
     ys = torch.arange(h, device=maps.device, dtype=torch.float32).view(h, 1).expand(h, w)
     xs = torch.arange(w, device=maps.device, dtype=torch.float32).view(1, w).expand(h, w)
 
     def place(obj) -> tuple[torch.Tensor, torch.Tensor]:
-        weights = torch.softmax(maps[:, index[f"{obj[0]} {obj[1]}"]].float().flatten(1), dim=1).view(-1, h, w)
+        weights = torch.softmax(maps[:, CLAIM_INDEX[f"{obj[0]} {obj[1]}"]].float().flatten(1), dim=1).view(-1, h, w)
         return (weights * ys).sum(dim=(1, 2)), (weights * xs).sum(dim=(1, 2))
 
     a, b = place(caption.objects[0]), place(caption.objects[1])
@@ -133,6 +132,8 @@ def load_claims_net(path, device: str = "cpu") -> ClaimsNet:
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
+    from studio.plumbing import one_line
+
     try:
         with safe_open(str(path), "pt") as f:
             header = f.metadata() or {}
@@ -143,6 +144,13 @@ def load_claims_net(path, device: str = "cpu") -> ClaimsNet:
         net = ClaimsNet(int(header["image_size"]), int(header["ch"]))
         net.load_state_dict(load_file(str(path)))
     except (SafetensorError, OSError, KeyError, RuntimeError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: {reason}") from None
+        raise ValueError(f"{path}: {one_line(exc)}") from None
     return net.to(device).eval().requires_grad_(False)
+
+
+def claims_training_record(path) -> dict:
+    """The ``meta`` :func:`save_claims_net` wrote into a file's header (steps, held-out accuracy...)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return json.loads((f.metadata() or {}).get("meta", "{}"))

@@ -17,6 +17,7 @@ used without the ML stack.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -383,8 +384,13 @@ def make_caption(objects, relation=None, background=None, rel_form: int = 0) -> 
     return Caption(_phrase(objects, relation, background, rel_form), objects, relation, background, rel_form)
 
 
-def _noun_phrase_pattern() -> str:
-    return (rf"an? (?:({'|'.join(SIZES)}) )?({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})")
+#: Each phrasing of a relation -> the relation ("to the left of" -> "left of").
+_PHRASE_RELATION = {phrase: rel for rel, forms in RELATION_PHRASES.items() for phrase in forms}
+_NOUN_PHRASE = rf"an? (?:({'|'.join(SIZES)}) )?({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})"
+_CAPTION = re.compile(
+    rf"{_NOUN_PHRASE}(?: ({'|'.join(sorted(map(re.escape, _PHRASE_RELATION), key=len, reverse=True))}) "
+    rf"{_NOUN_PHRASE})?(?: on an? ({'|'.join(BACKGROUNDS)}) background)?"
+)
 
 
 def parse_caption(text: str) -> Caption | None:
@@ -394,13 +400,7 @@ def parse_caption(text: str) -> Caption | None:
     ``parse_caption(make_caption(...).text)`` gives the caption back. A model that only knows
     the grammar uses it to tell which prompts it can judge.
     """
-    import re
-
-    phrases = {phrase: rel for rel, forms in RELATION_PHRASES.items() for phrase in forms}
-    np_ = _noun_phrase_pattern()
-    rel = "|".join(sorted(map(re.escape, phrases), key=len, reverse=True))
-    pattern = rf"{np_}(?: ({rel}) {np_})?(?: on an? ({'|'.join(BACKGROUNDS)}) background)?"
-    match = re.fullmatch(pattern, " ".join(text.lower().strip().rstrip(".").split()))
+    match = _CAPTION.fullmatch(" ".join(text.lower().strip().rstrip(".").split()))
     if match is None:
         return None
     size1, colour1, shape1, phrase, size2, colour2, shape2, background = match.groups()
@@ -409,7 +409,7 @@ def parse_caption(text: str) -> Caption | None:
         if (size1 is None) != (size2 is None):
             return None  # the grammar states sizes for both objects or for neither
         objects.append((colour2, shape2, size2))
-    relation = phrases.get(phrase) if phrase else None
+    relation = _PHRASE_RELATION.get(phrase) if phrase else None
     form = RELATION_PHRASES[relation].index(phrase) if relation else 0
     caption = make_caption(objects, relation, background, form)
     return caption if caption.text == match.string else None
@@ -475,6 +475,8 @@ def _claim_fits(claim, obj: ShapeObject) -> bool:
 CLAIM_CLASSES: tuple[str, ...] = tuple(
     [f"{c} {s}" for c in COLOURS for s in SHAPES] + [f"{c} {z}" for c in COLOURS for z in SIZES]
 )
+#: Each claim class -> its position in :data:`CLAIM_CLASSES`.
+CLAIM_INDEX: dict[str, int] = {name: i for i, name in enumerate(CLAIM_CLASSES)}
 
 
 def claim_targets(objects: Sequence[Sequence[str | None]]) -> tuple[np.ndarray, np.ndarray]:
@@ -485,7 +487,6 @@ def claim_targets(objects: Sequence[Sequence[str | None]]) -> tuple[np.ndarray, 
     the (colour, size) entries only when every object's size is stated (a caption without sizes
     says nothing about them).
     """
-    index = {name: i for i, name in enumerate(CLAIM_CLASSES)}
     targets = np.zeros(len(CLAIM_CLASSES), dtype=np.float32)
     mask = np.zeros(len(CLAIM_CLASSES), dtype=np.float32)
     mask[: len(COLOURS) * len(SHAPES)] = 1.0
@@ -495,13 +496,13 @@ def claim_targets(objects: Sequence[Sequence[str | None]]) -> tuple[np.ndarray, 
     for obj in objects:
         colour, shape = obj[0], obj[1]
         key = f"{colour} {shape}"
-        if key not in index:
+        if key not in CLAIM_INDEX:
             raise ValueError(f"not a claim of the shapes grammar: {colour!r} {shape!r}")
-        targets[index[key]] = 1.0
+        targets[CLAIM_INDEX[key]] = 1.0
         if sized:
             if obj[2] not in SIZES:
                 raise ValueError(f"not a claim of the shapes grammar: size {obj[2]!r}")
-            targets[index[f"{colour} {obj[2]}"]] = 1.0
+            targets[CLAIM_INDEX[f"{colour} {obj[2]}"]] = 1.0
     return targets, mask
 
 

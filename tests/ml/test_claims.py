@@ -32,7 +32,7 @@ def test_claim_score_prefers_the_picture_that_holds_what_the_caption_names():
     targets, mask = caption_targets(caption)
     right = torch.where(targets > 0, 5.0, -5.0)
     wrong_shape = right.clone()
-    index = {name: i for i, name in enumerate(shapes.CLAIM_CLASSES)}
+    index = shapes.CLAIM_INDEX
     wrong_shape[index["blue square"]], wrong_shape[index["blue diamond"]] = -5.0, 5.0
     sizes_only = right.clone()
     sizes_only[index["red small"]] = 5.0  # sizes are not asked: not counted
@@ -97,7 +97,7 @@ def test_a_briefly_trained_classifier_reads_the_colour_off_held_out_drawings():
 def test_relation_loglik_reads_where_each_object_is_on_the_maps():
     from studio.ml.claims import relation_loglik
 
-    index = {name: i for i, name in enumerate(shapes.CLAIM_CLASSES)}
+    index = shapes.CLAIM_INDEX
     maps = torch.full((1, len(shapes.CLAIM_CLASSES), 8, 8), -5.0)
     maps[0, index["red circle"], 1, 6] = 10.0  # top right
     maps[0, index["blue square"], 6, 1] = 10.0  # bottom left

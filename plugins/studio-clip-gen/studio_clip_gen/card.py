@@ -69,9 +69,8 @@ def _rerank_record(root: Path) -> dict[str, Any]:
 
 def _claims_record(root: Path) -> dict[str, Any]:
     """The claims classifier of a folder that has one: its file's digest and its training record."""
-    from safetensors import safe_open
-
     from studio.api import sha256_file_cached
+    from studio.ml.claims import claims_training_record
 
     from .model_dir import read_manifest
 
@@ -79,9 +78,7 @@ def _claims_record(root: Path) -> dict[str, Any]:
     if not spec:
         return {}
     path = root / spec["file"]
-    with safe_open(str(path), "pt") as f:
-        meta = json.loads((f.metadata() or {}).get("meta", "{}"))
-    return {"claims": {**spec, "sha256": sha256_file_cached(path), "training": meta}}
+    return {"claims": {**spec, "sha256": sha256_file_cached(path), "training": claims_training_record(path)}}
 
 
 def shapes_images(n: int = 256, seed: int = 1):
