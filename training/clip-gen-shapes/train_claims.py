@@ -3,8 +3,10 @@
 Every training picture is a `shapes` drawing with its true (colour, shape) and (colour, size)
 pairs as targets; with ``--vqgan`` a share of them (``--round-trip``) goes through the model's
 VQGAN first, encode then decode, so the classifier also reads shapes in the rendering the
-generator's candidates have (decoded in bf16 autocast: a little noisier than the generator's
-float32 decode, which the classifier takes as augmentation). The run keeps a checkpoint (``OUT.ckpt``) and resumes from it;
+generator's candidates have (decoded under ``--precision``; bf16 is a little noisier than the
+generator's float32 decode, which the classifier takes as augmentation, and is emulated, slowly, on
+CPUs without bf16 arithmetic). The run keeps a checkpoint (``OUT.ckpt``) and resumes from it;
+``--init`` starts a new run from a classifier file instead (the shipped one, say), with fresh optimizer moments;
 held-out drawings (the eval split, round-tripped when ``--vqgan`` is given) are scored every
 ``--eval-every`` steps: the share of pictures whose every pair is read right.
 
@@ -24,7 +26,8 @@ from pathlib import Path
 import torch
 
 from studio.api import atomic_path, sha256_file_cached
-from studio.ml.claims import ClaimsNet, save_claims_net, training_loss
+from studio.ml.claims import ClaimsNet, claims_training_record, load_claims_net, save_claims_net, training_loss
+from studio.ml.precision import autocast, check_training
 from studio.ml.datasets import ShapesDataset
 from studio.ml.shapes import claim_targets
 
@@ -48,6 +51,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="the classifier's safetensors file")
     parser.add_argument("--vqgan", type=Path, help="pass a share of the pictures through this VQGAN")
     parser.add_argument("--round-trip", type=float, default=0.75, help="share of each batch round-tripped")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="of the VQGAN round trips")
+    parser.add_argument("--init", type=Path, help="start from this classifier file (its steps count on)")
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -57,6 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_training("cpu", args.precision)  # logs a warning where bf16 would only be emulated
 
     vqgan = None
     if args.vqgan:
@@ -70,7 +76,7 @@ def main() -> None:
         k = int(round(len(images) * share))
         pick = torch.randperm(len(images), generator=gen)[:k]
         out = images.clone()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), autocast("cpu", args.precision):
             out[pick] = vqgan(images[pick])[0].float().clamp(-1, 1)
         return out
 
@@ -80,9 +86,12 @@ def main() -> None:
     eval_images = render(eval_images, 1.0, torch.Generator().manual_seed(0))
 
     net = ClaimsNet()
+    step, best = 0, -1.0
+    if args.init:
+        net = load_claims_net(args.init).train().requires_grad_(True)
+        step = int(claims_training_record(args.init).get("steps", 0))
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     ckpt = args.out.with_suffix(".ckpt")
-    step, best = 0, -1.0
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=True)
         net.load_state_dict(state["net"])
@@ -103,7 +112,7 @@ def main() -> None:
         if acc > best:
             best = acc
             meta = {"steps": step, "held_out_all_pairs_right": acc, "eval_n": args.eval_n,
-                    "round_trip": args.round_trip if vqgan is not None else 0.0, "round_trip_precision": "bf16",
+                    "round_trip": args.round_trip if vqgan is not None else 0.0, "round_trip_precision": args.precision,
                     **({"vqgan_sha256": sha256_file_cached(args.vqgan)} if vqgan is not None else {})}
             save_claims_net(net, args.out, meta)
         with atomic_path(ckpt) as tmp:
