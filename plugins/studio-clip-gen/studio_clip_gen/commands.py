@@ -348,12 +348,14 @@ clip_gen_group.add_command(_hidden_alias(train_transformer_command), name="train
 
 
 def _assemble(dest: Path, vqgan, vqgan_config, transformer, clip_file, clip_arch, rerank_clip, rerank_clip_arch,
-              claims, heads, force, share_installed_clip: bool = False) -> dict:
+              claims, claims_clip_weight, heads, force, share_installed_clip: bool = False) -> dict:
     from .checkpoints import WeightsError
     from .model_dir import assemble
 
     if rerank_clip_arch and rerank_clip is None:
         raise click.UsageError("--rerank-clip-arch names the architecture of --rerank-clip FILE: give the file too")
+    if claims_clip_weight is not None and claims is None:
+        raise click.UsageError("--claims-clip-weight weighs the CLIP beside --claims FILE: give the file too")
     source = {"vqgan": vqgan.name, "transformer": transformer.name, "clip": clip_file.name}
     if rerank_clip is not None:
         source["rerank"] = rerank_clip.name
@@ -362,7 +364,7 @@ def _assemble(dest: Path, vqgan, vqgan_config, transformer, clip_file, clip_arch
     try:
         return assemble(dest, vqgan=vqgan, transformer=transformer, clip=clip_file, vqgan_config=vqgan_config,
                         clip_arch=clip_arch, rerank_clip=rerank_clip, rerank_clip_arch=rerank_clip_arch, heads=heads,
-                        claims=claims, overwrite=force, share_installed_clip=share_installed_clip, source=source)
+                        claims=claims, claims_clip_weight=claims_clip_weight or 0.0, overwrite=force, share_installed_clip=share_installed_clip, source=source)
     except (WeightsError, ValueError, OSError) as exc:
         raise _fail(exc) from None
 
@@ -380,7 +382,10 @@ _PARTS = [
     click.option("--rerank-clip-arch", help="open_clip architecture of --rerank-clip."),
     click.option("--claims", type=_FILE,
                  help="A claims classifier (studio.ml.claims) that also scores the candidates of prompts in the "
-                      "shapes grammar; its score and the CLIP's, each standardised, are summed [default: none]."),
+                      "shapes grammar [default: none]."),
+    click.option("--claims-clip-weight", type=click.FloatRange(0), metavar="W",
+                 help="With --claims: candidates rank by the classifier's score plus W times the CLIP's, each "
+                      "standardised over the candidates [default: 0, the classifier alone]."),
     click.option("--heads", type=click.IntRange(1), help="Attention heads of a clip-gen GPT (default width/64)."),
     click.option("--force", is_flag=True, help="Replace an existing model of that name."),
 ]
@@ -433,7 +438,7 @@ def run_parts(run_folder: Path | None, vqgan, vqgan_config, transformer, clip_fi
 @click.argument("run_folder", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @_with_parts
 def import_command(name, run_folder, vqgan, vqgan_config, transformer, clip_file, clip_arch, rerank_clip, rerank_clip_arch,
-                   claims, heads, force) -> None:
+                   claims, claims_clip_weight, heads, force) -> None:
     """Import a CLIP-GEN model from local files as model id clip-gen/NAME.
 
     Give a finished `studio clip-gen train transformer` run folder as RUN_FOLDER (its model card
@@ -449,7 +454,7 @@ def import_command(name, run_folder, vqgan, vqgan_config, transformer, clip_file
     vqgan, vqgan_config, transformer, clip_file, clip_arch = run_parts(run_folder, vqgan, vqgan_config, transformer,
                                                                        clip_file, clip_arch)
     summary = _assemble(root / name, vqgan, vqgan_config, transformer, clip_file, clip_arch, rerank_clip,
-                        rerank_clip_arch, claims, heads, force)
+                        rerank_clip_arch, claims, claims_clip_weight, heads, force)
     click.echo(f"imported clip-gen/{name} ({summary['resolution']}px, {summary['grid']}x{summary['grid']} tokens) "
                f"weights sha256 {summary['weights_sha256'][:16]}")
 
@@ -476,7 +481,7 @@ def _key_value(item: str, option: str) -> tuple[str, str]:
               help="Another default of the model's token sampling, used by the card's evaluations too: "
                    "temperature, top_k or top_p (repeatable), e.g. --default top_k=20.")
 def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, rerank_clip, rerank_clip_arch,
-                    claims, heads, force, eval_n, dataset, candidates, guidance, sampling) -> None:
+                    claims, claims_clip_weight, heads, force, eval_n, dataset, candidates, guidance, sampling) -> None:
     """Write a model folder (as bundled in studio_clip_gen/weights) from trained parts.
 
     With --eval-n the folder gets a model card: VQGAN PSNR and codebook usage, and `studio eval`
@@ -506,7 +511,7 @@ def package_command(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_a
     # folders) is replaced
     known = known_records({"vqgan": vqgan, "transformer": transformer}, out_dir if force else None) if eval_n else {}
     summary = _assemble(out_dir, vqgan, vqgan_config, transformer, clip_file, clip_arch, rerank_clip, rerank_clip_arch,
-                        claims, heads, force, share_installed_clip=True)
+                        claims, claims_clip_weight, heads, force, share_installed_clip=True)
     if eval_n:
         from rich.console import Console
         from rich.progress import Progress

@@ -8,8 +8,9 @@ condition must be the CLIP the transformer was trained on, while the judge of fi
 can be one trained harder to tell them apart. A folder may also hold a claims classifier
 (``model.json``'s ``claims``, :mod:`studio.ml.claims`): for a prompt in the `shapes` grammar it reads
 each candidate's colours, shapes and sizes off the pixels, which the small CLIPs cannot tell apart
-well, and where they are (for the relation); the candidates are ranked by the sum of its score and the CLIP's, each standardised over
-the request's candidates (:func:`rank_scores`); other prompts are ranked by the CLIP alone. Candidate 0 uses the request's seed and candidate ``j`` a seed derived
+well, and where they are (for the relation); the candidates are ranked by its score plus the
+CLIP's times the folder's ``clip_weight`` (0: the classifier alone), each standardised over the
+request's candidates (:func:`rank_scores`); other prompts are ranked by the CLIP alone. Candidate 0 uses the request's seed and candidate ``j`` a seed derived
 from it (:func:`candidate_seed`); every candidate's seed and score goes into ``Result.extra``, and
 any candidate is re-made with ``--seed S --param candidates=1``.
 
@@ -59,6 +60,7 @@ class ClipGenGenerator:
         self.model_id, self.root = model_id, Path(root)
         self.device = "cpu"
         self.vqgan = self.gpt = self.clip = self.rerank_clip = self.claims = None
+        self.claims_clip_weight = 1.0
         self._description: dict[str, Any] = {}
         # prompt -> its text embedding by the conditioning CLIP and by the re-ranking one, cached per
         # load (a worker sees repeats)
@@ -96,12 +98,14 @@ class ClipGenGenerator:
                 from studio.ml.claims import load_claims_net
 
                 claims = load_claims_net(self.root / manifest["claims"]["file"], device)
+            clip_weight = model_dir.claims_clip_weight(manifest)
         except (OSError, KeyError, ValueError, WeightsError) as exc:
             raise GenerationError(f"model {self.model_id!r} cannot be loaded from {self.root}: {exc}") from None
         self.device = device
         self.vqgan = vqgan.to(device).eval().requires_grad_(False)
         self.gpt = gpt.to(device).eval().requires_grad_(False)
         self.clip, self.rerank_clip, self.claims = clip, rerank, claims
+        self.claims_clip_weight = clip_weight
         self._text_embedding = _prompt_cache(clip)
         self._rerank_text_embedding = self._text_embedding if rerank is clip else _prompt_cache(rerank)
         self._description = {
@@ -115,6 +119,7 @@ class ClipGenGenerator:
             "clip": manifest["clip"].get("arch", manifest["clip"]["kind"]),
             **({"rerank_clip": _clip_name(manifest["rerank"])} if manifest.get("rerank") else {}),
             **({"claims": Path(manifest["claims"]["file"]).name} if manifest.get("claims") else {}),
+            **({"claims_clip_weight": self.claims_clip_weight} if "clip_weight" in (manifest.get("claims") or {}) else {}),
             "dtype": "float32",
         }
 
@@ -258,7 +263,7 @@ class ClipGenGenerator:
             blank = {j for j in range(p["candidates"]) if is_near_blank(to_pil(images[(i, j)]))}
         # near-blank candidates rank after every other one (CLIP can prefer an empty canvas to a
         # wrong drawing); among the rest, and among them, the scores decide
-        rank = rank_scores([scores[(i, j)] for j in range(p["candidates"])])
+        rank = rank_scores([scores[(i, j)] for j in range(p["candidates"])], self.claims_clip_weight)
         ranked = sorted(range(p["candidates"]), key=lambda j: (j in blank, -rank[j], j))
         kept = ranked[: p["keep"]]
         if len(kept) == 1:
@@ -283,15 +288,15 @@ CLIP_SPREAD_FLOOR = 0.01  # cosine
 CLAIMS_SPREAD_FLOOR = 0.05  # mean log-likelihood (one wrong pair in 32 costs about 0.3)
 
 
-def rank_scores(scores: list[tuple[float, float | None]]) -> list[float]:
+def rank_scores(scores: list[tuple[float, float | None]], clip_weight: float = 1.0) -> list[float]:
     """One number per candidate from its (CLIP score, claims score): the CLIP score alone when
-    there is no claims score, else the sum of the two, each standardised over the candidates
-    (their scales differ: cosines vs mean log-likelihoods)."""
+    there is no claims score, else the claims score plus ``clip_weight`` times the CLIP's, each
+    standardised over the candidates (their scales differ: cosines vs mean log-likelihoods)."""
     clip = [s[0] for s in scores]
     if any(s[1] is None for s in scores) or len(scores) < 2:
         return clip
-    return [a + b for a, b in zip(_standardised(clip, CLIP_SPREAD_FLOOR),
-                                  _standardised([s[1] for s in scores], CLAIMS_SPREAD_FLOOR))]
+    return [b + clip_weight * a for a, b in zip(_standardised(clip, CLIP_SPREAD_FLOOR),
+                                                _standardised([s[1] for s in scores], CLAIMS_SPREAD_FLOOR))]
 
 
 def _standardised(values: list[float], floor: float) -> list[float]:

@@ -10,8 +10,10 @@
                              in model.json, the same form as ``clip``); without it the
                              conditioning CLIP scores them
     claims.safetensors       optional: a claims classifier (:mod:`studio.ml.claims`) that also
-                             scores candidates of prompts in the `shapes` grammar, summed with the
-                             CLIP's score (``"claims": {"file": ...}`` in model.json)
+                             scores candidates of prompts in the `shapes` grammar, added to the
+                             CLIP's score times ``clip_weight`` (``"claims": {"file": ...,
+                             "clip_weight": W}`` in model.json; a folder without the weight
+                             was made when it was always 1)
 
 The bundled default model (``studio_clip_gen/weights``) and every model imported with
 ``studio models import clip-gen NAME`` (``<models_dir>/clip-gen/NAME``) have this layout.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -60,8 +63,9 @@ def weights_sha256(root: Path, manifest: dict[str, Any]) -> str:
     """One digest for the model: sha256 over the sha256 of each weights file, in a fixed order.
 
     Only the files' contents count, not their names or places: the same files give the same digest.
-    A re-ranking CLIP and a claims classifier count too (they decide which candidate is the image);
-    a folder without them keeps the digest it always had.
+    A re-ranking CLIP and a claims classifier count too (they decide which candidate is the image),
+    and so does the weight of the CLIP beside the classifier; a folder without them keeps the
+    digest it always had.
     """
     from studio.api import sha256_file_cached  # remembered by path, size and mtime in the home
 
@@ -73,7 +77,18 @@ def weights_sha256(root: Path, manifest: dict[str, Any]) -> str:
         paths.append(root / manifest["claims"]["file"])
     for path in paths:
         outer.update(sha256_file_cached(path).encode())
+    if "clip_weight" in (manifest.get("claims") or {}):
+        outer.update(f"claims clip_weight {claims_clip_weight(manifest)!r}".encode())
     return outer.hexdigest()
+
+
+def claims_clip_weight(manifest: dict[str, Any]) -> float:
+    """How much the CLIP's score counts beside the claims classifier's (1 in folders made before
+    the weight was recorded, when the two were always summed)."""
+    weight = (manifest.get("claims") or {}).get("clip_weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"model.json: the claims clip_weight must be a number >= 0, not {weight!r}")
+    return float(weight)
 
 
 def rerank_is_clip(root: Path, manifest: dict[str, Any]) -> bool:
@@ -252,6 +267,7 @@ def assemble(
     rerank_clip_arch: str | None = None,
     heads: int | None = None,
     claims: Path | None = None,
+    claims_clip_weight: float = 0.0,
     source: dict[str, Any] | None = None,
     overwrite: bool = False,
     share_installed_clip: bool = False,
@@ -264,7 +280,8 @@ def assemble(
     uses it; an imported model keeps its own copy, which an upgrade of Studio cannot change).
     ``rerank_clip``: a second CLIP that scores the candidates; it must embed images and prompts
     but need not share the conditioning CLIP's space. ``claims``: a claims classifier
-    (:func:`studio.ml.claims.save_claims_net`) that scores candidates of `shapes` prompts.
+    (:func:`studio.ml.claims.save_claims_net`) that scores candidates of `shapes` prompts, with
+    the CLIP's score counting ``claims_clip_weight`` beside it (0: the classifier alone decides).
     """
     from .checkpoints import WeightsError, write_safetensors
     from .clip_embed import embed_dim
@@ -303,7 +320,7 @@ def assemble(
             manifest["rerank"] = _place_clip(tmp, rerank_clip, rerank[0], rerank[1], rerank_clip_arch, share_installed_clip)
         if claims is not None:
             shutil.copyfile(claims, tmp / "claims.safetensors")
-            manifest["claims"] = {"file": "claims.safetensors"}
+            manifest["claims"] = {"file": "claims.safetensors", "clip_weight": claims_clip_weight}
         manifest |= {"resolution": vq_cfg.resolution, "grid": vq_cfg.grid,
                      "null_condition": gpt_cfg.null_condition, "source": source or {}}
         (tmp / MODEL_JSON).write_text(json.dumps(manifest, indent=2) + "\n")

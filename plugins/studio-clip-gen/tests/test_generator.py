@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -268,6 +270,15 @@ def test_rank_scores_add_standardised_claims_to_clip_and_keep_clip_alone_without
     # every candidate reads right (claims within noise): the CLIP decides
     close = rank_scores([(0.40, -0.0101), (0.50, -0.0102), (0.45, -0.0100)])
     assert max(range(3), key=close.__getitem__) == 1
+    # weighted: the CLIP's part scaled, 1 the plain sum, 0 the classifier alone
+    scores = [(0.40, -0.0101), (0.50, -0.0102), (0.45, -0.0100)]
+    assert rank_scores(scores, 1.0) == close
+    alone = rank_scores(scores, 0.0)
+    assert max(range(3), key=alone.__getitem__) == 2
+    assert sorted(range(3), key=alone.__getitem__) == sorted(range(3), key=lambda j: scores[j][1])
+    half = rank_scores(scores, 0.5)
+    assert half == pytest.approx([(a + c) / 2 for a, c in zip(alone, close)])
+    assert rank_scores([(0.3, None), (0.5, None)], 0.0) == [0.3, 0.5]  # no claims: the CLIP whatever the weight
 
 
 def test_a_claims_classifier_scores_grammar_prompts_and_leaves_other_prompts_to_the_clip(generator, claims_folder):
@@ -279,7 +290,8 @@ def test_a_claims_classifier_scores_grammar_prompts_and_leaves_other_prompts_to_
     judged = ClipGenGenerator("clip-gen/claims", claims_folder)
     judged.load("cpu")
     assert judged.describe()["claims"] == "claims.safetensors"
-    assert model_dir.read_manifest(claims_folder)["claims"] == {"file": "claims.safetensors"}
+    assert judged.describe()["claims_clip_weight"] == 0.0
+    assert model_dir.read_manifest(claims_folder)["claims"] == {"file": "claims.safetensors", "clip_weight": 0.0}
     assert judged.describe()["weights_sha256"] != generator.describe()["weights_sha256"]
     params = {**PARAMS, "candidates": 4, "keep": 4}
     (plain,) = _run(generator, [Request("a green square", 11, params)])
@@ -293,13 +305,54 @@ def test_a_claims_classifier_scores_grammar_prompts_and_leaves_other_prompts_to_
         expected = caption_score(judged.claims, pixels, parse_caption("a green square")).tolist()
     candidates = sorted(result.extra["candidates"], key=lambda c: c["index"])
     assert [c["claims_score"] for c in candidates] == pytest.approx(expected, abs=2e-3)
-    rank = rank_scores([(c["clip_score"], c["claims_score"]) for c in candidates])
+    rank = rank_scores([(c["clip_score"], c["claims_score"]) for c in candidates], 0.0)
     assert [k["index"] for k in result.extra["kept"]] == sorted(range(4), key=lambda j: (-rank[j], j))
 
     # a prompt outside the grammar: no claims scores, ranked exactly as the folder without a classifier
     (plain,) = _run(generator, [Request("a cat", 11, params)])
     (result,) = _run(judged, [Request("a cat", 11, params)])
     assert result.image.tobytes() == plain.image.tobytes() and result.extra == plain.extra
+
+
+def test_the_clip_weight_beside_the_claims_is_the_folders_and_counts_in_its_digest(claims_folder, tmp_path):
+    """A folder made before the weight was recorded sums the two scores, as it always did, and
+    keeps its digest; a recorded weight is a setting of the model, so it changes the digest."""
+    import json
+    import shutil
+
+    from studio_clip_gen import model_dir
+    from studio_clip_gen.generator import rank_scores
+
+    def variant(name: str, claims: dict) -> Path:
+        root = tmp_path / name
+        shutil.copytree(claims_folder, root)
+        manifest = json.loads((root / "model.json").read_text())
+        (root / "model.json").write_text(json.dumps({**manifest, "claims": claims}))
+        return root
+
+    digests, kept = {}, {}
+    params = {**PARAMS, "candidates": 4, "keep": 4}
+    for name, claims in {"before": {"file": "claims.safetensors"},
+                         "summed": {"file": "claims.safetensors", "clip_weight": 1.0},
+                         "alone": {"file": "claims.safetensors", "clip_weight": 0.0}}.items():
+        generator = ClipGenGenerator(f"clip-gen/{name}", variant(name, claims))
+        generator.load("cpu")
+        digests[name] = generator.describe()["weights_sha256"]
+        (result,) = _run(generator, [Request("a red circle above a blue square", 5, params)])
+        candidates = sorted(result.extra["candidates"], key=lambda c: c["index"])
+        weight = 1.0 if name != "alone" else 0.0
+        rank = rank_scores([(c["clip_score"], c["claims_score"]) for c in candidates], weight)
+        kept[name] = [k["index"] for k in result.extra["kept"]]
+        assert kept[name] == sorted(range(4), key=lambda j: (-rank[j], j))
+    assert kept["before"] == kept["summed"]
+    assert len(set(digests.values())) == 3
+    plain = dict(model_dir.read_manifest(claims_folder), claims={"file": "claims.safetensors"})
+    assert digests["before"] == model_dir.weights_sha256(claims_folder, plain)  # the digest it always had
+
+    for bad in (-1.0, "heavy"):
+        broken = ClipGenGenerator("clip-gen/bad", variant(f"bad{bad}", {"file": "claims.safetensors", "clip_weight": bad}))
+        with pytest.raises(GenerationError, match="clip_weight"):
+            broken.load("cpu")
 
 
 def test_a_claims_classifier_for_another_picture_size_is_refused(parts, tmp_path):

@@ -440,10 +440,21 @@ def test_package_and_import_take_a_claims_classifier(parts, tmp_path, studio_hom
     result = CliRunner().invoke(clip_gen_group, ["package", str(tmp_path / "pkg"), *common])
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "pkg" / "model.json").read_text())
-    assert manifest["claims"] == {"file": "claims.safetensors"} and manifest["source"]["claims"] == "claims-run.safetensors"
+    assert manifest["claims"] == {"file": "claims.safetensors", "clip_weight": 0.0}  # the classifier alone
+    assert manifest["source"]["claims"] == "claims-run.safetensors"
     assert (tmp_path / "pkg" / "claims.safetensors").read_bytes() == (tmp_path / "claims-run.safetensors").read_bytes()
-    result = CliRunner().invoke(import_command, ["judged", *common])
+    result = CliRunner().invoke(import_command, ["judged", *common, "--claims-clip-weight", "0.5"])
     assert result.exit_code == 0, result.output
+    from studio_clip_gen.plugin import imported_root
+
+    imported = json.loads((imported_root() / "judged" / "model.json").read_text())
+    assert imported["claims"] == {"file": "claims.safetensors", "clip_weight": 0.5}
+    # a weight without a classifier to weigh it against, or below zero: usage errors, nothing written
+    result = CliRunner().invoke(clip_gen_group, ["package", str(tmp_path / "noclaims"), *common[:-2],
+                                                 "--claims-clip-weight", "1"])
+    assert result.exit_code == 2 and "give the file too" in result.output and not (tmp_path / "noclaims").exists()
+    result = CliRunner().invoke(clip_gen_group, ["package", str(tmp_path / "neg"), *common, "--claims-clip-weight", "-1"])
+    assert result.exit_code == 2 and not (tmp_path / "neg").exists()
     # a file that is not a claims classifier: one line, nothing written
     result = CliRunner().invoke(clip_gen_group, ["package", str(tmp_path / "bad"), *common[:-1],
                                                  str(parts / "clip.safetensors")])
