@@ -102,13 +102,15 @@ def test_reduced_studio_eval_is_above_the_floors(clip_gen):
     metrics = report["metrics"]
     assert metrics["colour"]["value"] >= COLOUR_FLOOR, metrics
     assert metrics["relation"]["value"] >= RELATION_FLOOR, metrics
-    # judged by pixels, as shipped (16x16 codes, guidance 2; n=256 on the card: shape 0.57, size
-    # 0.75, background 1.00, no blank canvas); the goals (shape >= 0.90, size >= 0.85) are not
-    # reached by these weights
-    assert metrics["shape"]["value"] >= 0.35, metrics
-    assert metrics["size"]["value"] >= 0.55, metrics
+    # judged by pixels, as shipped (16x16 codes, guidance 2, the claims classifier ranking; these
+    # 64 prompts measured shape 0.69, size 0.87, relation 0.93, background 0.98, strays 0.03; n=256
+    # on the card: shape 0.68, size 0.83); the goal shape >= 0.90 is not reached by these weights
+    assert metrics["shape"]["value"] >= 0.55, metrics
+    assert metrics["size"]["value"] >= 0.70, metrics
+    assert metrics["relation"]["value"] >= 0.80, metrics
     assert metrics["background"]["value"] >= 0.85, metrics
     assert metrics["blank"]["value"] == 0.0, metrics
+    assert metrics["strays"]["value"] <= 0.15, metrics
 
 
 def test_image_conditioning_redraws_the_scene_of_the_image(clip_gen, tmp_path):
@@ -157,7 +159,8 @@ def test_bundled_claims_classifier_reads_held_out_drawings_and_scores_every_gram
 
     candidates = sorted(result.extra["candidates"], key=lambda c: c["index"])
     assert all("claims_score" in c for c in candidates)
-    rank = rank_scores([(c["clip_score"], c["claims_score"]) for c in candidates])
+    assert clip_gen.claims_clip_weight == model_card["claims"]["clip_weight"] == 0.0  # the classifier alone
+    rank = rank_scores([(c["clip_score"], c["claims_score"]) for c in candidates], clip_gen.claims_clip_weight)
     kept = result.extra["kept"][0]["index"]
     assert kept == max((j for j in range(len(rank)) if j not in result.extra.get("near_blank", [])),
                        key=lambda j: (rank[j], -j))

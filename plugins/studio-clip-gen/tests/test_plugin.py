@@ -206,9 +206,11 @@ def test_the_bundled_model_uses_studios_own_small_clip_file():
     # next; the claims classifier counts last
     assert manifest["rerank"] == {"kind": "bundled", "file": "rerank-clip.safetensors"}
     inner.append(hashlib.sha256((root / "rerank-clip.safetensors").read_bytes()).hexdigest())
-    assert manifest["claims"] == {"file": "claims.safetensors"}
+    assert manifest["claims"] == {"file": "claims.safetensors", "clip_weight": 0.0}
     inner.append(hashlib.sha256((root / "claims.safetensors").read_bytes()).hexdigest())
-    assert model_dir.weights_sha256(root, manifest) == hashlib.sha256("".join(inner).encode()).hexdigest()
+    # and the weight of the CLIP beside the classifier, a setting of the model
+    expected = hashlib.sha256("".join(inner).encode() + b"claims clip_weight 0.0").hexdigest()
+    assert model_dir.weights_sha256(root, manifest) == expected
 
 
 def test_a_transformer_run_on_the_bundled_clip_imports_as_it_is(parts, squares, studio_home, tmp_path, monkeypatch):
