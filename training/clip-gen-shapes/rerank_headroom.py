@@ -11,6 +11,10 @@ a CLIP's choice here can differ from the generator's when two scores are within 
 
     python training/clip-gen-shapes/rerank_headroom.py MODEL_FOLDER --n 256 \
         --clip studio/ml/weights/clip-small.safetensors --clip runs/judge.safetensors
+
+With ``--claims FILE`` the claims classifier is compared too: alone, and added to the last CLIP's
+score times each ``--clip-weight`` (always 1, and the folder's own weight, which is how the
+generator ranks). ``--start 256 --n 128`` measures on prompts no earlier choice was made on.
 """
 
 from __future__ import annotations
@@ -29,16 +33,17 @@ from studio.ml.checker import check_image
 from studio.ml.clip_load import load_bundled_clip
 from studio_clip_gen.clip_embed import encode_images, encode_text
 from studio_clip_gen.generator import ClipGenGenerator, rank_scores
+from studio_clip_gen.model_dir import claims_clip_weight, read_manifest
 
 K = 8
 
 
-def candidates(folder: Path, n: int, cache: Path, guidance: float) -> list[tuple[dict, list[Image.Image]]]:
+def candidates(folder: Path, n: int, cache: Path, guidance: float, start: int = 0) -> list[tuple[dict, list[Image.Image]]]:
     cache.mkdir(parents=True, exist_ok=True)
-    prompts = shapes.eval_prompts(n, seed=0, phrasing="grammar")
+    prompts = shapes.eval_prompts(start + n, seed=0, phrasing="grammar")
     generator = None
     out = []
-    for i, p in enumerate(prompts):
+    for i, p in enumerate(prompts[start:], start):
         path = cache / f"{i:04d}.png"
         if not path.is_file():
             if generator is None:
@@ -127,18 +132,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--n", type=int, default=256)
+    parser.add_argument("--start", type=int, default=0,
+                        help="the first `studio eval` prompt (e.g. 256: prompts no earlier choice was made on)")
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--clip", action="append", required=True, help="a re-ranking CLIP (Studio's small-CLIP file)")
     parser.add_argument("--cache", type=Path, help="candidate grids [default: FOLDER-candidates-nN-gGUIDANCE]")
     parser.add_argument("--claims", help="a claims classifier (train_claims.py) to compare, alone and with the "
                                           "last --clip; --by then breaks its picks down")
+    parser.add_argument("--clip-weight", type=float, action="append", default=[],
+                        help="with --claims, also rank by the claims score plus this times the last --clip's "
+                             "(repeatable) [always: 1, and the folder's own weight]")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--by", action="store_true",
                         help="also break shape down by what each prompt asks, for the last --clip: the shape "
                              "(one-object prompts), the sizes asked, objects, background")
     args = parser.parse_args()
     cache = args.cache or args.folder.with_name(f"{args.folder.name}-candidates-n{args.n}-g{args.guidance:g}")
-    data = candidates(args.folder, args.n, cache, args.guidance)
+    data = candidates(args.folder, args.n, cache, args.guidance, args.start)
     judged = [verdicts(p, tiles) for p, tiles in data]
     report = {"n": len(data), "candidates": K,
               "random": {k: share([v for j in judged for v in (c[k] for c in j)]) for k in KEYS},
@@ -151,23 +161,26 @@ def main() -> None:
     if args.claims:
         by_claims = claims_scores(args.claims, data)
         unparsed = sum(s is None for s in by_claims)
+        own = claims_clip_weight(read_manifest(args.folder))
+        weights = sorted({1.0, own, *args.clip_weight})
         variants = {
             f"claims {Path(args.claims).name}": [c if c is not None else k for c, k in zip(by_claims, by_clip)],
-            f"claims + {Path(args.clip[-1]).name} (the generator's rank_scores)":
-                [torch.tensor(rank_scores(list(zip(k.tolist(), c.tolist() if c is not None else [None] * len(k)))))
-                 for c, k in zip(by_claims, by_clip)],
+            **{f"claims + {w:g} x {Path(args.clip[-1]).name}{' (as the generator ranks)' if w == own else ''}":
+               [torch.tensor(rank_scores(list(zip(k.tolist(), c.tolist() if c is not None else [None] * len(k))), w))
+                for c, k in zip(by_claims, by_clip)] for w in weights},
         }
         for name, scores in variants.items():
             chosen = picks(scores)
             report[name] = {k: share([j[c][k] for j, c in zip(judged, chosen)]) for k in KEYS}
         report["prompts the claims classifier cannot parse"] = unparsed
-        chosen = picks(list(variants.values())[1])
-    print(f"{'re-ranker':60s} {'shape':>6s} {'size':>6s} {'relation':>8s} {'all asked':>9s}   (n={len(data)}, {K} candidates)")
+        chosen = picks(list(variants.values())[1 + weights.index(own)])
+    print(f"{'re-ranker':60s} {'shape':>6s} {'size':>6s} {'relation':>8s} {'all asked':>9s}   "
+          f"(prompts {args.start}-{args.start + len(data) - 1}, {K} candidates)")
     for name, row in report.items():
         if isinstance(row, dict):
             print(f"{name:60s} {fmt(row['shape'], 6)} {fmt(row['size'], 6)} {fmt(row['relation'], 8)} {fmt(row['all'], 9)}")
     if args.by:  # `chosen`: the generator's picks with --claims, else the last CLIP's
-        picker = "claims + CLIP (rank_scores)" if args.claims else Path(args.clip[-1]).name
+        picker = "the folder's rank_scores" if args.claims else Path(args.clip[-1]).name
         print(f"\nshape by group: random / {picker} / best possible")
         for name, group in groups(data).items():
             idx = [i for i, g in enumerate(group) if g is not None]
