@@ -13,14 +13,16 @@ a CLIP's choice here can differ from the generator's when two scores are within 
         --clip studio/ml/weights/clip-small.safetensors --clip runs/judge.safetensors
 
 With ``--claims FILE`` the claims classifier is compared too: alone, and added to the last CLIP's
-score times each ``--clip-weight`` (always 1, and the folder's own weight, which is how the
-generator ranks). ``--start 256 --n 128`` measures on prompts no earlier choice was made on.
+score times each ``--clip-weight`` (always 1, and the folder's own weight: how the generator ranks
+when the last ``--clip`` and ``--claims`` are the folder's own files). ``--start 256 --n 128``
+measures on prompts no earlier choice was made on.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +116,20 @@ def picks(scores: list[torch.Tensor]) -> list[int]:
     return [int(s.argmax()) for s in scores]
 
 
+def rates(judged, scores: list[torch.Tensor]) -> dict:
+    """The share of prompts whose top-scored candidate is right, for each of :data:`KEYS`."""
+    chosen = picks(scores)
+    return {k: share([j[c][k] for j, c in zip(judged, chosen)]) for k in KEYS}
+
+
+def weight(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: a finite number >= 0")
+    return value
+
+
 def groups(data) -> dict[str, list]:
     """Per prompt, what it asks: the shape (one-object prompts), the sizes, how many objects, the background."""
     out: dict[str, list] = {"shape": [], "size": [], "objects": [], "background": []}
@@ -139,7 +155,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="candidate grids [default: FOLDER-candidates-nN-gGUIDANCE]")
     parser.add_argument("--claims", help="a claims classifier (train_claims.py) to compare, alone and with the "
                                           "last --clip; --by then breaks its picks down")
-    parser.add_argument("--clip-weight", type=float, action="append", default=[],
+    parser.add_argument("--clip-weight", type=weight, action="append", default=[],
                         help="with --claims, also rank by the claims score plus this times the last --clip's "
                              "(repeatable) [always: 1, and the folder's own weight]")
     parser.add_argument("--json", type=Path)
@@ -150,30 +166,27 @@ def main() -> None:
     cache = args.cache or args.folder.with_name(f"{args.folder.name}-candidates-n{args.n}-g{args.guidance:g}")
     data = candidates(args.folder, args.n, cache, args.guidance, args.start)
     judged = [verdicts(p, tiles) for p, tiles in data]
-    report = {"n": len(data), "candidates": K,
+    report = {"start": args.start, "n": len(data), "candidates": K,
               "random": {k: share([v for j in judged for v in (c[k] for c in j)]) for k in KEYS},
               "best possible": {k: share([any_right([c[k] for c in j]) for j in judged]) for k in KEYS}}
     chosen = []
     for clip_file in args.clip:
         by_clip = clip_scores(clip_file, data)
         chosen = picks(by_clip)
-        report[clip_file] = {k: share([j[c][k] for j, c in zip(judged, chosen)]) for k in KEYS}
+        report[clip_file] = rates(judged, by_clip)
     if args.claims:
         by_claims = claims_scores(args.claims, data)
         unparsed = sum(s is None for s in by_claims)
         own = claims_clip_weight(read_manifest(args.folder))
-        weights = sorted({1.0, own, *args.clip_weight})
-        variants = {
-            f"claims {Path(args.claims).name}": [c if c is not None else k for c, k in zip(by_claims, by_clip)],
-            **{f"claims + {w:g} x {Path(args.clip[-1]).name}{' (as the generator ranks)' if w == own else ''}":
-               [torch.tensor(rank_scores(list(zip(k.tolist(), c.tolist() if c is not None else [None] * len(k))), w))
-                for c, k in zip(by_claims, by_clip)] for w in weights},
-        }
-        for name, scores in variants.items():
-            chosen = picks(scores)
-            report[name] = {k: share([j[c][k] for j, c in zip(judged, chosen)]) for k in KEYS}
+        report[f"claims {Path(args.claims).name}"] = rates(judged, [c if c is not None else k
+                                                                   for c, k in zip(by_claims, by_clip)])
+        for w in sorted({1.0, own, *args.clip_weight}):
+            scores = [torch.tensor(rank_scores(list(zip(k.tolist(), c.tolist() if c is not None else [None] * len(k))), w))
+                      for c, k in zip(by_claims, by_clip)]
+            report[f"claims + {w!r} x CLIP{' (the folder weight)' if w == own else ''}"] = rates(judged, scores)
+            if w == own:
+                chosen = picks(scores)
         report["prompts the claims classifier cannot parse"] = unparsed
-        chosen = picks(list(variants.values())[1 + weights.index(own)])
     print(f"{'re-ranker':60s} {'shape':>6s} {'size':>6s} {'relation':>8s} {'all asked':>9s}   "
           f"(prompts {args.start}-{args.start + len(data) - 1}, {K} candidates)")
     for name, row in report.items():

@@ -27,8 +27,8 @@ import torch
 
 from studio.api import atomic_path, sha256_file_cached
 from studio.ml.claims import ClaimsNet, claims_training_record, load_claims_net, save_claims_net, training_loss
-from studio.ml.precision import autocast, check_training
 from studio.ml.datasets import ShapesDataset
+from studio.ml.precision import autocast, check_training
 from studio.ml.shapes import claim_targets
 
 
@@ -60,14 +60,19 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=200)
     parser.add_argument("--eval-n", type=int, default=512)
     args = parser.parse_args()
+    ckpt = args.out.with_suffix(".ckpt")
+    if args.init and ckpt.exists():
+        parser.error(f"{ckpt} exists: that run resumes from it; give --init to a new --out")
+    if args.init and args.init.resolve() == args.out.resolve():
+        parser.error("--init and --out name the same file: the run would overwrite what it starts from")
     if args.threads:
         torch.set_num_threads(args.threads)
-    check_training("cpu", args.precision)  # logs a warning where bf16 would only be emulated
 
     vqgan = None
     if args.vqgan:
         from studio_clip_gen.checkpoints import load_vqgan
 
+        check_training("cpu", args.precision)  # logs a warning where bf16 would only be emulated
         vqgan = load_vqgan(args.vqgan).eval().requires_grad_(False)
 
     def render(images: torch.Tensor, share: float, gen: torch.Generator) -> torch.Tensor:
@@ -86,12 +91,12 @@ def main() -> None:
     eval_images = render(eval_images, 1.0, torch.Generator().manual_seed(0))
 
     net = ClaimsNet()
-    step, best = 0, -1.0
+    step, best, init = 0, -1.0, {}
     if args.init:
         net = load_claims_net(args.init).train().requires_grad_(True)
         step = int(claims_training_record(args.init).get("steps", 0))
+        init = {"init": {"sha256": sha256_file_cached(args.init), "steps": step}}
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    ckpt = args.out.with_suffix(".ckpt")
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=True)
         net.load_state_dict(state["net"])
@@ -112,7 +117,8 @@ def main() -> None:
         if acc > best:
             best = acc
             meta = {"steps": step, "held_out_all_pairs_right": acc, "eval_n": args.eval_n,
-                    "round_trip": args.round_trip if vqgan is not None else 0.0, "round_trip_precision": args.precision,
+                    **init, "round_trip": args.round_trip if vqgan is not None else 0.0,
+                    "round_trip_precision": args.precision,
                     **({"vqgan_sha256": sha256_file_cached(args.vqgan)} if vqgan is not None else {})}
             save_claims_net(net, args.out, meta)
         with atomic_path(ckpt) as tmp:

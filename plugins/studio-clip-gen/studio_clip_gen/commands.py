@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -347,6 +348,12 @@ clip_gen_group.add_command(_hidden_alias(train_vqgan_command), name="train-vqgan
 clip_gen_group.add_command(_hidden_alias(train_transformer_command), name="train-transformer")
 
 
+def _finite(_ctx, param, value):
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number", param=param)
+    return value
+
+
 def _assemble(dest: Path, vqgan, vqgan_config, transformer, clip_file, clip_arch, rerank_clip, rerank_clip_arch,
               claims, claims_clip_weight, heads, force, share_installed_clip: bool = False) -> dict:
     from .checkpoints import WeightsError
@@ -364,7 +371,8 @@ def _assemble(dest: Path, vqgan, vqgan_config, transformer, clip_file, clip_arch
     try:
         return assemble(dest, vqgan=vqgan, transformer=transformer, clip=clip_file, vqgan_config=vqgan_config,
                         clip_arch=clip_arch, rerank_clip=rerank_clip, rerank_clip_arch=rerank_clip_arch, heads=heads,
-                        claims=claims, claims_clip_weight=claims_clip_weight or 0.0, overwrite=force, share_installed_clip=share_installed_clip, source=source)
+                        claims=claims, claims_clip_weight=claims_clip_weight or 0.0, overwrite=force,
+                        share_installed_clip=share_installed_clip, source=source)
     except (WeightsError, ValueError, OSError) as exc:
         raise _fail(exc) from None
 
@@ -383,9 +391,11 @@ _PARTS = [
     click.option("--claims", type=_FILE,
                  help="A claims classifier (studio.ml.claims) that also scores the candidates of prompts in the "
                       "shapes grammar [default: none]."),
-    click.option("--claims-clip-weight", type=click.FloatRange(0), metavar="W",
-                 help="With --claims: candidates rank by the classifier's score plus W times the CLIP's, each "
-                      "standardised over the candidates [default: 0, the classifier alone]."),
+    click.option("--claims-clip-weight", type=click.FloatRange(0), metavar="W", callback=_finite,
+                 help="With --claims: candidates of prompts in the shapes grammar rank by the classifier's score "
+                      "plus W times the re-ranking CLIP's (the conditioning CLIP's without --rerank-clip), each "
+                      "standardised over the candidates; other prompts rank by the CLIP alone [default: 0, the "
+                      "classifier alone; folders made before this option sum the two, W=1]."),
     click.option("--heads", type=click.IntRange(1), help="Attention heads of a clip-gen GPT (default width/64)."),
     click.option("--force", is_flag=True, help="Replace an existing model of that name."),
 ]

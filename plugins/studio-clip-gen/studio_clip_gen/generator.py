@@ -119,7 +119,7 @@ class ClipGenGenerator:
             "clip": manifest["clip"].get("arch", manifest["clip"]["kind"]),
             **({"rerank_clip": _clip_name(manifest["rerank"])} if manifest.get("rerank") else {}),
             **({"claims": Path(manifest["claims"]["file"]).name} if manifest.get("claims") else {}),
-            **({"claims_clip_weight": self.claims_clip_weight} if "clip_weight" in (manifest.get("claims") or {}) else {}),
+            **({"claims_clip_weight": self.claims_clip_weight} if model_dir.records_clip_weight(manifest) else {}),
             "dtype": "float32",
         }
 
@@ -291,7 +291,9 @@ CLAIMS_SPREAD_FLOOR = 0.05  # mean log-likelihood (one wrong pair in 32 costs ab
 def rank_scores(scores: list[tuple[float, float | None]], clip_weight: float = 1.0) -> list[float]:
     """One number per candidate from its (CLIP score, claims score): the CLIP score alone when
     there is no claims score, else the claims score plus ``clip_weight`` times the CLIP's, each
-    standardised over the candidates (their scales differ: cosines vs mean log-likelihoods)."""
+    standardised over the candidates (their scales differ: cosines vs mean log-likelihoods). At
+    weight 0 the CLIP plays no part: among candidates that all read right, the classifier's own
+    small differences decide (the spread floors only matter for a sum)."""
     clip = [s[0] for s in scores]
     if any(s[1] is None for s in scores) or len(scores) < 2:
         return clip

@@ -77,18 +77,33 @@ def weights_sha256(root: Path, manifest: dict[str, Any]) -> str:
         paths.append(root / manifest["claims"]["file"])
     for path in paths:
         outer.update(sha256_file_cached(path).encode())
-    if "clip_weight" in (manifest.get("claims") or {}):
+    if records_clip_weight(manifest):
         outer.update(f"claims clip_weight {claims_clip_weight(manifest)!r}".encode())
     return outer.hexdigest()
+
+
+def records_clip_weight(manifest: dict[str, Any]) -> bool:
+    """Whether the folder states the CLIP's weight beside its claims classifier (folders made
+    before the setting existed do not, and sum the two scores)."""
+    return "clip_weight" in (manifest.get("claims") or {})
 
 
 def claims_clip_weight(manifest: dict[str, Any]) -> float:
     """How much the CLIP's score counts beside the claims classifier's (1 in folders made before
     the weight was recorded, when the two were always summed)."""
-    weight = (manifest.get("claims") or {}).get("clip_weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-        raise ValueError(f"model.json: the claims clip_weight must be a number >= 0, not {weight!r}")
-    return float(weight)
+    return checked_clip_weight((manifest.get("claims") or {}).get("clip_weight", 1.0), "model.json: the claims clip_weight")
+
+
+def checked_clip_weight(weight: Any, what: str = "the claims clip_weight") -> float:
+    """``weight`` as a float, if it is a finite number >= 0 (-0.0 read as 0.0); else a one-line ValueError."""
+    ok = isinstance(weight, (int, float)) and not isinstance(weight, bool)
+    try:
+        ok = ok and math.isfinite(weight) and weight >= 0
+    except OverflowError:  # an integer too large for a float
+        ok = False
+    if not ok:
+        raise ValueError(f"{what} must be a finite number >= 0, not {str(weight)[:40]}")
+    return float(weight) + 0.0
 
 
 def rerank_is_clip(root: Path, manifest: dict[str, Any]) -> bool:
@@ -281,7 +296,8 @@ def assemble(
     ``rerank_clip``: a second CLIP that scores the candidates; it must embed images and prompts
     but need not share the conditioning CLIP's space. ``claims``: a claims classifier
     (:func:`studio.ml.claims.save_claims_net`) that scores candidates of `shapes` prompts, with
-    the CLIP's score counting ``claims_clip_weight`` beside it (0: the classifier alone decides).
+    the CLIP's score counting ``claims_clip_weight`` beside it (0, the default: the classifier
+    alone decides; 1: the two summed, as every folder made before the weight was recorded does).
     """
     from .checkpoints import WeightsError, write_safetensors
     from .clip_embed import embed_dim
@@ -289,6 +305,10 @@ def assemble(
 
     if dest.exists() and not overwrite:
         raise WeightsError(f"{dest} already exists")
+    try:
+        claims_clip_weight = checked_clip_weight(claims_clip_weight)
+    except ValueError as exc:
+        raise WeightsError(str(exc)) from None
     vq_state, vq_cfg = read_vqgan(vqgan, vqgan_config)
     gpt_state, gpt_cfg, gpt_meta = read_transformer(transformer, heads)
     clip_model, clip_spec = read_clip(clip, clip_arch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -344,14 +345,19 @@ def test_the_clip_weight_beside_the_claims_is_the_folders_and_counts_in_its_dige
         rank = rank_scores([(c["clip_score"], c["claims_score"]) for c in candidates], weight)
         kept[name] = [k["index"] for k in result.extra["kept"]]
         assert kept[name] == sorted(range(4), key=lambda j: (-rank[j], j))
-    assert kept["before"] == kept["summed"]
+    assert kept["before"] == kept["summed"] and kept["alone"] != kept["before"]
     assert len(set(digests.values())) == 3
-    plain = dict(model_dir.read_manifest(claims_folder), claims={"file": "claims.safetensors"})
-    assert digests["before"] == model_dir.weights_sha256(claims_folder, plain)  # the digest it always had
+    # the digest a folder without the weight always had: the files' digests, nothing more
+    manifest = model_dir.read_manifest(tmp_path / "before")
+    files = [tmp_path / "before" / manifest["vqgan"], tmp_path / "before" / manifest["transformer"],
+             model_dir.clip_path(tmp_path / "before", manifest["clip"]), tmp_path / "before" / "claims.safetensors"]
+    inner = "".join(hashlib.sha256(f.read_bytes()).hexdigest() for f in files)
+    assert digests["before"] == hashlib.sha256(inner.encode()).hexdigest()
 
-    for bad in (-1.0, "heavy"):
-        broken = ClipGenGenerator("clip-gen/bad", variant(f"bad{bad}", {"file": "claims.safetensors", "clip_weight": bad}))
-        with pytest.raises(GenerationError, match="clip_weight"):
+    for bad in (-1.0, "heavy", True, None, float("nan"), float("inf"), 10**400):
+        broken = ClipGenGenerator("clip-gen/bad", variant(f"bad{len(digests)}-{id(bad)}",
+                                                          {"file": "claims.safetensors", "clip_weight": bad}))
+        with pytest.raises(GenerationError, match="clip_weight must be a finite number"):
             broken.load("cpu")
 
 
@@ -360,6 +366,12 @@ def test_a_claims_classifier_for_another_picture_size_is_refused(parts, tmp_path
     from studio_clip_gen.checkpoints import WeightsError
     from studio_clip_gen.model_dir import assemble
 
+    save_claims_net(ClaimsNet(image_size=16, ch=8), tmp_path / "claims16.safetensors")
+    with pytest.raises(WeightsError, match="clip_weight must be a finite number"):  # refused before anything is written
+        assemble(tmp_path / "model", vqgan=parts / "vqgan.safetensors", transformer=parts / "transformer.safetensors",
+                 clip=parts / "clip.safetensors", clip_arch="studio-tiny-64", claims=tmp_path / "claims16.safetensors",
+                 claims_clip_weight=float("nan"))
+    assert not (tmp_path / "model").exists()
     save_claims_net(ClaimsNet(image_size=64, ch=8), tmp_path / "claims.safetensors")
     with pytest.raises(WeightsError, match="reads 64px pictures"):
         assemble(tmp_path / "model", vqgan=parts / "vqgan.safetensors", transformer=parts / "transformer.safetensors",

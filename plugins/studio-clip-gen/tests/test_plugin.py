@@ -455,8 +455,9 @@ def test_package_and_import_take_a_claims_classifier(parts, tmp_path, studio_hom
     result = CliRunner().invoke(clip_gen_group, ["package", str(tmp_path / "noclaims"), *common[:-2],
                                                  "--claims-clip-weight", "1"])
     assert result.exit_code == 2 and "give the file too" in result.output and not (tmp_path / "noclaims").exists()
-    result = CliRunner().invoke(clip_gen_group, ["package", str(tmp_path / "neg"), *common, "--claims-clip-weight", "-1"])
-    assert result.exit_code == 2 and not (tmp_path / "neg").exists()
+    for bad in ("-1", "nan", "inf", "1e400"):
+        result = CliRunner().invoke(clip_gen_group, ["package", str(tmp_path / "bad-w"), *common, "--claims-clip-weight", bad])
+        assert result.exit_code == 2 and not (tmp_path / "bad-w").exists(), (bad, result.output)
     # a file that is not a claims classifier: one line, nothing written
     result = CliRunner().invoke(clip_gen_group, ["package", str(tmp_path / "bad"), *common[:-1],
                                                  str(parts / "clip.safetensors")])
