@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ from studio.ml.checker import check_image
 from studio.ml.clip_load import load_bundled_clip
 from studio_clip_gen.clip_embed import encode_images, encode_text
 from studio_clip_gen.generator import ClipGenGenerator, rank_scores
-from studio_clip_gen.model_dir import claims_clip_weight, read_manifest
+from studio_clip_gen.model_dir import checked_clip_weight, claims_clip_weight, read_manifest
 
 K = 8
 
@@ -123,11 +122,11 @@ def rates(judged, scores: list[torch.Tensor]) -> dict:
 
 
 def weight(text: str) -> float:
-    """An argparse type: a finite number >= 0."""
-    value = float(text)
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: a finite number >= 0")
-    return value
+    """An argparse type: a weight as a model folder may hold it (a finite number >= 0)."""
+    try:
+        return checked_clip_weight(float(text), text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def groups(data) -> dict[str, list]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -348,10 +347,16 @@ clip_gen_group.add_command(_hidden_alias(train_vqgan_command), name="train-vqgan
 clip_gen_group.add_command(_hidden_alias(train_transformer_command), name="train-transformer")
 
 
-def _finite(_ctx, param, value):
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a finite number", param=param)
-    return value
+def _clip_weight(_ctx, param, value):
+    """--claims-clip-weight checked as model.json's weight is (a usage error here, before any work)."""
+    from .model_dir import checked_clip_weight
+
+    if value is None:
+        return None
+    try:
+        return checked_clip_weight(value, "the weight")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
 
 
 def _assemble(dest: Path, vqgan, vqgan_config, transformer, clip_file, clip_arch, rerank_clip, rerank_clip_arch,
@@ -391,7 +396,7 @@ _PARTS = [
     click.option("--claims", type=_FILE,
                  help="A claims classifier (studio.ml.claims) that also scores the candidates of prompts in the "
                       "shapes grammar [default: none]."),
-    click.option("--claims-clip-weight", type=click.FloatRange(0), metavar="W", callback=_finite,
+    click.option("--claims-clip-weight", type=float, metavar="W", callback=_clip_weight,
                  help="With --claims: candidates of prompts in the shapes grammar rank by the classifier's score "
                       "plus W times the re-ranking CLIP's (the conditioning CLIP's without --rerank-clip), each "
                       "standardised over the candidates; other prompts rank by the CLIP alone [default: 0, the "
