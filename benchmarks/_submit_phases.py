@@ -5,6 +5,9 @@ command does, in the same order: torch and open_clip are imported first (the sub
 them while loading the model), then the CLI runs with the generator cache's ``get`` (model build
 and weights), every ``generate`` and the runner's file storing wrapped in timers. Everything else
 (interpreter, Studio's own imports, plugin registry, database) is the remainder of the wall time.
+The run ends as the ``studio`` executable ends (:func:`studio.cli.run`: exit handlers, then an
+exit that skips tearing torch down); the phases are printed by an exit handler, so they come out
+before the process ends.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ def main() -> None:
 
     phases["import open_clip"] = time.perf_counter() - start
 
+    import atexit
+
     from studio import loader, runner
-    from studio.cli import main as cli_main
+    from studio.cli import run as cli_run
 
     def timed(name, fn):
         def wrapper(*args, **kwargs):
@@ -54,13 +59,13 @@ def main() -> None:
 
     loader.GeneratorCache.get = get
     runner.Runner._store_files = timed("store", runner.Runner._store_files)
-    code = 0
-    try:
-        cli_main(sys.argv[1:])
-    except SystemExit as exc:
-        code = exc.code or 0
-    phases["in process"] = time.perf_counter() - BEGIN
-    print(json.dumps({"exit": code, "phases": phases}))
+
+    def report() -> None:  # the exit status is the process's own
+        phases["in process"] = time.perf_counter() - BEGIN
+        print(json.dumps({"phases": phases}), flush=True)
+
+    atexit.register(report)
+    cli_run()  # the executable's own ending: exit handlers (report among them), then the exit
 
 
 if __name__ == "__main__":
