@@ -56,6 +56,7 @@ from studio.plumbing import (
     hardware,
     load_checkpoint,
     one_line,
+    restore_optimizer,
     save_checkpoint,
     save_safetensors,
     sha256_file,
@@ -83,7 +84,7 @@ __all__ = [
     "is_near_blank", "prompt_words", "prompt_cache",
     # plumbing
     "atomic_path", "atomic_dir", "write_atomic", "sha256_file", "sha256_file_cached", "one_line", "load_checkpoint", "save_checkpoint",
-    "save_safetensors",
+    "restore_optimizer", "save_safetensors",
     "check_finite", "append_jsonl", "hardware", "MetricsLog", "TrainingRun", "without_random_init",
 ]
 

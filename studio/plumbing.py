@@ -250,6 +250,17 @@ def visible(value: object) -> str:
 # ---- checkpoint files ------------------------------------------------------------------------
 
 
+def restore_optimizer(optimizer: Any, state: dict, lr: float) -> None:
+    """Load a saved optimizer ``state`` (Adam's moments and step counts), training on at ``lr``.
+
+    ``load_state_dict`` also brings back the learning rates the state was saved with, so a run
+    resumed with another rate would silently keep the old one.
+    """
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def load_checkpoint(path: str | Path, *, missing_ok: bool = False) -> Any:
     """``torch.load(weights_only=True)`` on the CPU; every failure is a one-line :class:`WeightsError`.
 

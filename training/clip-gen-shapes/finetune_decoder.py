@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from studio.api import TrainingRun, sha256_file_cached
+from studio.api import TrainingRun, restore_optimizer, sha256_file_cached
 from studio.ml import shapes
 from studio.ml.evaluate import to_tensor
 from studio_clip_gen.checkpoints import load_vqgan, read_safetensors_meta, write_safetensors
@@ -82,9 +82,7 @@ def main() -> None:
         if saved["source_sha256"] != source_sha:
             parser.error(f"{args.out} trains the decoder of another VQGAN (sha256 {saved['source_sha256'][:16]}...)")
         model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        for group in opt.param_groups:
-            group["lr"] = args.lr  # the lr given now, as recorded below
+        restore_optimizer(opt, saved["optimizer"], args.lr)  # the lr given now, as recorded below
         step = int(saved["step"])
     model.decoder.train()
     model.post_quant_conv.train()

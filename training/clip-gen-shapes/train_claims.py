@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from studio.api import atomic_path, sha256_file_cached
+from studio.api import atomic_path, restore_optimizer, sha256_file_cached
 from studio.ml.claims import ClaimsNet, claims_training_record, load_claims_net, save_claims_net, training_loss
 from studio.ml.datasets import ShapesDataset
 from studio.ml.precision import autocast, check_training
@@ -100,7 +100,7 @@ def main() -> None:
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=True)
         net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
+        restore_optimizer(opt, state["opt"], args.lr)
         step, best = int(state["step"]), float(state["best"])
     gen = torch.Generator().manual_seed(step)
     deadline = time.monotonic() + args.minutes * 60

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from studio.api import MetricsLog, load_checkpoint, save_checkpoint
+from studio.api import MetricsLog, load_checkpoint, restore_optimizer, save_checkpoint
 from studio.ml.precision import autocast, check_training
 
 from .checkpoints import write_safetensors
@@ -208,8 +208,8 @@ def train_vqgan(
             raise ValueError(f"{out}: the checkpoint was trained with another VQGAN config")
         model.load_state_dict(state["model"])
         disc.load_state_dict(state["disc"])
-        opt_ae.load_state_dict(state["opt_ae"])
-        opt_d.load_state_dict(state["opt_d"])
+        restore_optimizer(opt_ae, state["opt_ae"], cfg.lr)  # the moments, at this run's rate
+        restore_optimizer(opt_d, state["opt_d"], cfg.lr)
         step, usage = state["step"], state["usage"]
     prior_s = state.get("train_seconds", 0.0) if state is not None else 0.0
     generator = torch.Generator().manual_seed(cfg.seed + step)

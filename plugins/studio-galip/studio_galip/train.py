@@ -54,7 +54,7 @@ from studio.ml.clip_features import image_features, sentence_embedding, to_clip_
 from studio.ml.precision import autocast, check_training
 from studio.ml.shapes import CLAIM_CLASSES, claim_targets
 
-from studio.api import WeightsError, atomic_path, sha256_file
+from studio.api import WeightsError, atomic_path, restore_optimizer, sha256_file
 
 from .checkpoints import load_into, read_official, read_weights, save_studio
 from .generator import noise_for, to_uint8
@@ -408,8 +408,8 @@ def train_galip(out_dir: str | Path, dataset, clip, *, config: GalipConfig | Non
     if resumed is not None:
         optim = resumed.extra.get("optimizers", {})
         if "optimizer_G" in optim:
-            opt_g.load_state_dict(optim["optimizer_G"])
-            opt_d.load_state_dict(optim["optimizer_D"])
+            restore_optimizer(opt_g, optim["optimizer_G"], lr_g)  # the moments, at this run's rates
+            restore_optimizer(opt_d, optim["optimizer_D"], opts.lr_d)
         if scaler is not None and "scaler" in resumed.extra:
             scaler.load_state_dict(resumed.extra["scaler"])
 

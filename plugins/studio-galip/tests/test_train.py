@@ -100,6 +100,19 @@ def test_train_writes_outputs_and_resumes(tmp_path):
     assert json.loads((run / "model_card.json").read_text())["weights_sha256"] == card["weights_sha256"]
 
 
+def test_a_resumed_run_trains_at_its_own_learning_rates_with_the_saved_moments(tmp_path):
+    clip = make_tiny_clip()
+    cfg = default_config(clip, ngf=8, code_ch=16, mid_ch=8, d_ch=32, c_hidden=16)
+    run = tmp_path / "run"
+    train_galip(run, ToyColours(), clip, config=cfg, steps=2, batch_size=4, show_progress=False)
+    card = train_galip(run, ToyColours(), clip, steps=3, batch_size=4, show_progress=False, lr_g=1e-4, lr_d=2e-4)
+    assert (card["lr_g"], card["lr_d"]) == (1e-4, 2e-4)
+    optimizers = read_official(run / "checkpoint.pt").extra["optimizers"]
+    for name, lr in (("optimizer_G", 1e-4), ("optimizer_D", 2e-4)):
+        assert {group["lr"] for group in optimizers[name]["param_groups"]} == {lr}, name
+        assert {int(state["step"]) for state in optimizers[name]["state"].values()} == {3}, name  # moments kept
+
+
 def test_train_needs_a_budget(tmp_path):
     with pytest.raises(ValueError, match="steps or minutes"):
         train_galip(tmp_path, ToyColours(), make_tiny_clip())
