@@ -251,10 +251,12 @@ def visible(value: object) -> str:
 
 
 def restore_optimizer(optimizer: Any, state: dict, lr: float) -> None:
-    """Load a saved optimizer ``state`` (Adam's moments and step counts), training on at ``lr``.
+    """Load a saved optimizer ``state`` (Adam's moments and step counts), training on at ``lr``
+    (every parameter group).
 
     ``load_state_dict`` also brings back the learning rates the state was saved with, so a run
-    resumed with another rate would silently keep the old one.
+    resumed with another rate would silently keep the old one. Here the resumed run's own rate
+    (the one its command line gives, default included) is the one it trains and records.
     """
     optimizer.load_state_dict(state)
     for group in optimizer.param_groups:

@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--init", type=Path, help="start from this classifier file (its steps count on)")
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate, also of a resumed run")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--eval-every", type=int, default=200)
     parser.add_argument("--eval-n", type=int, default=512)

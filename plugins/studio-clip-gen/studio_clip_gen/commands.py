@@ -150,7 +150,8 @@ def train_group() -> None:
 @click.option("--steps", type=click.IntRange(1), default=2000, show_default=True)
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), help="Stop after this much wall time.")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True,
+              help="Learning rate, also of a resumed run.")
 @click.option("--disc-start", type=click.IntRange(0), default=1000, show_default=True, help="Step that switches the GAN loss on.")
 @click.option("--perceptual", default="none", show_default=True, help="none, clip (needs --clip) or lpips:FILE.")
 @click.option("--l2-weight", type=click.FloatRange(0), default=0.0, show_default=True,

@@ -36,8 +36,9 @@ def galip_group() -> None:
 @click.option("--steps", type=click.IntRange(min=1), help="Stop at this total step count.")
 @click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True)
 @click.option("--lr-g", type=click.FloatRange(min=0, min_open=True),
-              help="Generator lr [default: 1e-4 with raw conditions, 4e-4 with sqrt_dim].")
-@click.option("--lr-d", type=click.FloatRange(min=0, min_open=True), default=4e-4, show_default=True)
+              help="Generator lr, also of a resumed run [default: 1e-4 with raw conditions, 4e-4 with sqrt_dim].")
+@click.option("--lr-d", type=click.FloatRange(min=0, min_open=True), default=4e-4, show_default=True,
+              help="Discriminators' lr, also of a resumed run.")
 @click.option("--cond-scale", type=click.Choice(["raw", "sqrt_dim"]),
               help="Sentence embedding scaling [default: raw for CLIP ViT-B/32, sqrt_dim for small CLIPs].")
 @click.option("--mapping", type=click.Choice(["galip", "clean"]), default="galip", show_default=True,
