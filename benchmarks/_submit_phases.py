@@ -17,7 +17,6 @@ import time
 BEGIN = time.perf_counter()
 
 import json  # noqa: E402
-import sys  # noqa: E402
 
 
 def main() -> None:
