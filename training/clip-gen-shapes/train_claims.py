@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from studio.api import atomic_path, restore_optimizer, sha256_file_cached
+from studio.api import atomic_path, load_checkpoint, restore_optimizer, sha256_file_cached
 from studio.ml.claims import ClaimsNet, claims_training_record, load_claims_net, save_claims_net, training_loss
 from studio.ml.datasets import ShapesDataset
 from studio.ml.precision import autocast, check_training
@@ -98,7 +98,7 @@ def main() -> None:
         init = {"init": {"sha256": sha256_file_cached(args.init), "steps": step}}
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
+        state = load_checkpoint(ckpt)  # a damaged file is one line, not a traceback
         net.load_state_dict(state["net"])
         restore_optimizer(opt, state["opt"], args.lr)
         step, best = int(state["step"]), float(state["best"])
