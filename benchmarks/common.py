@@ -48,7 +48,11 @@ def machine() -> dict[str, Any]:
 
 
 def report(name: str, title: str, columns: list[str], rows: list[list[Any]], extra: dict[str, Any] | None = None) -> Path:
-    """Print the table and write ``results/NAME.json``; returns the JSON path."""
+    """Print the table and write ``results/NAME.json``; returns the JSON path.
+
+    A ``--quick`` run writes ``results/NAME.quick.json`` instead (ignored by git), so checking that
+    a benchmark still runs never replaces the figures of a full run.
+    """
     table = Table(title=title)
     for column in columns:
         table.add_column(column, justify="left" if column == columns[0] else "right")
@@ -56,7 +60,7 @@ def report(name: str, title: str, columns: list[str], rows: list[list[Any]], ext
         table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
     Console().print(table)
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    path = RESULTS / (f"{name}.quick.json" if "--quick" in sys.argv[1:] else f"{name}.json")
     data = {
         "benchmark": name,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),

@@ -153,7 +153,7 @@ def train_group() -> None:
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True,
               help="Learning rate, also of a resumed run.")
 @click.option("--disc-start", type=click.IntRange(0), default=1000, show_default=True, help="Step that switches the GAN loss on.")
-@click.option("--perceptual", default="none", show_default=True, help="none, clip (needs --clip) or lpips:FILE.")
+@click.option("--perceptual", default="none", show_default=True, help="none, clip (the --clip CLIP; Studio's bundled small one by default) or lpips:FILE.")
 @click.option("--l2-weight", type=click.FloatRange(0), default=0.0, show_default=True,
               help="Weight of an MSE term next to L1 (helps small objects on plain backgrounds).")
 @click.option("--clip", "clip_file", type=_FILE,

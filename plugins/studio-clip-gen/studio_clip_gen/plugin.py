@@ -24,7 +24,7 @@ PARAMS = (
     Param("top_p", "float", 1.0, min=0.01, max=1.0, help="nucleus sampling mass (1: off)"),
     # re-ranking is part of CLIP-GEN's method: on the bundled model 8 candidates lift `studio eval`'s
     # colour/relation from 0.75/0.48 to 0.96/0.87 (model card, n=256); candidates=1 is the plain sampler
-    Param("candidates", "int", 8, min=1, max=64, help="images sampled per request and re-ranked by CLIP (1: no re-ranking)"),
+    Param("candidates", "int", 8, min=1, max=64, help="images sampled per request, the best kept: ranked by the claims classifier for prompts of the shapes grammar, by CLIP otherwise (1: no re-ranking)"),
     Param("keep", "int", 1, min=1, max=16, help="best candidates shown (more than 1: a row of them)"),
     Param("image", "image", "", help="condition on this image's CLIP embedding instead of the prompt"),
     Param("guidance", "float", 1.0, min=0.0, max=20.0, unset_means=1.0,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -23,8 +24,23 @@ def galip_group() -> None:
     """GALIP (Generative Adversarial CLIPs): train models, explore their latent space."""
 
 
+def _option_value(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE as JSON where it parses (``0.75``, ``true``), else as text."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise click.UsageError(f"--dataset-option takes KEY=VALUE, got {item!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
 @click.command(name="train")
-@click.option("--dataset", default="shapes", show_default=True, help="Dataset name: shapes, or folder:PATH.")
+@click.option("--dataset", default="shapes", show_default=True, help="Dataset name: shapes, emoji, folder:PATH "
+              "or any registered dataset.")
+@click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE",
+              help="An option of the dataset's factory, e.g. two_object_share=0.75 for shapes (repeatable; "
+                   "the value is read as JSON where it parses, else as text).")
 @click.option("--clip", "clip_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Frozen CLIP weights file [default: Studio's bundled small CLIP].")
 @click.option("--clip-arch",
@@ -66,12 +82,13 @@ def galip_group() -> None:
               help="Start the generator from this Studio GALIP weights file (a new run only).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print each metrics record and the summary as JSON lines (for machines) instead of a progress bar.")
-def train_command(dataset, clip_file, clip_arch, out_dir, minutes, steps, batch_size, lr_g, lr_d, cond_scale,
-                  mapping, ngf, image_size, seed, sample_every, device, precision, threads, fresh, eval_n,
+def train_command(dataset, dataset_options, clip_file, clip_arch, out_dir, minutes, steps, batch_size, lr_g, lr_d,
+                  cond_scale, mapping, ngf, image_size, seed, sample_every, device, precision, threads, fresh, eval_n,
                   pixel_weight, aux_weight, sim_weight, init_g, as_json) -> None:
     """Train GALIP with the official losses on a captioned dataset, CLIP frozen."""
     if minutes is None and steps is None:
         raise click.UsageError("give --minutes or --steps")
+    options = dict(_option_value(item) for item in dataset_options)
     if aux_weight > 0 and pixel_weight <= 0:
         raise click.UsageError("--aux needs --pixel-d: the classifier is part of the pixel discriminator")
     clip_file, clip_arch = default_clip(clip_file, clip_arch)
@@ -98,6 +115,7 @@ def train_command(dataset, clip_file, clip_arch, out_dir, minutes, steps, batch_
                            steps=steps, minutes=minutes, batch_size=batch_size, lr_g=lr_g, lr_d=lr_d, seed=seed,
                            sample_every=sample_every, device=device, precision=precision, pixel_weight=pixel_weight,
                            aux_weight=aux_weight, sim_weight=sim_weight, init_g=str(init_g) if init_g else None,
+                           dataset_options=options,
                            meta={"dataset": dataset, "clip_arch": clip_arch,
                                  "clip_file": str(Path(clip_file).absolute())},
                            show_progress=not as_json,

@@ -101,6 +101,7 @@ class TrainOptions:
     aux_weight: float = 0.0  # > 0 (with pixel_weight > 0, shapes data): P's auxiliary claim classifier
     init_g: str | None = None  # start G from this Studio weights file (ignored when resuming)
     flip: bool = False  # horizontal flips break "left of"/"right of" captions: off by default
+    dataset_options: dict[str, Any] = field(default_factory=dict)  # for a named dataset's factory
     seed: int = 0
     # "fp16": the official mixed precision (autocast + loss scaling); "bf16": autocast without
     # scaling (fast on CPUs with AMX and on recent GPUs); "fp32"; None: fp16 on CUDA, else fp32
@@ -243,12 +244,18 @@ def _backward_step(loss: torch.Tensor, opt, scaler) -> None:
 # ---- data -------------------------------------------------------------------------------------
 
 
-def open_named_dataset(dataset):
-    """A dataset object, or a name for ``studio.ml.datasets.open_dataset`` (imported lazily)."""
+def open_named_dataset(dataset, size: int = 64, options: dict[str, Any] | None = None):
+    """A dataset object, or a name for ``studio.ml.datasets.open_dataset`` (imported lazily) opened
+    at ``size`` pixels with the factory's ``options`` (e.g. ``two_object_share`` for ``shapes``)."""
     if isinstance(dataset, str):
         from studio.ml.datasets import open_dataset
 
-        return open_dataset(dataset)
+        try:
+            return open_dataset(dataset, size=size, **(options or {}))
+        except TypeError as exc:  # an option the dataset's factory does not take
+            raise ValueError(f"dataset {dataset!r}: {exc}") from None
+    if options:
+        raise ValueError("dataset options are for a dataset given by name")
     return dataset
 
 
@@ -413,15 +420,20 @@ def train_galip(out_dir: str | Path, dataset, clip, *, config: GalipConfig | Non
         if scaler is not None and "scaler" in resumed.extra:
             scaler.load_state_dict(resumed.extra["scaler"])
 
-    data = batches(open_named_dataset(dataset), opts.batch_size, seed=opts.seed + step, flip=opts.flip)
+    data = batches(open_named_dataset(dataset, cfg.image_size, opts.dataset_options), opts.batch_size,
+                   seed=opts.seed + step, flip=opts.flip)
     first = next(data)
+    if tuple(first[0].shape[-2:]) != (cfg.image_size, cfg.image_size):
+        raise ValueError(f"the dataset's pictures are {tuple(first[0].shape[-2:])} pixels but the generator draws "
+                         f"{cfg.image_size}x{cfg.image_size}: the discriminators would compare different sizes")
     if n_aux:
         claim_batch(first[2], device)  # a dataset without shapes claims fails here, before any step
     first_captions = first[1]
     prompts = list(opts.sample_prompts) or list(dict.fromkeys(first_captions))[:8]
     seeds = list(range(8))
     meta = {**opts.meta, "lr_g": lr_g, "lr_d": opts.lr_d, "batch_size": opts.batch_size, "sim_weight": opts.sim_weight,
-            "pixel_weight": opts.pixel_weight, **({"aux_weight": opts.aux_weight} if n_aux else {})}
+            "pixel_weight": opts.pixel_weight, **({"aux_weight": opts.aux_weight} if n_aux else {}),
+            **({"dataset_options": dict(opts.dataset_options)} if opts.dataset_options else {})}
     if resumed is not None and "init_g" in resumed.meta:
         meta["init_g"] = resumed.meta["init_g"]
     elif initial is not None:

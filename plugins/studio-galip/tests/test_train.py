@@ -326,3 +326,28 @@ def test_a_run_with_the_aux_classifier_resumes_only_with_it(tmp_path):
     assert card["steps"] == 3
     with pytest.raises(WeightsError, match="with the auxiliary classifier"):
         train_galip(run, ShapesDataset(size=48), clip, steps=4, batch_size=4, show_progress=False, pixel_weight=1.0)
+
+
+def test_a_named_dataset_opens_at_the_generators_size_with_its_options(tmp_path):
+    from studio_galip.train import open_named_dataset
+
+    items = open_named_dataset("shapes", 32, {"two_object_share": 1.0})
+    first = items[0]
+    assert first["image"].shape == (3, 32, 32) and len(first["attrs"]["objects"]) == 2
+    with pytest.raises(ValueError, match="dataset 'shapes'.*colourz"):
+        open_named_dataset("shapes", 32, {"colourz": 1})
+    with pytest.raises(ValueError, match="by name"):
+        open_named_dataset(ToyColours(), 48, {"two_object_share": 1.0})
+
+    clip = make_tiny_clip()
+    cfg = default_config(clip, ngf=8, code_ch=16, mid_ch=8, d_ch=32, c_hidden=16)
+    card = train_galip(tmp_path / "run", "shapes", clip, config=cfg, steps=1, batch_size=4, sample_every=100,
+                       show_progress=False, dataset_options={"two_object_share": 1.0})
+    assert card["dataset_options"] == {"two_object_share": 1.0}  # the card says what the run saw
+
+
+def test_pictures_of_another_size_than_the_generators_are_refused(tmp_path):
+    clip = make_tiny_clip()
+    cfg = default_config(clip, ngf=8, code_ch=16, mid_ch=8, d_ch=32, c_hidden=16)
+    with pytest.raises(ValueError, match=r"\(32, 32\) pixels but the generator draws 48x48"):
+        train_galip(tmp_path, ToyColours(size=32), clip, config=cfg, steps=1, batch_size=4, show_progress=False)
