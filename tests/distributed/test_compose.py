@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BUNDLED_PLUGINS = ("galip", "clip-gen")
 
 
-@pytest.fixture(scope="module")
-def bundled_models() -> set[str]:
+@pytest.fixture
+def bundled_models() -> set[str]:  # per test: after the autouse fixture that gives it an empty home
     """Every model the bundled plugins register: a queue no worker serves keeps its jobs queued forever."""
     from studio.plugins import load_registry
 

@@ -48,17 +48,70 @@ RUN_ONLY = ("weights_sha256", "checkpoint_sha256", "init_g", "clip_file", "eval"
 #: Old-card entries that stay as they are: the model's CLIP, vocabulary, drawing rules and licence.
 KEPT = ("clip", "draws", "vocabulary", "licence")
 JUDGE = "pixels (studio.ml.checker); clip_shape, clip_score and fd from the bundled small CLIP"
+LOG_EVERY = 10  # train_galip's metrics interval: a leg's first record is at most this far past its start
 
 
 class ShipError(Exception):
     """A leg that cannot be shipped as it is; the message says why."""
 
 
-def kept_checkpoint(folder: Path) -> Path:
+def kept_checkpoint(folder: Path) -> tuple[Path, int]:
+    """The kept checkpoint and its step, read from the file itself (a card can be stale)."""
     found = sorted(folder.glob("checkpoint-aux-*.pt"))
     if len(found) != 1:
         raise ShipError(f"{folder}: expected one kept checkpoint-aux-*.pt, found {len(found)}")
-    return found[0]
+    step = int(load_checkpoint(found[0]).get("step", -1))
+    if found[0].name != f"checkpoint-aux-{step}.pt":
+        raise ShipError(f"{found[0]}: holds step {step}, not the step its name says")
+    return found[0], step
+
+
+def check_run(run_dir: Path, run: dict, from_step: int, seconds: float | None) -> None:
+    """The run folder is one leg from the kept checkpoint, its files the ones its card names."""
+    if sha256_file(run_dir / "galip.safetensors") != run["weights_sha256"] or \
+            sha256_file(run_dir / "checkpoint.pt") != run["checkpoint_sha256"]:
+        raise ShipError(f"{run_dir}: galip.safetensors or checkpoint.pt is not the one model_card.json names "
+                        "(a later run in this folder was stopped without finishing)")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    first = next((i for i, r in enumerate(records) if r["step"] > from_step), None)
+    leg = records[first:] if first is not None else []
+    if not leg or leg[0]["step"] > from_step + LOG_EVERY or any(r["step"] <= from_step for r in leg):
+        raise ShipError(f"{run_dir}/metrics.jsonl: the run did not start from the kept checkpoint's step {from_step:,}")
+    restarts = sum(b["time_s"] < a["time_s"] for a, b in zip(leg, leg[1:]))
+    if restarts and seconds is None:
+        raise ShipError(f"{run_dir}: the leg was resumed {restarts} time(s), so its card's seconds_this_run covers "
+                        "only the last part: give the leg's wall time with --seconds")
+
+
+def check_clip(run: dict, old: dict) -> None:
+    """The leg trained with the CLIP the shipped model names (the card keeps the old ``clip`` entry)."""
+    clip_file = Path(run.get("clip_file", ""))
+    if run.get("clip_arch") != old["clip"]["arch"] or not clip_file.is_file() or \
+            sha256_file(clip_file) != old["clip"]["sha256"]:
+        raise ShipError(f"the run's CLIP ({run.get('clip_arch')}, {clip_file}) is not the shipped model's "
+                        f"({old['clip']['arch']}, sha256 {old['clip']['sha256'][:12]}...)")
+
+
+def check_report(report: dict, weights_sha: str, n: int, fd_n: int) -> None:
+    """The eval scored the weights being shipped, at the card's sizes, with the bundled CLIP."""
+    scored = report.get("generator", {}).get("weights_sha256")
+    if scored != weights_sha:
+        raise ShipError(f"the eval report scored weights {str(scored)[:12]}..., not the shipped {weights_sha[:12]}...")
+    if report.get("n") != n or report["metrics"].get("fd", {}).get("n") != fd_n or report.get("clip") != "bundled":
+        raise ShipError(f"the eval report is not n={n} with a Frechet distance on {fd_n} by the bundled CLIP")
+
+
+def committed_at(path: Path) -> str | None:
+    """The commit that holds ``path`` as it is, for the recipe's ``git show``; None outside git or if changed."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=path.parent, capture_output=True, text=True).stdout.strip()
+
+    try:
+        if git("status", "--porcelain", "--", path.name):
+            return None
+        return git("log", "-1", "--format=%h", "--", path.name) or None
+    except OSError:
+        return None
 
 
 def rounded(figures: dict) -> dict:
@@ -85,7 +138,7 @@ def before_block(old: dict) -> dict:
 
 
 def compose_card(old: dict, run: dict, from_step: int, command: str, discriminators: str, note: str,
-                 seconds: float | None = None) -> dict:
+                 seconds: float | None = None, source: str = "") -> dict:
     """The shipped model's card (without its own sha256 and eval) for a leg run from ``from_step``."""
     leg_steps = int(run["steps"]) - from_step
     if leg_steps <= 0:
@@ -105,15 +158,18 @@ def compose_card(old: dict, run: dict, from_step: int, command: str, discriminat
         "seconds": round(sum(float(h["seconds"]) for h in history), 1),
         "pixel_weight": old.get("pixel_weight"),
         "aux_weight": old.get("aux_weight"),
-        "seconds_note": f"steps and seconds of the {len(history)} earlier legs together; "
+        "seconds_note": f"steps and seconds of the earlier legs ({len(history)}) together; "
                         "seconds_this_run is the last leg's",
     }
     entry = {"leg": leg, "steps": leg_steps, "seconds": round(seconds, 1), "discriminators": discriminators}
     if note:
         entry["note"] = note
+    if run.get("dataset_options"):
+        entry["dataset_options"] = run["dataset_options"]
     card["history"] = history + [entry]
-    card["recipe"] = f"{old['recipe']}; {command} (leg {leg}, from step {from_step:,} to {int(run['steps']):,} " \
-                     "of the run counter)"
+    start = f"{source} && " if source else ""
+    card["recipe"] = f"{old['recipe']}; {start}{command} (leg {leg}, from step {from_step:,} to " \
+                     f"{int(run['steps']):,} of the run counter)"
     card["eval_before"] = before_block(old)
     card["seconds_note"] = "seconds_this_run is the last leg's wall time only; each leg's is in history"
     return card
@@ -137,8 +193,7 @@ def strip_checkpoint(src: Path, dest: Path) -> str:
     """The checkpoint without optimizer states (the next leg's Adam moments start afresh)."""
     state = load_checkpoint(src)
     state["optimizers"] = {}
-    with atomic_path(dest) as tmp:
-        torch.save(state, tmp)
+    torch.save(state, dest)
     return sha256_file(dest)
 
 
@@ -146,47 +201,57 @@ def run_eval(n: int, fd_n: int) -> dict:
     """``studio eval`` of the bundled model as a user runs it (the file just written is what it loads)."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "eval.json"
-        studio = Path(sys.executable).with_name("studio")
-        subprocess.run([str(studio), "eval", "--model", "galip", "--n", str(n), "--fd", str(fd_n),
-                        "--out", str(report)], check=True)
+        subprocess.run([sys.executable, "-m", "studio", "eval", "--model", "galip", "--n", str(n), "--fd",
+                        str(fd_n), "--out", str(report)], check=True)
         return json.loads(report.read_text())
 
 
 def ship(run_dir: Path, command: str, discriminators: str, note: str, *, weights_dir: Path = WEIGHTS_DIR,
          kept_dir: Path = HERE, eval_report: dict | None = None, seconds: float | None = None,
          n: int = 256, fd_n: int = 1000) -> dict:
-    """Ship ``run_dir``'s leg; returns the new card. Nothing is written before every input is read."""
-    for name in ("galip.safetensors", "model_card.json", "checkpoint.pt"):
+    """Ship ``run_dir``'s leg; returns the new card.
+
+    Every input is checked before anything is written; the model shipped before comes back if
+    the eval fails, and the kept checkpoint is replaced last (a rerun after a failure then finds
+    the leg's steps already counted and refuses, instead of counting them twice).
+    """
+    for name in ("galip.safetensors", "model_card.json", "checkpoint.pt", "metrics.jsonl"):
         if not (run_dir / name).is_file():
             raise ShipError(f"{run_dir}: no {name} (end the leg with --minutes or --steps, not a kill)")
-    old_ckpt = kept_checkpoint(kept_dir)
-    from_step = int(json.loads(old_ckpt.with_suffix(".card.json").read_text())["steps"])
+    old_ckpt, from_step = kept_checkpoint(kept_dir)
     old = json.loads((weights_dir / "galip-shapes.json").read_text())
     run = json.loads((run_dir / "model_card.json").read_text())
-    card = compose_card(old, run, from_step, command, discriminators, note, seconds)
-
-    weights, card_path = weights_dir / "galip-shapes.safetensors", weights_dir / "galip-shapes.json"
-    before = weights.read_bytes(), card_path.read_bytes()
-    shipped_sha = write_weights(run_dir / "galip.safetensors", card, weights)
-    final = {**card, "weights_sha256": shipped_sha, "checkpoint_sha256": run["checkpoint_sha256"]}
-    try:  # the generator checks the file against the card's sha256, so the card goes first
-        write_atomic(card_path, json.dumps(final, indent=2) + "\n")
-        final["eval"] = eval_block(eval_report if eval_report is not None else run_eval(n, fd_n))
-    except BaseException:
-        write_atomic(weights, before[0])  # a failed eval leaves the model shipped before in place
-        write_atomic(card_path, before[1])
-        raise
-    write_atomic(card_path, json.dumps(final, indent=2) + "\n")
+    check_run(run_dir, run, from_step, seconds)
+    check_clip(run, old)
+    commit = committed_at(old_ckpt)
+    source = (f"mkdir -p {run_dir.name} && git show {commit}:training/galip-shapes/{old_ckpt.name} > "
+              f"{run_dir.name}/checkpoint.pt") if commit else f"(resumed from {old_ckpt.name})"
+    card = compose_card(old, run, from_step, command, discriminators, note, seconds, source)
 
     new_ckpt = kept_dir / f"checkpoint-aux-{int(run['steps'])}.pt"
-    stripped_sha = strip_checkpoint(run_dir / "checkpoint.pt", new_ckpt)
+    weights, card_path = weights_dir / "galip-shapes.safetensors", weights_dir / "galip-shapes.json"
+    before = weights.read_bytes(), card_path.read_bytes()
+    with atomic_path(new_ckpt) as stripped:  # renamed into place only if everything below succeeds
+        stripped_sha = strip_checkpoint(run_dir / "checkpoint.pt", stripped)
+        try:  # the generator checks the file against the card's sha256, so the card goes with it
+            shipped_sha = write_weights(run_dir / "galip.safetensors", card, weights)
+            final = {**card, "weights_sha256": shipped_sha, "checkpoint_sha256": run["checkpoint_sha256"]}
+            write_atomic(card_path, json.dumps(final, indent=2) + "\n")
+            report = eval_report if eval_report is not None else run_eval(n, fd_n)
+            check_report(report, shipped_sha, n, fd_n)
+            final["eval"] = eval_block(report)
+            write_atomic(card_path, json.dumps(final, indent=2) + "\n")
+        except BaseException:
+            write_atomic(weights, before[0])  # the model shipped before stays in place
+            write_atomic(card_path, before[1])
+            raise
     ckpt_card = {**run, "leg": card["history"][-1], "command": command, "from_step": from_step,
                  "stripped_checkpoint_sha256": stripped_sha, "shipped_weights_sha256": shipped_sha,
                  "eval": final["eval"]}
     write_atomic(new_ckpt.with_suffix(".card.json"), json.dumps(ckpt_card, indent=2) + "\n")
     if old_ckpt != new_ckpt:
         old_ckpt.unlink()
-        old_ckpt.with_suffix(".card.json").unlink()
+        old_ckpt.with_suffix(".card.json").unlink(missing_ok=True)
     return final
 
 

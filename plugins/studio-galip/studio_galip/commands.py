@@ -40,7 +40,8 @@ def _option_value(item: str) -> tuple[str, Any]:
               "or any registered dataset.")
 @click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE",
               help="An option of the dataset's factory, e.g. two_object_share=0.75 for shapes (repeatable; "
-                   "the value is read as JSON where it parses, else as text).")
+                   "the value is read as JSON where it parses, else as text: a list is '[\"noto\"]'). "
+                   "A resumed run uses the options its command gives, as it does the learning rates.")
 @click.option("--clip", "clip_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Frozen CLIP weights file [default: Studio's bundled small CLIP].")
 @click.option("--clip-arch",

