@@ -79,13 +79,17 @@ def _option_value(item: str) -> tuple[str, Any]:
                    "colour, shape and size (shapes data only; needs --pixel-d).")
 @click.option("--sim-weight", type=click.FloatRange(min=0), default=4.0, show_default=True,
               help="Weight of the CLIP text-image similarity term in G's loss.")
+@click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Keep an exponential moving average of the generator with this decay (e.g. 0.999) and ship "
+                   "it: its sample grids, galip.safetensors and checkpoint imports are the average (0: off, "
+                   "as official GALIP).")
 @click.option("--init", "init_g", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Start the generator from this Studio GALIP weights file (a new run only).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print each metrics record and the summary as JSON lines (for machines) instead of a progress bar.")
 def train_command(dataset, dataset_options, clip_file, clip_arch, out_dir, minutes, steps, batch_size, lr_g, lr_d,
                   cond_scale, mapping, ngf, image_size, seed, sample_every, device, precision, threads, fresh, eval_n,
-                  pixel_weight, aux_weight, sim_weight, init_g, as_json) -> None:
+                  pixel_weight, aux_weight, sim_weight, ema, init_g, as_json) -> None:
     """Train GALIP with the official losses on a captioned dataset, CLIP frozen."""
     if minutes is None and steps is None:
         raise click.UsageError("give --minutes or --steps")
@@ -116,7 +120,7 @@ def train_command(dataset, dataset_options, clip_file, clip_arch, out_dir, minut
                            steps=steps, minutes=minutes, batch_size=batch_size, lr_g=lr_g, lr_d=lr_d, seed=seed,
                            sample_every=sample_every, device=device, precision=precision, pixel_weight=pixel_weight,
                            aux_weight=aux_weight, sim_weight=sim_weight, init_g=str(init_g) if init_g else None,
-                           dataset_options=options,
+                           dataset_options=options, ema=ema,
                            meta={"dataset": dataset, "clip_arch": clip_arch,
                                  "clip_file": str(Path(clip_file).absolute())},
                            show_progress=not as_json,
@@ -299,5 +303,7 @@ def import_command(name, run_folder, checkpoint, clip_file, clip_arch, copy_clip
     console = Console()
     console.print(f"imported [bold]{card.id}[/bold] into {card.folder}")
     console.print(f"weights sha256 {card.data['weights_sha256']}  clip sha256 {card.data['clip']['sha256']}")
+    if card.data.get("generator"):
+        console.print(f"generator: {card.data['generator']}")
     if card.terms:
         console.print(f"[yellow]Terms of these weights:[/yellow] {card.terms}")

@@ -185,6 +185,19 @@ def _guess_arch(clip_file: Path) -> str:
     return BUNDLED_CLIP_ARCH if installed_clip_ref(clip_file) else OFFICIAL_CLIP_ARCH
 
 
+def with_averaged_generator(weights) -> str:
+    """Put a training checkpoint's moving average of G (``--ema``) in place of G; says so, or "".
+
+    A run with an average ships the average, so its checkpoint imports as what the run would ship.
+    """
+    ema = weights.extra.get("netG_ema")
+    if not isinstance(ema, dict) or not ema:
+        return ""
+    weights.states["netG"] = {**weights.states["netG"], **{k: v.float() for k, v in ema.items()}}
+    decay = (weights.extra.get("meta") or {}).get("ema")
+    return f"the training run's moving average of the generator (decay {decay})"
+
+
 def import_model(name: str, checkpoint: Path, clip_file: Path, clip_arch: str, models_dir: Path,
                  copy_clip: bool = False, force: bool = False) -> ModelCard:
     """Convert an official (or Studio) GALIP checkpoint into ``models_dir/galip/NAME``.
@@ -213,6 +226,7 @@ def import_model(name: str, checkpoint: Path, clip_file: Path, clip_arch: str, m
 
         clip = open_clip_model(clip_arch, clip_file)
         weights = read_weights(checkpoint)
+        averaged = with_averaged_generator(weights)
         cfg = weights.config or infer_config(weights, clip, checkpoint)
         check_clip_fits(cfg, clip, f"{clip_arch} ({clip_file})")
         nets = build_nets(cfg, clip, with_d=False)
@@ -235,6 +249,8 @@ def import_model(name: str, checkpoint: Path, clip_file: Path, clip_arch: str, m
         "terms": OFFICIAL_TERMS if official else weights.meta.get("terms", ""),
         "imported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if averaged:
+        data["generator"] = averaged
     from studio.ml import installed_clip_ref
 
     shipped = installed_clip_ref(clip_file)

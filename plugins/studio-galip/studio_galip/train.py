@@ -42,6 +42,7 @@ import json
 import math
 import platform
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -102,6 +103,7 @@ class TrainOptions:
     init_g: str | None = None  # start G from this Studio weights file (ignored when resuming)
     flip: bool = False  # horizontal flips break "left of"/"right of" captions: off by default
     dataset_options: dict[str, Any] = field(default_factory=dict)  # for a named dataset's factory
+    ema: float = 0.0  # > 0: keep an exponential moving average of G with this decay; the run ships it
     seed: int = 0
     # "fp16": the official mixed precision (autocast + loss scaling); "bf16": autocast without
     # scaling (fast on CPUs with AMX and on recent GPUs); "fp32"; None: fp16 on CUDA, else fp32
@@ -304,7 +306,46 @@ def _cycle(iterable) -> Iterator[dict]:
 # ---- checkpoints and samples ------------------------------------------------------------------
 
 
-def save_checkpoint(path: Path, nets: Nets, opt_g, opt_d, step: int, meta: dict, scaler=None) -> None:
+# ---- the averaged generator -------------------------------------------------------------------
+
+
+def ema_update(ema: dict[str, torch.Tensor], G, decay: float) -> None:
+    """Move the average towards G's weights after a step: GAN weights oscillate from step to step
+    around what the generator has learnt; their average draws cleaner pictures than any one step."""
+    with torch.no_grad():
+        for key, value in G.learnable_state_dict().items():
+            if value.is_floating_point():
+                ema[key].lerp_(value.float(), 1.0 - decay)
+            else:
+                ema[key].copy_(value)
+
+
+@contextmanager
+def generator_weights(G, state: dict[str, torch.Tensor] | None):
+    """``G`` with ``state`` (the averaged weights) for the block, its own trained weights after it."""
+    if not state:
+        yield G
+        return
+    own = {k: v.detach().clone() for k, v in G.learnable_state_dict().items()}
+    G.load_state_dict(state, strict=False)
+    try:
+        yield G
+    finally:
+        G.load_state_dict(own, strict=False)
+
+
+def start_ema(G, saved: dict[str, torch.Tensor] | None, path: Path) -> dict[str, torch.Tensor]:
+    """The average a run continues: the checkpoint's, or G's weights where it has none yet."""
+    ema = {k: v.detach().float().clone() for k, v in G.learnable_state_dict().items()}
+    if saved is not None:
+        if set(saved) != set(ema):
+            raise WeightsError(f"{path}: its averaged generator does not fit the generator")
+        ema = {k: v.detach().float().clone() for k, v in saved.items()}
+    return ema
+
+
+def save_checkpoint(path: Path, nets: Nets, opt_g, opt_d, step: int, meta: dict, scaler=None,
+                    ema: dict[str, torch.Tensor] | None = None) -> None:
     """Official layout (``model``/``optimizers``) plus ``config``/``step``; readable with weights_only."""
     state = {
         "model": {"netG": nets.G.state_dict(), "netD": nets.D.state_dict(), "netC": nets.C.state_dict()},
@@ -318,6 +359,8 @@ def save_checkpoint(path: Path, nets: Nets, opt_g, opt_d, step: int, meta: dict,
         state["scaler"] = scaler.state_dict()
     if nets.P is not None:
         state["netP"] = nets.P.state_dict()
+    if ema is not None:
+        state["netG_ema"] = ema
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -422,6 +465,10 @@ def train_galip(out_dir: str | Path, dataset, clip, *, config: GalipConfig | Non
         if scaler is not None and "scaler" in resumed.extra:
             scaler.load_state_dict(resumed.extra["scaler"])
 
+    if not 0.0 <= opts.ema < 1.0:
+        raise ValueError(f"ema is a decay in [0, 1), got {opts.ema}")
+    ema = start_ema(nets.G, resumed.extra.get("netG_ema") if resumed is not None else None, ckpt_path) \
+        if opts.ema > 0 else None
     data = batches(open_named_dataset(dataset, cfg.image_size, opts.dataset_options), opts.batch_size,
                    seed=opts.seed + step, flip=opts.flip)
     first = next(data)
@@ -435,7 +482,8 @@ def train_galip(out_dir: str | Path, dataset, clip, *, config: GalipConfig | Non
     seeds = list(range(8))
     meta = {**opts.meta, "lr_g": lr_g, "lr_d": opts.lr_d, "batch_size": opts.batch_size, "sim_weight": opts.sim_weight,
             "pixel_weight": opts.pixel_weight, **({"aux_weight": opts.aux_weight} if n_aux else {}),
-            **({"dataset_options": dict(opts.dataset_options)} if opts.dataset_options else {})}
+            **({"dataset_options": dict(opts.dataset_options)} if opts.dataset_options else {}),
+            **({"ema": opts.ema} if ema is not None else {})}
     if resumed is not None and "init_g" in resumed.meta:
         meta["init_g"] = resumed.meta["init_g"]
     elif initial is not None:
@@ -457,6 +505,8 @@ def train_galip(out_dir: str | Path, dataset, clip, *, config: GalipConfig | Non
             pending = None
             last = train_step(nets, opt_g, opt_d, images.to(device), captions, opts, scaler, noise_rng,
                               precision=precision, claims=claim_batch(claims, device) if n_aux else None)
+            if ema is not None:
+                ema_update(ema, nets.G, opts.ema)
             step += 1
             bad = [k for k, v in last.items() if not math.isfinite(v)]
             if bad:
@@ -468,15 +518,17 @@ def train_galip(out_dir: str | Path, dataset, clip, *, config: GalipConfig | Non
                 if on_metrics:
                     on_metrics(record)
             if step % opts.sample_every == 0:
-                sample_grid(nets, prompts, seeds, out / "samples" / f"step_{step:06d}.png")
+                with generator_weights(nets.G, ema):
+                    sample_grid(nets, prompts, seeds, out / "samples" / f"step_{step:06d}.png")
             if time.monotonic() - last_save > opts.save_every_s:
-                save_checkpoint(ckpt_path, nets, opt_g, opt_d, step, meta, scaler)
+                save_checkpoint(ckpt_path, nets, opt_g, opt_d, step, meta, scaler, ema)
                 last_save = time.monotonic()
             bar.update(task, completed=step, description=f"galip D {last['errD']:.3f} G {last['errG']:.3f}")
 
     elapsed = time.monotonic() - start
-    save_checkpoint(ckpt_path, nets, opt_g, opt_d, step, meta, scaler)
-    sample_grid(nets, prompts, seeds, out / "samples" / f"step_{step:06d}.png")
+    save_checkpoint(ckpt_path, nets, opt_g, opt_d, step, meta, scaler, ema)
+    with generator_weights(nets.G, ema):
+        sample_grid(nets, prompts, seeds, out / "samples" / f"step_{step:06d}.png")
     card = {
         "model": "galip",
         "config": cfg.to_dict(),
@@ -490,7 +542,8 @@ def train_galip(out_dir: str | Path, dataset, clip, *, config: GalipConfig | Non
         "sample_prompts": prompts,
         **meta,
     }
-    weights_sha = save_studio(out / "galip.safetensors", nets, meta=card)
+    with generator_weights(nets.G, ema):  # a run with an average ships the average
+        weights_sha = save_studio(out / "galip.safetensors", nets, meta=card)
     card["weights_sha256"] = weights_sha
     card["checkpoint_sha256"] = sha256_file(ckpt_path)
     with atomic_path(out / "model_card.json") as tmp:

@@ -351,3 +351,44 @@ def test_pictures_of_another_size_than_the_generators_are_refused(tmp_path):
     cfg = default_config(clip, ngf=8, code_ch=16, mid_ch=8, d_ch=32, c_hidden=16)
     with pytest.raises(ValueError, match=r"\(32, 32\) pixels but the generator draws 48x48"):
         train_galip(tmp_path, ToyColours(size=32), clip, config=cfg, steps=1, batch_size=4, show_progress=False)
+
+
+def test_a_run_with_a_moving_average_ships_and_resumes_it(tmp_path):
+    from safetensors.torch import load_file
+
+    from studio_galip.model_dir import import_model
+    from studio_galip.train import generator_weights
+
+    from galip_helpers import TINY_ARCH, save_clip
+
+    clip = make_tiny_clip()
+    clip_file = tmp_path / "clip.pt"
+    save_clip(clip_file, clip)
+    cfg = default_config(clip, ngf=8, code_ch=16, mid_ch=8, d_ch=32, c_hidden=16)
+    run = tmp_path / "run"
+    card = train_galip(run, ToyColours(), clip, config=cfg, steps=3, batch_size=4, show_progress=False, ema=0.5,
+                       lr_g=1e-2)
+    assert card["ema"] == 0.5
+    ckpt = read_official(run / "checkpoint.pt")
+    average, trained = ckpt.extra["netG_ema"], ckpt.states["netG"]
+    moved = [k for k in average if average[k].is_floating_point() and not torch.equal(average[k], trained[k])]
+    assert moved  # the average lags the trained weights
+    shipped = {k.removeprefix("netG."): v for k, v in load_file(run / "galip.safetensors").items()}
+    assert all(torch.equal(shipped[k], average[k]) for k in average)  # the run ships the average
+
+    nets = build_nets(cfg, clip)
+    nets.G.load_state_dict(trained, strict=False)
+    with generator_weights(nets.G, average):
+        assert all(torch.equal(nets.G.state_dict()[k], average[k]) for k in moved)
+    assert all(torch.equal(nets.G.state_dict()[k], trained[k]) for k in moved)  # its own weights come back
+
+    imported = import_model("avg", run / "checkpoint.pt", clip_file, TINY_ARCH, tmp_path / "models")
+    assert "moving average" in imported.data["generator"]
+    imported_g = {k.removeprefix("netG."): v for k, v in load_file(imported.folder / "galip.safetensors").items()}
+    assert all(torch.equal(imported_g[k], average[k]) for k in moved)
+
+    card = train_galip(run, ToyColours(), clip, steps=4, batch_size=4, show_progress=False, ema=0.5, lr_g=1e-2)
+    resumed = read_official(run / "checkpoint.pt").extra["netG_ema"]
+    last = read_official(run / "checkpoint.pt").states["netG"]
+    for k in moved[:3]:  # one more step of the same average: halfway between the saved average and the new weights
+        assert torch.allclose(resumed[k], (average[k] + last[k]) / 2, atol=1e-6)
