@@ -224,8 +224,8 @@ def ship(run_dir: Path, command: str, discriminators: str, note: str, *, weights
     check_run(run_dir, run, from_step, seconds)
     check_clip(run, old)
     commit = committed_at(old_ckpt)
-    source = (f"mkdir -p {run_dir.name} && git show {commit}:training/galip-shapes/{old_ckpt.name} > "
-              f"{run_dir.name}/checkpoint.pt") if commit else f"(resumed from {old_ckpt.name})"
+    source = (f"mkdir -p {run_dir} && git show {commit}:training/galip-shapes/{old_ckpt.name} > "
+              f"{run_dir}/checkpoint.pt") if commit else f"(resumed from {old_ckpt.name})"
     card = compose_card(old, run, from_step, command, discriminators, note, seconds, source)
 
     new_ckpt = kept_dir / f"checkpoint-aux-{int(run['steps'])}.pt"

@@ -92,11 +92,11 @@ def test_submit_with_unknown_words_says_so_in_one_line_and_runs(monkeypatch, tmp
 def test_reduced_studio_eval_judged_by_pixels_holds_the_shipped_figures(galip):
     """`studio eval`'s pixel judge on 64 prompts of the whole grammar, as the card measures it.
 
-    The floors guard what the shipped weights do (seed 0: colour 1.00, relation 1.00, size 1.00,
-    background 0.93, shape 0.58, no blank canvas, no strays). Size and background are at the
-    issue's goals (>= 0.85, >= 0.90; background's floor leaves room for three more misses among its
-    41 prompts, it is 0.97 at n=256); shape is not yet (>= 0.90): one object reads right 0.79 of the time at
-    n=256, two objects 0.29.
+    The floors guard what the shipped weights do (seed 0: colour 1.00, relation 1.00, size 0.97,
+    background 0.95, shape 0.64, no blank canvas, no strays). Size and background are at the
+    issue's goals (>= 0.85, >= 0.90; background's floor leaves room for four more misses among its
+    41 prompts, it is 0.98 at n=256); shape is not yet (>= 0.90): one object reads right 0.84 of the time at
+    n=256, two objects 0.39.
     """
     from studio.ml.evaluate import evaluate_generator
 
@@ -105,7 +105,7 @@ def test_reduced_studio_eval_judged_by_pixels_holds_the_shipped_figures(galip):
     assert metrics["relation"]["value"] >= 0.88, metrics
     assert metrics["size"]["value"] >= 0.85, metrics
     assert metrics["background"]["value"] >= 0.85, metrics
-    assert metrics["shape"]["value"] >= 0.45, metrics
+    assert metrics["shape"]["value"] >= 0.52, metrics
     assert metrics["blank"]["value"] == 0.0, metrics
     assert metrics["clip_shape"]["value"] > metrics["shape"]["value"]  # the lenient judge stays lenient
 
